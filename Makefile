@@ -1,0 +1,57 @@
+# jobsight: `make run` sets everything up and starts the stack; `make test` sets everything up and
+# runs the whole suite (ruff, mypy, promtool rule checks, pytest). Both work on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Debian packages the stack and its tests run for real: Prometheus (+ promtool), Alertmanager
+# (+ amtool), node_exporter (the peer we compare with) and PostgreSQL (the registry's SQL layer).
+APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all setup system-deps run test lint typecheck pytest bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) system-deps
+
+# Installs only what is missing; `apt-get update` first, since a new machine has no package lists.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: setup
+	$(BIN)/jobsight up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy jobsight exporters collectors api dashboards alerts tests benchmarks
+
+pytest: setup
+	$(BIN)/pytest
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy jobsight exporters collectors api dashboards alerts tests benchmarks
+	$(BIN)/pytest
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,3 @@
+from jobsight.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobsight.errors import InvalidInput
+from jobsight.identity import (
+    JobMapDir,
+    JobRef,
+    PathJobMatcher,
+    ProcessJobResolver,
+    is_valid_job_id,
+    job_from_cgroup,
+    job_from_environ,
+    validate_job_id,
+)
+from tests.support import FIXTURES
+
+PROC = FIXTURES / "identity" / "proc"
+JOBMAP = FIXTURES / "identity" / "jobmap"
+
+
+def test_job_map_reads_index_uuid_and_mig_files() -> None:
+    snap = JobMapDir(JOBMAP).read()
+    assert snap.by_key == {
+        "0": "4711",  # jobstats format "<jobid> <uid>": first token
+        "1": "4711",  # dcgm-exporter format: one job id per line
+        "4.1": "9001",  # MIG: <gpu>.<gpu instance>
+        "GPU-11111111-2222-3333-4444-555555555555": "555",
+    }
+    assert snap.job_for_gpu(0) == JobRef("4711", "map:0")
+    assert snap.job_for_gpu(2) is None  # empty file: no job
+    # a UUID file wins over the index file
+    assert snap.job_for_gpu(0, "GPU-11111111-2222-3333-4444-555555555555") == JobRef(
+        "555", "map:GPU-11111111-2222-3333-4444-555555555555"
+    )
+
+
+def test_job_map_rejects_unsafe_ids_and_reports_them() -> None:
+    snap = JobMapDir(JOBMAP).read()
+    assert "3" not in snap.by_key
+    assert any("invalid job id" in err and err.startswith(str(JOBMAP / "3")) for err in snap.errors)
+    assert "README" not in snap.by_key  # only GPU-named files are read
+
+
+def test_missing_job_map_dir_is_empty(tmp_path: Path) -> None:
+    snap = JobMapDir(tmp_path / "absent").read()
+    assert snap.by_key == {} and snap.errors == ()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_map_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "0").write_text("1\n")
+    (tmp_path / "1").write_text("2\n")
+    (tmp_path / "0").chmod(0)
+    snap = JobMapDir(tmp_path).read()
+    assert snap.by_key == {"1": "2"} and len(snap.errors) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0::/system.slice/slurmstepd.scope/job_4711/step_0/user/task_0\n", JobRef("4711", "cgroup:slurm")),
+        (
+            "4:memory:/slurm/uid_1000/job_1234/step_batch\n1:name=systemd:/user.slice\n",
+            JobRef("1234", "cgroup:slurm"),
+        ),
+        (
+            "0::/kubepods/burstable/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/abc\n",
+            JobRef("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "cgroup:kubernetes"),
+        ),
+        ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+        ("garbage without colons\n", None),
+        ("", None),
+    ],
+)
+def test_job_from_cgroup(text: str, expected: JobRef | None) -> None:
+    assert job_from_cgroup(text) == expected
+
+
+def test_job_from_environ_order_and_validation() -> None:
+    raw = b"A=1\0SLURM_JOB_ID=77\0JOBSIGHT_JOB_ID=run-9\0"
+    assert job_from_environ(raw) == JobRef("run-9", "env:JOBSIGHT_JOB_ID")
+    assert job_from_environ(raw, ["SLURM_JOB_ID"]) == JobRef("77", "env:SLURM_JOB_ID")
+    assert job_from_environ(b"JOBSIGHT_JOB_ID=a\"b\0") is None
+    assert job_from_environ(b"\xff\xfe\0JOBSIGHT_JOB_ID=\0") is None
+
+
+def test_process_resolver_on_fixture_tree() -> None:
+    resolver = ProcessJobResolver(PROC)
+    assert resolver.job_of(100) == JobRef("train-42", "env:JOBSIGHT_JOB_ID")
+    assert resolver.job_of(200) == JobRef("1234", "cgroup:slurm")
+    assert resolver.job_of(300) == JobRef("6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8", "cgroup:kubernetes")
+    assert resolver.job_of(400) is None  # invalid env value, no job cgroup
+    assert resolver.job_of(500) == JobRef("77", "cgroup:slurm")  # no environ file: cgroup fallback
+    assert resolver.job_of(999) is None  # no such process
+    assert resolver.jobs_of([100, 400, 999]) == {100: JobRef("train-42", "env:JOBSIGHT_JOB_ID")}
+
+
+def test_process_resolver_rereads_a_reused_pid(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    shutil.copytree(PROC, proc)
+    resolver = ProcessJobResolver(proc)
+    assert resolver.job_of(100) == JobRef("train-42", "env:JOBSIGHT_JOB_ID")
+    # same pid, new process (new start time), new job
+    (proc / "100" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=other\0")
+    assert resolver.job_of(100) == JobRef("train-42", "env:JOBSIGHT_JOB_ID")  # cached: same process
+    stat = (proc / "100" / "stat").read_text().replace(" 5000 ", " 5001 ")
+    (proc / "100" / "stat").write_text(stat)
+    assert resolver.job_of(100) == JobRef("other", "env:JOBSIGHT_JOB_ID")
+    resolver.forget_except([])
+    assert resolver._cache == {}
+
+
+def test_process_resolver_on_a_real_child_process() -> None:
+    env = {**os.environ, "JOBSIGHT_JOB_ID": "real-child-1"}
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    try:
+        assert ProcessJobResolver("/proc").job_of(child.pid) == JobRef("real-child-1", "env:JOBSIGHT_JOB_ID")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_path_matcher_defaults_and_errors() -> None:
+    matcher = PathJobMatcher()
+    assert matcher.job_of("/scratch/u/slurm-4711.out") == JobRef("4711", "path")
+    assert matcher.job_of("/scratch/u/slurm-4711_3.out") == JobRef("4711_3", "path")
+    pod = "/var/log/pods/ns_trainer-0_0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/pytorch/0.log"
+    assert matcher.job_of(pod) == JobRef("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "path")
+    assert matcher.job_of("/var/log/syslog") is None
+    with pytest.raises(InvalidInput, match="no named group"):
+        PathJobMatcher([r"/data/(\d+)/"])
+    with pytest.raises(InvalidInput, match="not a valid regex"):
+        PathJobMatcher([r"/data/(?P<job_id>"])
+
+
+@pytest.mark.parametrize("value", ["4711", "4711_3", "train-42", "a.b:c@d", "x" * 128])
+def test_valid_job_ids(value: str) -> None:
+    assert validate_job_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value", ["", "-lead", 'a"}', "a b", 'x=~".*"', "a\\b", "x" * 129, "job\n1", "é"]
+)
+def test_invalid_job_ids(value: str) -> None:
+    assert not is_valid_job_id(value)
+    with pytest.raises(InvalidInput, match="invalid job id"):
+        validate_job_id(value)

@@ -1,0 +1,145 @@
+"""Helpers shared by the test suites: free ports, waiting on a condition with a deadline,
+processes that are always cleaned up, and promtool. Real parts, no sleeping-and-hoping."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T | bool | None],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; fail with
+    ``message`` after ``timeout`` seconds. Exceptions inside ``condition`` count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result  # type: ignore[return-value]
+        except Exception as exc:  # noqa: BLE001 - "not yet" while waiting
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A child process with its output in a file, stopped and reaped on :meth:`stop`."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.args = list(args)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the whole process group, SIGKILL it after ``timeout``; returns the exit code."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        code = self.popen.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+
+def jobsight_command(*args: str) -> list[str]:
+    """The argv that runs the jobsight CLI from this checkout with the test's interpreter."""
+    return [sys.executable, "-m", "jobsight", *args]
+
+
+def wait_for_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> httpx.Response:
+    """Wait until ``url`` answers 200; fail early, with the process output, if ``proc`` dies."""
+
+    def ready() -> httpx.Response | None:
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"process exited with {proc.popen.returncode}:\n{proc.output()}")
+        response = httpx.get(url, timeout=2.0)
+        return response if response.status_code == 200 else None
+
+    try:
+        return wait_until(ready, timeout=timeout, interval=0.1, message=f"{url} to answer 200")
+    except AssertionError as exc:
+        if proc is not None:
+            raise AssertionError(f"{exc}\n--- process output ---\n{proc.output()}") from None
+        raise
+
+
+def require_binary(name: str) -> str:
+    """Path of a binary the suite needs (installed by `make test`); a clear failure otherwise."""
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(f"{name} is not installed; `make test` installs it (see Makefile)")
+    return path
+
+
+def promtool_check_metrics(exposition: str, allow: Iterable[str] = ()) -> list[str]:
+    """Run ``promtool check metrics`` on ``exposition``. Parse errors always fail; lint problems
+    fail unless a line contains one of ``allow`` (e.g. DCGM's camelCase label names, which we keep
+    for compatibility). Returns the lint lines that were allowed."""
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition.encode(), capture_output=True, timeout=60
+    )
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    if result.returncode == 0:
+        return []
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    allowed_words = tuple(allow)
+    problems = [line for line in lines if not any(word in line for word in allowed_words)]
+    # promtool exits 3 for lint findings only, 1 for a parse failure.
+    assert result.returncode == 3 and not problems, f"promtool check metrics failed:\n{output}"
+    return lines
