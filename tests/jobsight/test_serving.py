@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from jobsight.errors import ConfigError
-from jobsight.serving import CollectorSet, ListenAddress, MetricsServer, parse_listen_address
+from jobsight.serving import Collector, CollectorSet, ListenAddress, MetricsServer, parse_listen_address
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ class _HalfBroken:
 def test_collector_set_isolates_failures_and_reports_self_metrics() -> None:
     # start/end readings of each collector in turn: good takes 0.25 s, bad 0.5 s
     readings = iter([10.0, 10.25, 20.0, 20.5])
-    collectors = {"good": _Good(), "bad": _HalfBroken()}
+    collectors: dict[str, Collector] = {"good": _Good(), "bad": _HalfBroken()}
     collector_set = CollectorSet(collectors, prefix="node", clock=lambda: next(readings))
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
