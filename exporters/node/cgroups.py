@@ -1,0 +1,95 @@
+"""cgroup v2 job directories (``<sysfs>/fs/cgroup/**/job_<id>``, as Slurm's cgroup/v2 plugin
+makes them under ``slurmstepd.scope``): the kernel's own per-job totals, which — unlike sums over
+live processes — also count processes that came and went between two scrapes."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from exporters.node._files import join, read_bytes
+from jobsight.identity import is_valid_job_id
+
+_JOB_DIR = re.compile(r"^job_(?P<job_id>.+)$")
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    job_id: str
+    path: str
+    cpu_seconds: float | None  # cpu.stat usage_usec
+    memory_bytes: float | None  # memory.current: anon + page cache, what memory.max limits
+    read_bytes: float | None  # io.stat rbytes over all devices
+    write_bytes: float | None
+    processes: int  # distinct PIDs in cgroup.procs of the job and its sub-cgroups
+
+
+def find_job_cgroups(cgroup_root: str, max_depth: int = 5) -> dict[str, str]:
+    """job id → directory, for ``job_<id>`` directories up to ``max_depth`` below the root. Job
+    directories are not descended into (their step cgroups are not jobs); the depth bound keeps a
+    host with thousands of container cgroups cheap to walk."""
+    found: dict[str, str] = {}
+    stack = [(cgroup_root, 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+            except OSError:
+                continue
+            match = _JOB_DIR.match(entry.name)
+            if match and is_valid_job_id(match.group("job_id")):
+                found.setdefault(match.group("job_id"), entry.path)
+            elif depth + 1 < max_depth:
+                stack.append((entry.path, depth + 1))
+    return found
+
+
+def _keyed_ints(raw: bytes) -> dict[bytes, int]:
+    values: dict[bytes, int] = {}
+    for line in raw.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            values[parts[0]] = int(parts[1])
+    return values
+
+
+def _optional(path: str) -> bytes | None:
+    try:
+        return read_bytes(path)
+    except OSError:
+        return None  # controller not enabled for this cgroup: that value is unknown, not 0
+
+
+def read_cgroup(job_id: str, path: str) -> CgroupUsage:
+    cpu_raw = _optional(join(path, "cpu.stat"))
+    usage = _keyed_ints(cpu_raw).get(b"usage_usec") if cpu_raw is not None else None
+    mem_raw = _optional(join(path, "memory.current"))
+    memory = float(int(mem_raw.strip())) if mem_raw is not None and mem_raw.strip().isdigit() else None
+    io_raw = _optional(join(path, "io.stat"))
+    read = write = None
+    if io_raw is not None:
+        # "8:0 rbytes=1 wbytes=2 rios=3 ..." per device; an empty file means no I/O yet.
+        read = write = 0.0
+        for line in io_raw.splitlines():
+            for item in line.split()[1:]:
+                key, _, value = item.partition(b"=")
+                if key == b"rbytes":
+                    read += int(value)
+                elif key == b"wbytes":
+                    write += int(value)
+    pids: set[bytes] = set()
+    for dirpath, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            raw = _optional(join(dirpath, "cgroup.procs"))
+            if raw is not None:
+                pids.update(raw.split())
+    return CgroupUsage(
+        job_id, path, usage / 1e6 if usage is not None else None, memory, read, write, len(pids)
+    )

@@ -1,0 +1,107 @@
+"""One pass over ``<procfs>/<pid>``: which live processes belong to which job, and what they have
+used. Only ``stat`` is read for every PID; ``status`` and ``io`` are read only for PIDs that belong
+to a job, and the job of a PID is looked up once per (pid, start time)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from exporters.node._files import read_bytes
+from jobsight.identity import ProcessJobResolver
+
+USER_HZ = 100.0  # /proc/<pid>/stat times are in USER_HZ, always 100 in the kernel ABI
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    pid: int
+    start: int  # field 22 of stat, clock ticks after boot: with pid, identifies one process
+    job_id: str
+    cpu_seconds: float  # utime + stime of the whole thread group
+    rss_bytes: float | None  # VmRSS; None for zombies and kernel threads
+    read_bytes: float | None  # /proc/<pid>/io, None when not ours to read
+    write_bytes: float | None
+
+
+def parse_stat(raw: bytes) -> tuple[int, float] | None:
+    """(start time, cpu seconds) from /proc/<pid>/stat; the command name (field 2) may hold spaces
+    and parentheses, so fields are counted after the last ')'."""
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    if len(rest) < 20:
+        return None
+    return int(rest[19]), (int(rest[11]) + int(rest[12])) / USER_HZ
+
+
+def parse_vmrss(raw: bytes) -> float | None:
+    start = raw.find(b"\nVmRSS:")
+    if start < 0:
+        return None
+    fields = raw[start + 7 : raw.find(b"\n", start + 7)].split()
+    return float(int(fields[0]) * 1024) if fields else None  # the kernel writes kB (KiB)
+
+
+def parse_io(raw: bytes) -> tuple[float, float] | None:
+    values: dict[bytes, int] = {}
+    for line in raw.splitlines():
+        key, sep, value = line.partition(b":")
+        if sep and key in (b"read_bytes", b"write_bytes"):
+            values[key] = int(value)
+    if b"read_bytes" not in values or b"write_bytes" not in values:
+        return None
+    return float(values[b"read_bytes"]), float(values[b"write_bytes"])
+
+
+class ProcessScanner:
+    """Samples every live process that belongs to a job."""
+
+    def __init__(self, procfs: str, resolver: ProcessJobResolver) -> None:
+        self.procfs = procfs.rstrip("/") or "/"
+        self.resolver = resolver
+        self._jobs: dict[int, tuple[int, str | None]] = {}  # pid → (start, job id)
+
+    def scan(self) -> list[ProcessSample]:
+        prefix = self.procfs + "/" if self.procfs != "/" else "/"
+        samples: list[ProcessSample] = []
+        live: set[int] = set()
+        for name in os.listdir(self.procfs):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            base = prefix + name
+            try:
+                parsed = parse_stat(read_bytes(base + "/stat"))
+            except (OSError, ValueError):
+                continue  # exited between listdir and open, or a garbage stat: skip this PID only
+            if parsed is None:
+                continue
+            start, cpu = parsed
+            live.add(pid)
+            cached = self._jobs.get(pid)
+            if cached is not None and cached[0] == start:
+                job_id = cached[1]
+            else:
+                ref = self.resolver.job_of(pid)
+                job_id = ref.job_id if ref is not None else None
+                self._jobs[pid] = (start, job_id)
+            if job_id is None:
+                continue
+            samples.append(self._sample(base, pid, start, job_id, cpu))
+        for pid in [p for p in self._jobs if p not in live]:
+            del self._jobs[pid]
+        self.resolver.forget_except(live)
+        return samples
+
+    @staticmethod
+    def _sample(base: str, pid: int, start: int, job_id: str, cpu: float) -> ProcessSample:
+        try:
+            rss = parse_vmrss(read_bytes(base + "/status"))
+        except (OSError, ValueError):
+            rss = None
+        try:
+            io = parse_io(read_bytes(base + "/io"))
+        except (OSError, ValueError):
+            io = None  # /proc/<pid>/io needs ptrace access: other users' processes are unreadable
+        return ProcessSample(
+            pid, start, job_id, cpu, rss, io[0] if io else None, io[1] if io else None
+        )

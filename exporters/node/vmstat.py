@@ -1,0 +1,36 @@
+"""vmstat: ``node_vmstat_<field>`` (untyped, as node_exporter publishes them) for the fields of
+``<procfs>/vmstat`` matching a regex; node_exporter's default keeps ``oom_kill``, ``pgpg*``,
+``pswp*`` and the page-fault counters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric, UnknownMetricFamily
+
+from exporters.node._files import join, read_text
+from jobsight.errors import ConfigError
+
+DEFAULT_FIELDS = r"^(oom_kill|pgpg|pswp|pg.*fault).*"
+
+
+class VmstatCollector:
+    def __init__(self, procfs: str = "/proc", fields: str = DEFAULT_FIELDS) -> None:
+        self.path = join(procfs, "vmstat")
+        try:
+            self.fields = re.compile(fields)
+        except re.error as exc:
+            raise ConfigError(f"--collector.vmstat.fields {fields!r} is not a valid regex: {exc}") from exc
+
+    def collect(self) -> Iterator[Metric]:
+        for line in read_text(self.path).splitlines():
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{self.path}: invalid line {line[:80]!r}")
+            name, value = parts
+            if not self.fields.search(name):
+                continue
+            family = UnknownMetricFamily(f"node_vmstat_{name}", f"/proc/vmstat information field {name}.")
+            family.add_metric([], float(int(value)))
+            yield family
