@@ -1,16 +1,140 @@
-"""Placeholder: this component's command line is being written."""
+"""``jobsight exporter gpu``: DCGM-compatible GPU metrics from NVML, or from a simulated fleet.
+
+Only the standard library is imported at module level; the backend, prometheus_client and
+pydantic are imported in :func:`build`, so ``jobsight --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobsight.serving import ExporterParts
+
+DEFAULT_LISTEN = ":9400"
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("gpu", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "gpu",
+        help="GPU exporter (NVML, DCGM metric names; or simulated)",
+        description="Serve DCGM-compatible GPU metrics read from NVML, or from a simulated fleet.",
+    )
+    parser.add_argument(
+        "--web.listen-address", dest="web_listen_address", default=DEFAULT_LISTEN,
+        help=f"address to serve /metrics and /healthz on (default {DEFAULT_LISTEN})",
+    )
+    add_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def _add_shared(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
+    """Add an option another exporter may already have added to the same parser (``jobsight
+    agent`` combines several); both use the same dest, so the first definition serves both."""
+    with contextlib.suppress(argparse.ArgumentError):
+        parser.add_argument(*names, **kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of the GPU exporter except ``--web.listen-address`` (the agent has its own)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--simulate", dest="simulate", type=int, metavar="N", default=None,
+        help="serve N simulated H100-class GPUs instead of reading NVML",
+    )
+    source.add_argument(
+        "--scenario", dest="scenario", metavar="FILE", default=None,
+        help="serve simulated GPUs described by a YAML scenario file (re-read when it changes)",
+    )
+    parser.add_argument(
+        "--job-map-dir", dest="job_map_dir", metavar="DIR", default="/run/jobsight/jobs",
+        help="directory of per-GPU job files written by a Slurm prolog (default /run/jobsight/jobs)",
+    )
+    _add_shared(
+        parser, "--hostname", dest="hostname", metavar="NAME", default=None,
+        help="value of the Hostname label (default: $NODE_NAME, else the machine's hostname)",
+    )
+    _add_shared(
+        parser, "--path.procfs", dest="path_procfs", metavar="DIR", default="/proc",
+        help="procfs root used to find the job of a GPU process (default /proc)",
+    )
+    parser.add_argument(
+        "--collect.interval", dest="gpu_collect_interval", type=float, metavar="SECONDS", default=1.0,
+        help="how often each GPU is read in the background (default 1)",
+    )
+    parser.add_argument(
+        "--collect.stale-after", dest="gpu_stale_after", type=float, metavar="SECONDS", default=10.0,
+        help="a GPU whose last read is older than this is reported down (default 10)",
+    )
+    parser.add_argument(
+        "--no-gpm", dest="gpu_gpm", action="store_false", default=True,
+        help="do not read NVML GPM profiling metrics (DCGM_FI_PROF_*)",
+    )
+
+
+def build(args: argparse.Namespace) -> ExporterParts:
+    """The GPU exporter's collectors (named ``gpu``, prefix ``jobsight``), health check and
+    close; starts the background threads. Raises ConfigError for bad flags or a bad scenario and
+    BackendUnavailable when NVML cannot be used and no simulation was asked for."""
+    import time
+
+    from exporters.gpu.attribution import JobAttributor
+    from exporters.gpu.collector import GpuCollector
+    from exporters.gpu.model import GpuBackend
+    from exporters.gpu.nvml import NvmlBackend
+    from exporters.gpu.sampler import Sampler
+    from exporters.gpu.scenario import FixedScenario, ScenarioFile, default_scenario
+    from exporters.gpu.simulated import SimulatedBackend
+    from exporters.gpu.xid import XidLedger
+    from jobsight.errors import ConfigError
+    from jobsight.host import host_key
+    from jobsight.identity import JobMapDir, ProcessJobResolver
+    from jobsight.serving import Collector, ExporterParts
+
+    interval = float(args.gpu_collect_interval)
+    stale_after = float(args.gpu_stale_after)
+    if not 0.05 <= interval <= 3600:
+        raise ConfigError(f"--collect.interval: {interval} is outside 0.05-3600 seconds")
+    if stale_after < 2 * interval:
+        raise ConfigError(
+            f"--collect.stale-after ({stale_after}s) must be at least twice --collect.interval ({interval}s)"
+        )
+
+    extra: list[Collector] = []
+    backend: GpuBackend
+    hostname = args.hostname
+    if args.scenario is not None:
+        source = ScenarioFile(args.scenario)
+        hostname = hostname or source.current().hostname or host_key()
+        simulated = SimulatedBackend(source, hostname=hostname)
+        scenario_metrics = simulated.scenario_collector()
+        if scenario_metrics is not None:
+            extra.append(scenario_metrics)
+        backend = simulated
+    elif args.simulate is not None:
+        hostname = host_key(hostname)
+        backend = SimulatedBackend(FixedScenario(default_scenario(int(args.simulate))), hostname=hostname)
+    else:
+        hostname = host_key(hostname)
+        backend = NvmlBackend(gpm=bool(args.gpu_gpm))
+    backend.open()
+
+    ledger = XidLedger()
+    attributor = JobAttributor(
+        JobMapDir(args.job_map_dir), ProcessJobResolver(args.path_procfs), clock=time.monotonic,
+        map_ttl_s=interval,
+    )
+    sampler = Sampler(backend, attributor, ledger, interval_s=interval, stale_after_s=stale_after)
+    sampler.start(wait_first_s=min(stale_after, 5.0))
+    collector = GpuCollector(sampler, ledger, backend.info(), hostname, extra=extra)
+    return ExporterParts(collectors={"gpu": collector}, prefix="jobsight", health=sampler.health,
+                         close=sampler.close)
+
+
 def run(args: argparse.Namespace) -> int:
-    print("jobsight: gpu is not available in this build yet")
-    return 1
+    from jobsight.serving import parse_listen_address, serve_parts
+
+    listen = parse_listen_address(args.web_listen_address)
+    return serve_parts([build(args)], listen)

@@ -1,0 +1,97 @@
+"""Which jobs hold a GPU, and how much of its memory each one uses.
+
+Order (DESIGN.md "Job identity"): the job map directory first (a Slurm prolog wrote which job got
+the GPU, so every process on it belongs to that job); otherwise each process on the GPU is
+resolved by PID through ``/proc/<pid>/environ`` and ``/proc/<pid>/cgroup``. A backend that
+already knows a process's job (the simulated one) passes it in ``ProcessUsage.job_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from exporters.gpu.model import Clock, GpuIdentity, ProcessUsage
+from jobsight.identity import JobMapDir, JobMapSnapshot, ProcessJobResolver, is_valid_job_id
+
+log = logging.getLogger(__name__)
+
+# Distinct job-map problems are logged once each; the set is bounded so a directory full of bad
+# files cannot grow it without end.
+_MAX_LOGGED_ERRORS = 256
+
+
+@dataclass(frozen=True)
+class GpuJobs:
+    jobs: tuple[str, ...] = ()
+    memory_bytes: dict[str, int] = field(default_factory=dict)
+
+
+class JobAttributor:
+    """Thread-safe: the sampler's per-GPU threads call :meth:`attribute` concurrently."""
+
+    def __init__(
+        self,
+        job_map: JobMapDir | None,
+        resolver: ProcessJobResolver,
+        clock: Clock,
+        map_ttl_s: float = 1.0,
+    ) -> None:
+        self._job_map = job_map
+        self._resolver = resolver
+        self._clock = clock
+        self._map_ttl_s = map_ttl_s
+        self._lock = threading.Lock()
+        self._snapshot = JobMapSnapshot()
+        self._snapshot_at: float | None = None
+        self._pids_by_gpu: dict[int, set[int]] = {}
+        self._logged: set[str] = set()
+        self.map_errors = 0
+
+    def attribute(self, identity: GpuIdentity, processes: Sequence[ProcessUsage]) -> GpuJobs:
+        with self._lock:
+            snapshot = self._map()
+            self._pids_by_gpu[identity.index] = {p.pid for p in processes}
+            mapped = snapshot.job_for_gpu(identity.index, identity.uuid or None)
+            memory: dict[str, int] = {}
+            jobs: list[str] = []
+            if mapped is not None:
+                jobs.append(mapped.job_id)
+                used = [p.used_bytes for p in processes if p.used_bytes is not None]
+                if used:
+                    memory[mapped.job_id] = sum(used)
+            else:
+                for proc in processes:
+                    job_id = self._job_of(proc)
+                    if job_id is None:
+                        continue
+                    if job_id not in jobs:
+                        jobs.append(job_id)
+                    if proc.used_bytes is not None:
+                        memory[job_id] = memory.get(job_id, 0) + proc.used_bytes
+            live = set().union(*self._pids_by_gpu.values())
+            self._resolver.forget_except(live)
+            return GpuJobs(tuple(sorted(jobs)), memory)
+
+    def _job_of(self, proc: ProcessUsage) -> str | None:
+        if proc.job_id is not None:
+            return proc.job_id if is_valid_job_id(proc.job_id) else None
+        ref = self._resolver.job_of(proc.pid)
+        return ref.job_id if ref is not None else None
+
+    def _map(self) -> JobMapSnapshot:
+        if self._job_map is None:
+            return self._snapshot
+        now = self._clock()
+        if self._snapshot_at is not None and now - self._snapshot_at < self._map_ttl_s:
+            return self._snapshot
+        snapshot = self._job_map.read()
+        for problem in snapshot.errors:
+            self.map_errors += 1
+            if problem not in self._logged and len(self._logged) < _MAX_LOGGED_ERRORS:
+                self._logged.add(problem)
+                log.warning("job map: %s", problem)
+        self._snapshot, self._snapshot_at = snapshot, now
+        return snapshot

@@ -1,0 +1,153 @@
+"""The Prometheus collector: turns the sampler's latest readings into fresh metric families on
+every scrape. It never calls the backend, so a scrape costs the same whatever NVML is doing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporters.gpu.fields import FIELDS
+from exporters.gpu.model import BackendInfo, GpuIdentity
+from exporters.gpu.sampler import GpuView, Sampler
+from exporters.gpu.xid import XidLedger
+from jobsight.serving import Collector
+
+GPU_LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"]
+JOB_LABELS = ["Hostname", "gpu", "UUID", "job_id"]
+SELF_LABELS = ["Hostname", "gpu"]
+
+
+class GpuCollector:
+    def __init__(
+        self,
+        sampler: Sampler,
+        ledger: XidLedger,
+        info: BackendInfo,
+        hostname: str,
+        extra: Sequence[Collector] = (),
+    ) -> None:
+        self.sampler = sampler
+        self.ledger = ledger
+        self.info = info
+        self.hostname = hostname
+        self.extra = tuple(extra)
+
+    def _labels(self, ident: GpuIdentity) -> list[str]:
+        return [str(ident.index), ident.uuid, ident.pci_bus_id, ident.device, ident.model_name, self.hostname]
+
+    def collect(self) -> Iterator[Metric]:
+        views = self.sampler.views()
+        yield from self._values(views)
+        yield from self._xids(views)
+        yield from self._state(views)
+        yield from self._jobs(views)
+        yield from self._self_metrics(views)
+        for collector in self.extra:
+            yield from collector.collect()
+
+    def _values(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        for spec in FIELDS:
+            family = Metric(spec.name, spec.help, "gauge" if spec.kind == "gauge" else "unknown")
+            for view in views:
+                if view.reading is None:
+                    continue
+                value = view.reading.values.get(spec.name)
+                if value is None:
+                    continue
+                family.add_sample(spec.name, dict(zip(GPU_LABELS, self._labels(view.identity), strict=True)),
+                                  float(value))
+            if family.samples:
+                yield family
+
+    def _xids(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        xids = self.ledger.view()
+        last = GaugeMetricFamily(
+            "DCGM_FI_DEV_XID_ERRORS",
+            "Value of the last XID error encountered (0: none since the exporter started).",
+            labels=GPU_LABELS,
+        )
+        total = CounterMetricFamily(
+            "jobsight_gpu_xid_errors",
+            "jobsight: critical XID events per GPU and XID code since the exporter started.",
+            labels=[*GPU_LABELS, "xid"],
+        )
+        by_index = {view.identity.index: view.identity for view in views}
+        for view in views:
+            last.add_metric(self._labels(view.identity), float(xids.last.get(view.identity.index, 0)))
+        for (index, xid), count in sorted(xids.counts.items()):
+            ident = by_index.get(index)
+            if ident is not None:
+                total.add_metric([*self._labels(ident), str(xid)], float(count))
+        yield last
+        yield total
+
+    def _state(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "jobsight_gpu_up",
+            "jobsight: 1 if the GPU answered its last read within the staleness bound, else 0.",
+            labels=GPU_LABELS,
+        )
+        info = GaugeMetricFamily(
+            "jobsight_gpu_info",
+            "jobsight: static facts about the GPU and the backend reading it.",
+            labels=[*GPU_LABELS, "driver_version", "cuda_version", "backend"],
+        )
+        for view in views:
+            labels = self._labels(view.identity)
+            if view.age_s is not None:  # not before the first read: "down" would be a guess
+                up.add_metric(labels, 1.0 if view.up else 0.0)
+            facts = [self.info.driver_version, self.info.cuda_version, self.info.backend]
+            info.add_metric([*labels, *facts], 1.0)
+        yield up
+        yield info
+
+    def _jobs(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        job_info = GaugeMetricFamily(
+            "jobsight_gpu_job_info",
+            "jobsight: 1 for each job holding the GPU (job map directory, else the processes on it).",
+            labels=JOB_LABELS,
+        )
+        memory = GaugeMetricFamily(
+            "jobsight_gpu_job_memory_used_bytes",
+            "jobsight: GPU memory used by the job's processes on the GPU.",
+            labels=JOB_LABELS,
+        )
+        for view in views:
+            ident = view.identity
+            for job_id in view.jobs.jobs:
+                job_info.add_metric([self.hostname, str(ident.index), ident.uuid, job_id], 1.0)
+            for job_id, used in sorted(view.jobs.memory_bytes.items()):
+                memory.add_metric([self.hostname, str(ident.index), ident.uuid, job_id], float(used))
+        yield job_info
+        yield memory
+
+    def _self_metrics(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        errors = CounterMetricFamily(
+            "jobsight_gpu_collect_errors",
+            "jobsight: errors met while collecting, by GPU and reason (gpu=\"\" for host-wide ones).",
+            labels=[*SELF_LABELS, "reason"],
+        )
+        duration = GaugeMetricFamily(
+            "jobsight_gpu_collect_duration_seconds",
+            "jobsight: how long the last background read of the GPU took.",
+            labels=SELF_LABELS,
+        )
+        age = GaugeMetricFamily(
+            "jobsight_gpu_collect_age_seconds",
+            "jobsight: age of the GPU's last completed read at scrape time.",
+            labels=SELF_LABELS,
+        )
+        for view in views:
+            labels = [self.hostname, str(view.identity.index)]
+            for reason, count in sorted(view.errors.items()):
+                errors.add_metric([*labels, reason], float(count))
+            if view.duration_s is not None:
+                duration.add_metric(labels, view.duration_s)
+            if view.age_s is not None:
+                age.add_metric(labels, view.age_s)
+        for reason, count in sorted(self.sampler.other_errors().items()):
+            errors.add_metric([self.hostname, "", reason], float(count))
+        yield errors
+        yield duration
+        yield age
