@@ -55,7 +55,7 @@ class NodeConfig:
 def build_collectors(config: NodeConfig) -> dict[str, Collector]:
     """The enabled collectors, in :data:`COLLECTOR_NAMES` order; bad filters raise ConfigError."""
     factories: dict[str, Callable[[], Collector]] = {
-        "cpu": lambda: CpuCollector(config.procfs, guest=config.cpu_guest),
+        "cpu": lambda: CpuCollector(config.procfs, config.sysfs, guest=config.cpu_guest),
         "diskstats": lambda: DiskstatsCollector(
             config.procfs, config.udev_data,
             NameFilter(config.diskstats_exclude, config.diskstats_include, what="diskstats device"),

@@ -1,11 +1,13 @@
 """cpu: ``node_cpu_seconds_total{cpu,mode}`` and ``node_cpu_guest_seconds_total{cpu,mode}`` from
-``<procfs>/stat``, as node_exporter's cpu collector computes them."""
+``<procfs>/stat``, plus thermal throttle counts and isolated CPUs from
+``<sysfs>/devices/system/cpu``, as node_exporter's cpu collector computes them."""
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporters.node._files import join, read_text
 
@@ -17,8 +19,9 @@ _MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 class CpuCollector:
-    def __init__(self, procfs: str = "/proc", guest: bool = True) -> None:
+    def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", guest: bool = True) -> None:
         self.path = join(procfs, "stat")
+        self.cpu_dir = join(sysfs, "devices", "system", "cpu")
         self.guest = guest
         # node_exporter keeps the last value per (cpu, mode) and ignores a value that went
         # backwards (iowait and idle can, on some kernels), so rate() never sees a reset.
@@ -59,3 +62,82 @@ class CpuCollector:
         yield seconds
         if self.guest:
             yield guest
+        yield from self._throttles()
+        yield from self._isolated()
+
+    def _throttles(self) -> Iterator[Metric]:
+        """Thermal throttle counters, read once per core and once per package: hyperthreads
+        share their core's counter (node_exporter's ``updateThermalThrottle``)."""
+        packages: dict[int, int] = {}
+        cores: dict[int, dict[int, int]] = {}
+        # Lexicographic, as Go's filepath.Glob returns them: the first CPU of a core wins.
+        for cpu in sorted(glob.glob(join(self.cpu_dir, "cpu[0-9]*"))):
+            package = _read_uint(join(cpu, "topology", "physical_package_id"))
+            core = _read_uint(join(cpu, "topology", "core_id"))
+            if package is None or core is None:
+                continue
+            package_cores = cores.setdefault(package, {})
+            if core not in package_cores:
+                count = _read_uint(join(cpu, "thermal_throttle", "core_throttle_count"))
+                if count is not None:
+                    package_cores[core] = count
+            if package not in packages:
+                count = _read_uint(join(cpu, "thermal_throttle", "package_throttle_count"))
+                if count is not None:
+                    packages[package] = count
+        if any(cores.values()):
+            core_family = CounterMetricFamily(
+                "node_cpu_core_throttles_total", "Number of times this CPU core has been throttled.",
+                labels=["package", "core"],
+            )
+            for package in sorted(cores):
+                for core in sorted(cores[package]):
+                    core_family.add_metric([str(package), str(core)], float(cores[package][core]))
+            yield core_family
+        if packages:
+            package_family = CounterMetricFamily(
+                "node_cpu_package_throttles_total", "Number of times this CPU package has been throttled.",
+                labels=["package"],
+            )
+            for package in sorted(packages):
+                package_family.add_metric([str(package)], float(packages[package]))
+            yield package_family
+
+    def _isolated(self) -> Iterator[Metric]:
+        try:
+            text = read_text(join(self.cpu_dir, "isolated")).strip()
+        except OSError:
+            return  # kernels without the file have no isolated CPUs to report
+        try:
+            cpus = parse_cpu_list(text)
+        except ValueError:
+            return  # a garbage list drops this series only, not the CPU times
+        if not cpus:
+            return
+        family = GaugeMetricFamily(
+            "node_cpu_isolated",
+            "Whether each core is isolated, information from /sys/devices/system/cpu/isolated.",
+            labels=["cpu"],
+        )
+        for cpu in cpus:
+            family.add_metric([str(cpu)], 1.0)
+        yield family
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """The kernel's cpu list format: ``0-3,8,10-11``."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        cpus.extend(range(int(first), int(last) + 1) if sep else [int(first)])
+    return cpus
+
+
+def _read_uint(path: str) -> int | None:
+    try:
+        return int(read_text(path).strip())
+    except (OSError, ValueError):
+        return None
