@@ -37,7 +37,8 @@ JOB_STALLED_EXPR = """\
 (time() - max by (job_id) (jobsight_log_job_last_record_timestamp_seconds)) > {seconds}
   and on (job_id)
 max by (job_id) (
-  max_over_time(DCGM_FI_DEV_GPU_UTIL[{seconds}s]) * on (Hostname, gpu) group_left (job_id) jobsight_gpu_job_info
+  max_over_time(DCGM_FI_DEV_GPU_UTIL[{seconds}s])
+    * on (Hostname, gpu) group_left (job_id) jobsight_gpu_job_info
 ) < 1
 """
 

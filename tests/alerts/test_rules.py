@@ -28,6 +28,12 @@ RUNBOOKS = REPO_ROOT / "docs" / "runbooks"
 SEVERITIES = {"critical", "warning", "info"}
 
 
+STALL_DESCRIPTION = (
+    "Job 7 has written no log record for 6m 0s and none of its GPUs has been busy in that window. "
+    "It may be hung (deadlock, stuck I/O, dead peer)."
+)
+
+
 def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [require_binary("promtool"), *args], capture_output=True, text=True, timeout=120, cwd=cwd
@@ -35,7 +41,13 @@ def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 def test_there_are_rule_files_and_test_files() -> None:
-    assert [p.name for p in rule_files()] == ["gpu.yaml", "health.yaml", "jobs.yaml", "node.yaml", "rdma.yaml"]
+    assert [p.name for p in rule_files()] == [
+        "gpu.yaml",
+        "health.yaml",
+        "jobs.yaml",
+        "node.yaml",
+        "rdma.yaml",
+    ]
     assert len(rule_test_files()) == len(rule_files())
 
 
@@ -58,10 +70,17 @@ def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path: Path) -> None
         "tests": [
             {
                 "interval": "1m",
-                "input_series": [{"series": 'jobsight_gpu_up{Hostname="n", gpu="0", UUID="G"}', "values": "0 0"}],
+                "input_series": [
+                    {"series": 'jobsight_gpu_up{Hostname="n", gpu="0", UUID="G"}', "values": "0 0"}
+                ],
                 "alert_rule_test": [
-                    {"eval_time": "1m", "alertname": "GPULost",
-                     "exp_alerts": [{"exp_labels": {"severity": "info", "Hostname": "n", "gpu": "0", "UUID": "G"}}]}
+                    {
+                        "eval_time": "1m",
+                        "alertname": "GPULost",
+                        "exp_alerts": [
+                            {"exp_labels": {"severity": "info", "Hostname": "n", "gpu": "0", "UUID": "G"}}
+                        ],
+                    }
                 ],
             }
         ],
@@ -173,7 +192,10 @@ def test_render_rules_with_another_stall_window_changes_when_job_stalled_fires(t
             {
                 "interval": "1m",
                 "input_series": [
-                    {"series": 'jobsight_log_job_last_record_timestamp_seconds{job_id="7"}', "values": "60x10"},
+                    {
+                        "series": 'jobsight_log_job_last_record_timestamp_seconds{job_id="7"}',
+                        "values": "60x10",
+                    },
                     {"series": 'DCGM_FI_DEV_GPU_UTIL{Hostname="n", gpu="0"}', "values": "0x10"},
                     {"series": 'jobsight_gpu_job_info{Hostname="n", gpu="0", job_id="7"}', "values": "1x10"},
                 ],
@@ -187,9 +209,7 @@ def test_render_rules_with_another_stall_window_changes_when_job_stalled_fires(t
                                 "exp_labels": {"severity": "warning", "job_id": "7"},
                                 "exp_annotations": {
                                     "summary": "Job 7 looks stalled",
-                                    "description": "Job 7 has written no log record for 6m 0s and none of its "
-                                    "GPUs has been busy in that window. It may be hung (deadlock, stuck I/O, "
-                                    "dead peer).",
+                                    "description": STALL_DESCRIPTION,
                                     "runbook_url": f"{RUNBOOK_BASE_URL}JobStalled.md",
                                 },
                             }
@@ -207,5 +227,5 @@ def test_render_rules_with_another_stall_window_changes_when_job_stalled_fires(t
 
 @pytest.mark.parametrize("window", ["", "soon", "30s", "-5m"])
 def test_render_rules_rejects_a_bad_stall_window(tmp_path: Path, window: str) -> None:
-    with pytest.raises(ConfigError, match="duration|too short"):
+    with pytest.raises(ConfigError, match=r"duration|too short"):
         render_rules(tmp_path, job_stall_after=window)

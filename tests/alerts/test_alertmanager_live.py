@@ -1,0 +1,185 @@
+"""A real Alertmanager, started from the rendered configuration, delivers alerts to the webhook with
+the bearer token, groups them, and applies the inhibition rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from alerts.config import AlertmanagerSettings, render_alertmanager_config, write_alertmanager_config
+from tests.alerts.webhook_server import RecordingServer
+from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, spawn: Callable[..., Proc]) -> Iterator[tuple[str, RecordingServer]]:
+    require_binary(ALERTMANAGER)
+    with RecordingServer() as server:
+        yield _start_alertmanager(tmp_path, spawn, server), server
+
+
+def _start_alertmanager(tmp_path: Path, spawn: Callable[..., Proc], server: RecordingServer) -> str:
+    """Alertmanager on a free port, configured by the renderer to deliver to ``server``."""
+    settings = AlertmanagerSettings(group_wait="1s", group_interval="1s")
+    config = render_alertmanager_config(
+        f"http://127.0.0.1:{server.port}/v1/alerts/webhook", TOKEN, settings=settings
+    )
+    config_path = write_alertmanager_config(tmp_path / "alertmanager.yml", config)
+    port = free_port()
+    proc = spawn(
+        [
+            ALERTMANAGER,
+            f"--config.file={config_path}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        name="alertmanager",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/-/ready", proc=proc)
+    return base
+
+
+def _post_alerts(base: str, alerts: list[dict[str, Any]]) -> None:
+    now = datetime.now(UTC).isoformat()
+    payload = [
+        {"labels": a, "annotations": {"summary": f"{a['alertname']} test"}, "startsAt": now} for a in alerts
+    ]
+    response = httpx.post(f"{base}/api/v2/alerts", json=payload, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def _delivered(server: RecordingServer) -> list[dict[str, Any]]:
+    """Every alert of every webhook delivery so far."""
+    return [alert for request in server.snapshot() for alert in request.json()["alerts"]]
+
+
+def _am_alert(base: str, **labels: str) -> dict[str, Any] | None:
+    response = httpx.get(f"{base}/api/v2/alerts", timeout=10)
+    response.raise_for_status()
+    for alert in response.json():
+        if all(alert["labels"].get(k) == v for k, v in labels.items()):
+            return dict(alert)
+    return None
+
+
+def test_alert_is_delivered_to_the_webhook_with_the_bearer_token(
+    alertmanager: tuple[str, RecordingServer],
+) -> None:
+    base, server = alertmanager
+    labels = {
+        "alertname": "GPUXidError",
+        "severity": "critical",
+        "Hostname": "node2",
+        "gpu": "3",
+        "UUID": "GPU-3",
+        "xid": "79",
+    }
+    _post_alerts(base, [labels])
+
+    wait_until(lambda: server.snapshot(), timeout=30, message="a webhook delivery")
+    request = server.snapshot()[0]
+    assert request.path == "/v1/alerts/webhook"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    body = request.json()
+    assert body["version"] == "4"
+    assert body["status"] == "firing"
+    assert body["receiver"] == "jobsight-api"
+    assert body["groupLabels"] == {"alertname": "GPUXidError", "Hostname": "node2"}
+    assert [a["labels"] for a in body["alerts"]] == [labels]
+
+
+def test_node_down_inhibits_that_nodes_gpu_alerts_only(alertmanager: tuple[str, RecordingServer]) -> None:
+    base, server = alertmanager
+    _post_alerts(base, [{"alertname": "NodeDown", "severity": "critical", "Hostname": "node1"}])
+    wait_until(lambda: _am_alert(base, alertname="NodeDown"), timeout=30, message="NodeDown in Alertmanager")
+
+    _post_alerts(
+        base,
+        [
+            {
+                "alertname": "GPULost",
+                "severity": "critical",
+                "Hostname": "node1",
+                "gpu": "0",
+                "UUID": "GPU-0",
+            },
+            {
+                "alertname": "RDMAPortNotActive",
+                "severity": "critical",
+                "Hostname": "node1",
+                "device": "mlx5_0",
+                "port": "1",
+            },
+        ],
+    )
+    # The control: the same alert on another node is delivered.
+    _post_alerts(
+        base,
+        [{"alertname": "GPULost", "severity": "critical", "Hostname": "node3", "gpu": "0", "UUID": "GPU-24"}],
+    )
+
+    def inhibited(**labels: str) -> bool:
+        alert = _am_alert(base, **labels)
+        return bool(alert and alert["status"]["state"] == "suppressed" and alert["status"]["inhibitedBy"])
+
+    wait_until(
+        lambda: inhibited(alertname="GPULost", Hostname="node1"),
+        timeout=30,
+        message="GPULost on node1 to be inhibited",
+    )
+    wait_until(
+        lambda: inhibited(alertname="RDMAPortNotActive", Hostname="node1"),
+        timeout=30,
+        message="RDMAPortNotActive on node1 to be inhibited",
+    )
+    wait_until(
+        lambda: any(
+            a["labels"]["alertname"] == "GPULost" and a["labels"]["Hostname"] == "node3"
+            for a in _delivered(server)
+        ),
+        timeout=30,
+        message="GPULost on node3 to be delivered",
+    )
+    delivered = {(a["labels"]["alertname"], a["labels"]["Hostname"]) for a in _delivered(server)}
+    assert ("NodeDown", "node1") in delivered
+    assert ("GPULost", "node1") not in delivered
+    assert ("RDMAPortNotActive", "node1") not in delivered
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in server.snapshot())
+
+
+def test_critical_inhibits_the_warning_of_the_same_alert_on_the_same_gpu(
+    alertmanager: tuple[str, RecordingServer],
+) -> None:
+    base, server = alertmanager
+    common = {"alertname": "GPUXidError", "Hostname": "node4", "gpu": "1", "UUID": "GPU-1"}
+    _post_alerts(base, [{**common, "severity": "critical", "xid": "79"}])
+    wait_until(lambda: _am_alert(base, alertname="GPUXidError", xid="79"), timeout=30, message="critical XID")
+    _post_alerts(
+        base,
+        [
+            {**common, "severity": "warning", "xid": "13"},
+            # Another GPU's warning is not inhibited.
+            {**common, "gpu": "2", "UUID": "GPU-2", "severity": "warning", "xid": "13"},
+        ],
+    )
+    wait_until(
+        lambda: (a := _am_alert(base, xid="13", gpu="1")) and a["status"]["state"] == "suppressed",
+        timeout=30,
+        message="warning XID on gpu 1 to be inhibited",
+    )
+    wait_until(
+        lambda: any(a["labels"].get("xid") == "13" and a["labels"]["gpu"] == "2" for a in _delivered(server)),
+        timeout=30,
+        message="warning XID on gpu 2 to be delivered",
+    )
+    assert not any(a["labels"].get("xid") == "13" and a["labels"]["gpu"] == "1" for a in _delivered(server))
