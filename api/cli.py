@@ -1,4 +1,9 @@
-"""Placeholder: this component's command line is being written."""
+"""``jobsight api [--config FILE] [--listen HOST:PORT]``: serve the job API with uvicorn.
+
+Only the standard library is imported at module level; FastAPI, uvicorn and the rest load inside
+:func:`run`. uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes in-flight requests and
+runs the app's shutdown (which stops TensorBoards and the notification worker).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,28 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("api", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "api", help="serve the job API (FastAPI)",
+        description="Serve the jobsight job API. Settings come from --config (YAML) and JOBSIGHT_API_* "
+                    "environment variables; see docs/api.md.",
+    )
+    parser.add_argument("--config", metavar="FILE", default=None, help="YAML settings file")
+    parser.add_argument("--listen", metavar="HOST:PORT", default=None,
+                        help="address to serve on (default: the config's listen, else 127.0.0.1:8000)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("jobsight: api is not available in this build yet")
-    return 1
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import load_settings
+    from jobsight.serving import parse_listen_address
+
+    settings = load_settings(args.config, listen=args.listen)
+    address = parse_listen_address(settings.listen)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=address.host, port=address.port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=10, lifespan="on")
+    uvicorn.Server(config).run()
+    return 0

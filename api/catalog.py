@@ -1,0 +1,100 @@
+"""The documented catalog of per-job metrics. Tenants name an entry; only this module writes
+PromQL, with the job id escaped into the one matcher that selects the job.
+
+GPU entries join hardware series to the job through
+``jobsight_gpu_job_info{Hostname, gpu, UUID, job_id}``; node entries join on ``Hostname`` to the
+nodes where the job holds a GPU; ``job_*`` entries read the node exporter's per-job series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from api.prometheus import duration, matcher
+
+
+@dataclass(frozen=True)
+class CatalogMetric:
+    name: str
+    unit: str
+    scope: Literal["gpu", "node"]
+    description: str
+    build: Callable[[str, float], str]  # (escaped job matcher, rate window seconds) -> PromQL
+
+
+def gpu_join(job_id: str) -> str:
+    """``* on(Hostname, gpu) group_left(job_id) <info>``: keeps only the job's GPUs."""
+    info = f"jobsight_gpu_job_info{{{matcher('job_id', job_id)}}}"
+    return f"on(Hostname, gpu) group_left(job_id) max by (Hostname, gpu, job_id) ({info})"
+
+
+def node_join(job_id: str) -> str:
+    info = f"jobsight_gpu_job_info{{{matcher('job_id', job_id)}}}"
+    return f"on(Hostname) group_left(job_id) max by (Hostname, job_id) ({info})"
+
+
+def _gpu(expr: str, scale: float = 1.0) -> Callable[[str, float], str]:
+    def build(job_id: str, _window: float) -> str:
+        scaled = f"({expr}) * {scale:g}" if scale != 1.0 else expr
+        return f"max by (Hostname, gpu) ({scaled} * {gpu_join(job_id)})"
+    return build
+
+
+def _node_rate(counter: str) -> Callable[[str, float], str]:
+    def build(job_id: str, window: float) -> str:
+        per_host = f"sum by (Hostname) (rate({counter}[{duration(window)}]))"
+        return f"max by (Hostname) ({per_host} * {node_join(job_id)})"
+    return build
+
+
+def _node_cpu(job_id: str, window: float) -> str:
+    busy = f'1 - avg by (Hostname) (rate(node_cpu_seconds_total{{mode="idle"}}[{duration(window)}]))'
+    return f"max by (Hostname) (({busy}) * {node_join(job_id)})"
+
+
+def _job_cpu(job_id: str, window: float) -> str:
+    selector = f"jobsight_job_cpu_seconds_total{{{matcher('job_id', job_id)}}}"
+    return f"sum by (Hostname) (rate({selector}[{duration(window)}]))"
+
+
+def _job_memory(job_id: str, _window: float) -> str:
+    return f"sum by (Hostname) (jobsight_job_memory_rss_bytes{{{matcher('job_id', job_id)}}})"
+
+
+CATALOG: dict[str, CatalogMetric] = {
+    metric.name: metric
+    for metric in [
+        CatalogMetric("gpu_util", "percent", "gpu", "GPU utilisation 0-100 (DCGM_FI_DEV_GPU_UTIL)",
+                      _gpu("DCGM_FI_DEV_GPU_UTIL")),
+        CatalogMetric("gpu_memory_used", "bytes", "gpu", "framebuffer memory used (DCGM_FI_DEV_FB_USED)",
+                      _gpu("DCGM_FI_DEV_FB_USED", 1048576.0)),
+        CatalogMetric("gpu_power", "watts", "gpu", "power draw (DCGM_FI_DEV_POWER_USAGE)",
+                      _gpu("DCGM_FI_DEV_POWER_USAGE")),
+        CatalogMetric("gpu_temperature", "celsius", "gpu", "GPU temperature (DCGM_FI_DEV_GPU_TEMP)",
+                      _gpu("DCGM_FI_DEV_GPU_TEMP")),
+        CatalogMetric("gpu_sm_clock", "hertz", "gpu", "SM clock (DCGM_FI_DEV_SM_CLOCK, MHz scaled to Hz)",
+                      _gpu("DCGM_FI_DEV_SM_CLOCK", 1e6)),
+        CatalogMetric("gpu_tensor_active", "ratio", "gpu",
+                      "fraction of cycles the tensor pipes were active (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE)",
+                      _gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")),
+        CatalogMetric("rdma_rx_bytes", "bytes_per_second", "node",
+                      "RDMA bytes received per second, all ports of each of the job's nodes",
+                      _node_rate("node_infiniband_port_data_received_bytes_total")),
+        CatalogMetric("rdma_tx_bytes", "bytes_per_second", "node",
+                      "RDMA bytes transmitted per second, all ports of each of the job's nodes",
+                      _node_rate("node_infiniband_port_data_transmitted_bytes_total")),
+        CatalogMetric("node_cpu", "ratio", "node", "busy fraction of all CPUs of each of the job's nodes",
+                      _node_cpu),
+        CatalogMetric("job_cpu", "cores", "node", "CPU cores used by the job's processes on each node",
+                      _job_cpu),
+        CatalogMetric("job_memory", "bytes", "node", "resident memory of the job's processes on each node",
+                      _job_memory),
+    ]
+}
+
+
+def rate_window(step: float, scrape_interval: float = 15.0) -> float:
+    """Like Grafana's $__rate_interval: at least four scrapes, and never shorter than a step."""
+    return max(step + scrape_interval, 4 * scrape_interval)

@@ -1,0 +1,377 @@
+"""What the routes do, without HTTP: tenant visibility, discovered jobs, metrics, summaries,
+diagnosis, links, the alert webhook and notification delivery. Every dependency is injected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from api.catalog import CATALOG, rate_window
+from api.diagnosis import diagnose
+from api.links import build_links
+from api.logsource import LogSource, UnconfiguredLogSource
+from api.models import (
+    AlertOut,
+    Diagnosis,
+    JobIn,
+    Links,
+    LogRecordOut,
+    SummaryResponse,
+    WebhookPayload,
+    WebhookResult,
+)
+from api.notify import Notifier, failure_message
+from api.prometheus import PrometheusClient, choose_step, duration, matcher
+from api.settings import ApiSettings
+from api.store import Alert, IncomingAlert, Job, JobStore
+from api.summary import JobFacts, PromFacts, findings_from_alerts, findings_from_events, overall
+from api.tensorboard import TensorBoardManager
+from jobsight.errors import DependencyUnavailable, InvalidInput
+from jobsight.identity import is_valid_job_id
+from jobsight.logstore import LogRecord
+
+log = logging.getLogger("jobsight.api")
+
+MAX_RANGE_SECONDS = 90 * 24 * 3600
+DISCOVERY_LOOKBACK = "5m"
+FAILURE_ALERTS = frozenset({"JobFailed"})
+
+
+class NotFound(Exception):
+    """The job does not exist, or the caller may not see it (both answer 404)."""
+
+
+class Forbidden(Exception):
+    """The caller is authenticated but not allowed to do this."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    admin: bool
+
+
+def ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def iso(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
+
+
+def job_out(job: Job, source: str = "registered") -> dict[str, Any]:
+    return {
+        "job_id": job.job_id, "source": source, "tenant": job.tenant or None, "name": job.name,
+        "user": job.user, "scheduler": job.scheduler, "nodes": list(job.nodes), "gpus": list(job.gpus),
+        "started_at": iso(job.started_at), "ended_at": iso(job.ended_at), "status": job.status,
+        "exit_code": job.exit_code, "reason": job.reason, "tensorboard_logdir": job.tensorboard_logdir,
+        "labels": dict(job.labels), "created_at": iso(job.created_at) if job.created_at else None,
+        "updated_at": iso(job.updated_at) if job.updated_at else None,
+    }
+
+
+def record_out(record: LogRecord) -> dict[str, Any]:
+    return {
+        "timestamp": iso(record.timestamp), "host": record.host, "job_id": record.job_id, "path": record.path,
+        "offset": record.offset, "message": record.message, "stream": record.stream, "rank": record.rank,
+        "level": record.level, "source": record.source, "event_kind": record.event_kind,
+        "event_severity": record.event_severity, "event_fields": dict(record.event_fields),
+        "record_id": record.record_id,
+    }
+
+
+def alert_out(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id, "fingerprint": alert.fingerprint, "alertname": alert.alertname,
+        "status": alert.status,
+        "labels": alert.labels, "annotations": alert.annotations, "starts_at": iso(alert.starts_at),
+        "ends_at": iso(alert.ends_at), "received_at": iso(alert.received_at), "job_ids": alert.job_ids,
+    }
+
+
+class JobService:
+    def __init__(self, settings: ApiSettings, store: JobStore, prometheus: PrometheusClient, logs: LogSource,
+                 notifier: Notifier, tensorboard: TensorBoardManager, executor: Executor,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.prometheus = prometheus
+        self.logs = logs
+        self.notifier = notifier
+        self.tensorboard = tensorboard
+        self.executor = executor
+        self.clock = clock
+        self.facts = JobFacts(prometheus, logs, executor, clock)
+        self.api_url = settings.public_url or f"http://{settings.listen}"
+
+    # -- visibility ---------------------------------------------------------------------------
+
+    def visible_job(self, job_id: str, caller: Caller) -> tuple[Job, str]:
+        job = self.store.get_job(job_id)
+        if job is not None:
+            if not caller.admin and job.tenant != caller.tenant:
+                raise NotFound(job_id)
+            return job, "registered"
+        if caller.admin:
+            discovered = self.discovered(job_id)
+            if job_id in discovered:
+                return discovered[job_id], "discovered"
+        raise NotFound(job_id)
+
+    def discovered(self, job_id: str | None = None) -> dict[str, Job]:
+        """Jobs that exporters currently report holding GPUs (``jobsight_gpu_job_info``)."""
+        selector = f"{{{matcher('job_id', job_id)}}}" if job_id is not None else ""
+        samples = self.prometheus.query(
+            "max by (job_id, Hostname, gpu, UUID) "
+            f"(last_over_time(jobsight_gpu_job_info{selector}[{DISCOVERY_LOOKBACK}]))"
+        )
+        gpus: dict[str, list[dict[str, Any]]] = {}
+        for sample in samples:
+            found = sample.labels.get("job_id", "")
+            host = sample.labels.get("Hostname")
+            if not is_valid_job_id(found) or not host:
+                continue
+            try:
+                index = int(sample.labels.get("gpu", ""))
+            except ValueError:
+                continue
+            gpus.setdefault(found, []).append({"host": host, "gpu": index, "uuid": sample.labels.get("UUID")})
+        return {
+            found: Job(job_id=found, tenant="", nodes=sorted({g["host"] for g in items}),
+                       gpus=sorted(items, key=lambda g: (g["host"], g["gpu"])), status="running")
+            for found, items in gpus.items()
+        }
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def upsert(self, job_id: str, body: JobIn, caller: Caller) -> tuple[Job, bool]:
+        tenant = body.tenant or caller.tenant
+        if not caller.admin and tenant != caller.tenant:
+            raise Forbidden("only admins may register a job for another tenant")
+        existing = self.store.get_job(job_id)
+        if existing is not None and not caller.admin and existing.tenant != caller.tenant:
+            # Same answer as for a job that does not exist: ids of other tenants stay hidden.
+            raise NotFound(job_id)
+        job = Job(
+            job_id=job_id, tenant=tenant, name=body.name, user=body.user, scheduler=body.scheduler,
+            nodes=list(dict.fromkeys(body.nodes)), gpus=[g.model_dump() for g in body.gpus],
+            started_at=ts(body.started_at), ended_at=ts(body.ended_at), status=body.status,
+            exit_code=body.exit_code, reason=body.reason, tensorboard_logdir=body.tensorboard_logdir,
+            labels=dict(body.labels),
+        )
+        result = self.store.upsert_job(job, notify_targets=len(self.settings.notify.get(tenant, [])))
+        return result.job, result.created
+
+    def hosts_and_gpus(self, job: Job) -> tuple[list[str], list[tuple[str, int]]]:
+        gpus = sorted({(str(g["host"]), int(g["gpu"])) for g in job.gpus})
+        hosts = sorted(set(job.nodes) | {h for h, _ in gpus})
+        return hosts, gpus
+
+    def window(self, job: Job, start: datetime | None = None,
+               end: datetime | None = None) -> tuple[float, float]:
+        """The requested window, defaulting to the job's run (or the last hour before its end)."""
+        end_ts = end.timestamp() if end is not None else (
+            job.ended_at if job.ended_at is not None else self.clock())
+        start_ts = start.timestamp() if start is not None else (
+            job.started_at if job.started_at is not None else end_ts - 3600)
+        if end_ts <= start_ts:
+            raise InvalidInput("end must be after start")
+        if end_ts - start_ts > MAX_RANGE_SECONDS:
+            raise InvalidInput(f"the time range may span at most {MAX_RANGE_SECONDS // 86400} days")
+        return start_ts, end_ts
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def metrics(self, job: Job, names: Sequence[str], start: datetime | None, end: datetime | None,
+                step: float | None) -> dict[str, Any]:
+        unknown = [name for name in names if name not in CATALOG]
+        if unknown:
+            raise InvalidInput(f"unknown metric name(s) {', '.join(sorted(set(unknown)))}; "
+                               f"known: {', '.join(sorted(CATALOG))}")
+        start_ts, end_ts = self.window(job, start, end)
+        chosen = choose_step(start_ts, end_ts, step)
+        window = rate_window(chosen)
+        unique = list(dict.fromkeys(names))
+        futures = {
+            name: self.executor.submit(self.prometheus.query_range, CATALOG[name].build(job.job_id, window),
+                                       start_ts, end_ts, chosen)
+            for name in unique
+        }
+        out = []
+        for name in unique:
+            entry = CATALOG[name]
+            series: list[dict[str, Any]] = []
+            for s in futures[name].result():
+                labels = {"host": s.labels.get("Hostname", "")}
+                if entry.scope == "gpu":
+                    labels["gpu"] = s.labels.get("gpu", "")
+                series.append({"labels": labels, "points": [[t, v] for t, v in s.points]})
+            series.sort(key=lambda s: (s["labels"]["host"], int(s["labels"].get("gpu") or 0)))
+            out.append({"name": name, "unit": entry.unit, "scope": entry.scope,
+                        "description": entry.description,
+                        "series": series})
+        return {"job_id": job.job_id, "start": iso(start_ts), "end": iso(end_ts), "step_seconds": chosen,
+                "metrics": out}
+
+    # -- summary and diagnosis ------------------------------------------------------------------
+
+    def _failed_at(self, job: Job) -> float | None:
+        if job.status != "failed":
+            return None
+        return job.ended_at or job.failed_at or self.clock()
+
+    def summary(self, job: Job, source: str, *, strict: bool = True) -> SummaryResponse:
+        """``strict``: a dependency that is down raises (the route answers 503). Otherwise (the
+        notification path) what could be read is used and the rest is named as missing."""
+        start_ts, end_ts = self.window(job)
+        warnings: list[str] = []
+        missing: list[str] = []
+        hosts, _ = self.hosts_and_gpus(job)
+
+        prom_future = self.executor.submit(self.facts.prometheus_facts, job.job_id, start_ts, end_ts)
+        alerts = self.store.list_alerts(job_id=job.job_id, limit=500)
+        facts = PromFacts()
+        try:
+            facts = prom_future.result()
+        except DependencyUnavailable as exc:
+            if strict:
+                raise
+            missing.append(exc.dependency)
+            warnings.append(str(exc))
+        all_hosts = set(hosts) | {g.host for g in facts.gpus} | {n.host for n in facts.nodes}
+        events: list[LogRecord] = []
+        if isinstance(self.logs, UnconfiguredLogSource):
+            warnings.append("no log store is configured: events are not included")
+            missing.append("log store")
+        else:
+            try:
+                events = self.facts.log_events(job.job_id, all_hosts, start_ts, end_ts)
+            except DependencyUnavailable as exc:
+                if strict:
+                    raise
+                missing.append(exc.dependency)
+                warnings.append(str(exc))
+        overall_summary, stragglers = overall(facts.gpus)
+        diagnosis: Diagnosis | None = None
+        if job.status == "failed":
+            findings = (facts.findings + findings_from_events(events, facts.pci_to_gpu)
+                        + findings_from_alerts(alerts))
+            diagnosis = diagnose(findings, started_at=job.started_at, failed_at=self._failed_at(job),
+                                 exit_code=job.exit_code, reason=job.reason, missing_sources=missing)
+        return SummaryResponse.model_validate({
+            "job": job_out(job, source), "start": iso(start_ts), "end": iso(end_ts),
+            "duration_seconds": end_ts - start_ts, "overall": overall_summary, "gpus": facts.gpus,
+            "nodes": facts.nodes,
+            "stragglers": [{"host": g.host, "gpu": g.gpu, "uuid": g.uuid} for g in stragglers],
+            "events": [LogRecordOut.model_validate(record_out(e)) for e in events[-200:]],
+            "alerts": [AlertOut.model_validate(alert_out(a)) for a in alerts],
+            "diagnosis": diagnosis, "warnings": warnings,
+        })
+
+    def links(self, job: Job) -> Links:
+        hosts, gpus = self.hosts_and_gpus(job)
+        tensorboard = None
+        if job.tensorboard_logdir:
+            tensorboard = f"{self.api_url.rstrip('/')}/v1/jobs/{job.job_id}/tensorboard"
+        return build_links(job, hosts, gpus, grafana_url=self.settings.grafana_url, api_url=self.api_url,
+                           alertmanager_url=self.settings.alertmanager_url, tensorboard_url=tensorboard,
+                           now=self.clock())
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    def jobs_for_alert(self, labels: dict[str, str], at: float, warnings: list[str]) -> list[str]:
+        job_id = labels.get("job_id")
+        if job_id:
+            if is_valid_job_id(job_id):
+                return [job_id]
+            warnings.append("an alert carried an invalid job_id label; it was stored unmapped")
+            return []
+        host = labels.get("Hostname")
+        if not host:
+            return []
+        gpu = labels.get("gpu")
+        found: set[str] = set()
+        for job in self.store.jobs_on_host(host, at):
+            if gpu is not None and job.gpus:
+                if any(g["host"] == host and str(g["gpu"]) == gpu for g in job.gpus):
+                    found.add(job.job_id)
+            else:
+                found.add(job.job_id)
+        selector = [matcher("Hostname", host)] + ([matcher("gpu", gpu)] if gpu is not None else [])
+        try:
+            info = f"jobsight_gpu_job_info{{{', '.join(selector)}}}"
+            samples = self.prometheus.query(
+                f"max by (job_id) (last_over_time({info}[{DISCOVERY_LOOKBACK}]))", at=at)
+            found.update(s.labels["job_id"] for s in samples if is_valid_job_id(s.labels.get("job_id", "")))
+        except DependencyUnavailable as exc:
+            warnings.append(f"mapped by the registry only: {exc}")
+        return sorted(found)
+
+    def webhook(self, payload: WebhookPayload) -> WebhookResult:
+        warnings: list[str] = []
+        incoming: list[IncomingAlert] = []
+        for alert in payload.alerts:
+            starts = alert.startsAt.timestamp()
+            ends = alert.endsAt.timestamp() if alert.endsAt is not None and alert.endsAt.year > 1 else None
+            fingerprint = alert.fingerprint or hashlib.sha256(
+                json.dumps(alert.labels, sort_keys=True).encode()).hexdigest()[:16]
+            incoming.append(IncomingAlert(
+                fingerprint=fingerprint, alertname=alert.labels.get("alertname"), status=alert.status,
+                labels=dict(alert.labels), annotations=dict(alert.annotations), starts_at=starts,
+                ends_at=ends if alert.status == "resolved" else None, group_key=payload.groupKey,
+                job_ids=self.jobs_for_alert(alert.labels, starts, warnings),
+            ))
+        self.store.record_alerts(incoming)
+        for stored in incoming:
+            if stored.alertname in FAILURE_ALERTS and stored.status == "firing":
+                for job_id in stored.job_ids:
+                    job = self.store.get_job(job_id)
+                    if job is None:
+                        continue
+                    summary = stored.annotations.get("summary") or stored.alertname
+                    self.store.mark_failed(job_id, f"alert {stored.alertname}: {summary}", stored.starts_at,
+                                           notify_targets=len(self.settings.notify.get(job.tenant, [])))
+        return WebhookResult(stored=len(incoming), mapped={a.fingerprint: a.job_ids for a in incoming},
+                             warnings=sorted(set(warnings)))
+
+    # -- notifications --------------------------------------------------------------------------
+
+    def deliver_due(self) -> int:
+        """Try every due notification once; returns how many were attempted."""
+        due = self.store.due_notifications(self.clock())
+        for notification in due:
+            job = self.store.get_job(notification.job_id)
+            if job is None:
+                self.store.finish_notification(notification.id, ok=False, body=None, targets=0,
+                                               error="job no longer exists", retry_at=None)
+                continue
+            urls = self.settings.notify.get(job.tenant, [])
+            body: str | None = None
+            try:
+                summary = self.summary(job, "registered", strict=False)
+                title, body = failure_message(job, summary.diagnosis, self.links(job))
+                if not urls:
+                    raise RuntimeError(f"tenant {job.tenant} has no notify URLs")
+                self.notifier.send(urls, title, body)
+            except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried
+                attempts = notification.attempts + 1
+                give_up = attempts >= self.settings.notify_max_attempts or not urls
+                retry_at = None if give_up else self.clock() + min(
+                    600.0, self.settings.notify_retry_seconds * 2 ** (attempts - 1))
+                log.warning("notification for job %s failed (attempt %d): %s", job.job_id, attempts, exc)
+                self.store.finish_notification(notification.id, ok=False, body=body, targets=len(urls),
+                                               error=str(exc)[:1000], retry_at=retry_at)
+                continue
+            self.store.finish_notification(notification.id, ok=True, body=body, targets=len(urls), error=None,
+                                           retry_at=None)
+        return len(due)
+
+
+__all__ = ["Caller", "Forbidden", "JobService", "NotFound", "duration"]

@@ -1,0 +1,108 @@
+"""Typed settings of the job API, read once at start-up from a YAML file and/or the environment.
+
+Environment variables use the prefix ``JOBSIGHT_API_`` (nested values with ``__``, e.g.
+``JOBSIGHT_API_TENSORBOARD__MAX_INSTANCES=4``; lists and mappings as JSON). A value in the
+environment overrides the same key in the YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobsight.config import format_validation_error, load_yaml_file
+from jobsight.errors import ConfigError
+
+
+class TokenConfig(BaseModel):
+    """One API bearer token. ``admin`` tokens see every tenant and may use admin routes."""
+
+    model_config = {"extra": "forbid"}
+
+    token: str = Field(min_length=16, description="the secret; at least 16 characters")
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    admin: bool = False
+
+
+class TensorBoardConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    command: list[str] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="argv prefix that runs TensorBoard; --logdir/--port/--host are appended",
+    )
+    host: str = "127.0.0.1"
+    public_host: str | None = Field(default=None, description="host name put into returned URLs")
+    max_instances: int = Field(default=4, ge=1, le=64)
+    idle_seconds: float = Field(default=1800.0, gt=0)
+    start_timeout_seconds: float = Field(default=60.0, gt=0)
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="logdirs must lie under one of these; empty allows any path",
+    )
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JOBSIGHT_API_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    listen: str = "127.0.0.1:8000"
+    store_url: str = "sqlite:///jobsight-api.db"
+    prometheus_url: str = "http://127.0.0.1:9090"
+    alertmanager_url: str | None = None
+    log_store: str | None = Field(
+        None, description="directory of the embedded SQLite log store, or an http(s) Elasticsearch URL"
+    )
+    log_index: str = "logs-jobsight-*"
+    grafana_url: str | None = None
+    public_url: str | None = Field(default=None, description="this API's own external URL, used in links")
+    tensorboard: TensorBoardConfig = Field(default_factory=lambda: TensorBoardConfig())
+    tokens: list[TokenConfig] = Field(default_factory=list)
+    webhook_token: str | None = Field(default=None, min_length=16)
+    notify: dict[str, list[str]] = Field(default_factory=dict)
+    notify_max_attempts: int = Field(default=5, ge=1, le=100)
+    notify_retry_seconds: float = Field(default=10.0, gt=0)
+    notify_delay_seconds: float = Field(default=0.0, ge=0, description="wait before a first delivery")
+    dependency_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:///, postgresql:// or postgres://")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_tokens(self) -> ApiSettings:
+        seen: set[str] = set()
+        for entry in self.tokens:
+            if entry.token in seen:
+                raise ValueError("tokens: the same token is listed twice")
+            seen.add(entry.token)
+        if self.webhook_token is not None and self.webhook_token in seen:
+            raise ValueError("webhook_token must differ from every API token")
+        return self
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> ApiSettings:
+    """YAML file values, overridden by the environment, then by ``overrides`` (flags)."""
+    data: dict[str, Any] = load_yaml_file(config_file) if config_file is not None else {}
+    source = str(config_file) if config_file is not None else "settings"
+    try:
+        from_env = ApiSettings()  # type: ignore[call-arg]  # pydantic-settings fills fields from env
+    except ValidationError as exc:
+        raise ConfigError(f"environment: {format_validation_error(exc)}") from exc
+    # pydantic-settings ranks init values above the environment; we want the environment to win
+    # over the file, so the fields the environment set are laid over the file's values here.
+    merged = {**data, **from_env.model_dump(include=from_env.model_fields_set)}
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return ApiSettings.model_validate(merged)
+    except ValidationError as exc:
+        problems = format_validation_error(exc).replace("\n", f"\n{source}: ")
+        raise ConfigError(f"{source}: {problems}") from exc

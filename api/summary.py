@@ -1,0 +1,334 @@
+"""Per-job summary over the job's lifetime (jobstats/DCGM-job-stats style) and the findings that
+feed the failure diagnosis. Prometheus queries run in parallel on a bounded pool; each one is an
+instant query over the job window ``[D]`` evaluated at the job's end, except three range queries
+that find *when* XIDs, ECC errors and lost GPUs first appeared."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.diagnosis import Finding
+from api.logsource import LogSource
+from api.models import GpuSummary, NodeSummary, OverallSummary, XidEvent
+from api.prometheus import PrometheusClient, RangeSeries, Sample, duration, matcher
+from api.store import Alert
+from jobsight.errors import DependencyUnavailable, InvalidInput
+from jobsight.logstore import LogRecord
+
+IDLE_UTIL_PERCENT = 5.0
+STRAGGLER_RATIO = 0.5
+STRAGGLER_MIN_MEDIAN = 10.0
+HOST_EVENT_KINDS = ("gpu_xid", "gpu_fallen_off_bus", "ecc_error", "ib_link_down", "kernel_oom_kill")
+MAX_EVENTS = 1000
+
+ALERT_KINDS = {
+    "GPUXidError": "gpu_xid", "GPULost": "gpu_lost", "GPUMissing": "gpu_lost",
+    "GPUEccDoubleBitError": "ecc_error", "RDMALinkDowned": "ib_link_down",
+    "RDMAPhysicalLinkDown": "ib_link_down", "RDMAPortNotActive": "ib_link_down",
+    "NodeOOMKill": "kernel_oom_kill",
+}
+
+
+@dataclass
+class PromFacts:
+    gpus: list[GpuSummary] = field(default_factory=list)
+    nodes: list[NodeSummary] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    pci_to_gpu: dict[tuple[str, tuple[int, int, int]], int] = field(default_factory=dict)
+
+
+_PCI_RE = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.[0-7])?\s*$")
+
+
+def pci_key(text: str) -> tuple[int, int, int] | None:
+    """``PCI:0000:cb:00`` (kernel) and ``00000000:CB:00.0`` (NVML) name the same device."""
+    match = _PCI_RE.search(text.strip().removeprefix("PCI:").removeprefix("pci:"))
+    if not match:
+        return None
+    domain, bus, device = match.groups()
+    return (int(domain or "0", 16), int(bus, 16), int(device, 16))
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def first_increase(series: RangeSeries, start: float, step: float) -> float | None:
+    """When a counter first went up inside the window (a series born late counts as going up)."""
+    previous: float | None = None
+    for t, value in series.points:
+        if previous is None:
+            if t > start + 1.5 * step and value > 0:
+                return t
+        elif value > previous:
+            return t
+        previous = value
+    return None
+
+
+class JobFacts:
+    """Gathers what the summary and the diagnosis need; ``executor`` runs queries in parallel."""
+
+    def __init__(self, prometheus: PrometheusClient, logs: LogSource, executor: Executor,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._prom = prometheus
+        self._logs = logs
+        self._executor = executor
+        self._clock = clock
+
+    # -- Prometheus -----------------------------------------------------------------------
+
+    def prometheus_facts(self, job_id: str, start: float, end: float) -> PromFacts:
+        window = duration(max(end - start, 60.0))
+        step = max(15.0, (end - start) / 720)
+        job = matcher("job_id", job_id)
+        gpus_of_job = f"max by (Hostname, gpu) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))"
+        nodes_of_job = f"max by (Hostname) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))"
+        on_gpu = f"* on(Hostname, gpu) group_left() {gpus_of_job}"
+        on_node = f"* on(Hostname) group_left() {nodes_of_job}"
+
+        def per_gpu(expr: str, agg: str = "max") -> str:
+            return f"{agg} by (Hostname, gpu) (({expr}) {on_gpu})"
+
+        def per_node(counter: str) -> str:
+            return f"sum by (Hostname) (increase({counter}[{window}])) {on_node}"
+
+        instant = {
+            "info": f"max by (Hostname, gpu, UUID) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))",
+            "pci": f"max by (Hostname, gpu, pci_bus_id) "
+                   f"(max_over_time(jobsight_gpu_info[{window}]) {on_gpu})",
+            "util_mean": per_gpu(f"avg_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])"),
+            "util_max": per_gpu(f"max_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])"),
+            "mem_max": per_gpu(f"max_over_time(DCGM_FI_DEV_FB_USED[{window}])"),
+            "energy": per_gpu(f"increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[{window}])"),
+            "power_mean": per_gpu(f"avg_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])"),
+            "power_max": per_gpu(f"max_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])"),
+            "power_violation": per_gpu(f"increase(DCGM_FI_DEV_POWER_VIOLATION[{window}])"),
+            "thermal_violation": per_gpu(f"increase(DCGM_FI_DEV_THERMAL_VIOLATION[{window}])"),
+            "idle": per_gpu(f"avg_over_time((DCGM_FI_DEV_GPU_UTIL < bool {IDLE_UTIL_PERCENT:g})"
+                            f"[{window}:{duration(step)}])"),
+            "ecc": per_gpu(f"increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL[{window}])"),
+            "xid": f"sum by (Hostname, gpu, xid) "
+                   f"(increase(jobsight_gpu_xid_errors_total[{window}]) {on_gpu})",
+            "rx": per_node("node_infiniband_port_data_received_bytes_total"),
+            "tx": per_node("node_infiniband_port_data_transmitted_bytes_total"),
+            "link_downed": per_node("node_infiniband_link_downed_total"),
+            "symbol_errors": per_node("node_infiniband_symbol_error_total"),
+            "job_cpu": f"sum by (Hostname) (increase(jobsight_job_cpu_seconds_total{{{job}}}[{window}]))",
+            "job_mem": f"sum by (Hostname) (max_over_time(jobsight_job_memory_rss_bytes{{{job}}}[{window}]))",
+        }
+        short = duration(max(2 * step, 120.0))
+        gpus_now = f"max by (Hostname, gpu) (max_over_time(jobsight_gpu_job_info{{{job}}}[{short}]))"
+        join_now = f"on(Hostname, gpu) group_left() {gpus_now}"
+        ranged = {
+            "xid_t": f"max by (Hostname, gpu, xid) (jobsight_gpu_xid_errors_total * {join_now})",
+            "ecc_t": f"max by (Hostname, gpu) (DCGM_FI_DEV_ECC_DBE_VOL_TOTAL * {join_now})",
+            "up_t": f"min by (Hostname, gpu) (jobsight_gpu_up * {join_now})",
+        }
+        futures: dict[str, Future[Any]] = {
+            name: self._executor.submit(self._prom.query, q, end) for name, q in instant.items()
+        }
+        range_start = start - step
+        futures.update({
+            name: self._executor.submit(self._prom.query_range, q, range_start, end, step)
+            for name, q in ranged.items()
+        })
+        results = {name: future.result() for name, future in futures.items()}
+        return self._assemble(results, range_start, step)
+
+    def _assemble(self, r: dict[str, Any], start: float, step: float) -> PromFacts:
+        facts = PromFacts()
+        gpus: dict[tuple[str, int], GpuSummary] = {}
+
+        def gpu_of(sample: Sample) -> GpuSummary | None:
+            host, index = sample.labels.get("Hostname"), _int(sample.labels.get("gpu"))
+            if host is None or index is None:
+                return None
+            return gpus.setdefault((host, index), GpuSummary(host=host, gpu=index))
+
+        for s in r["info"]:
+            g = gpu_of(s)
+            if g is not None and s.labels.get("UUID"):
+                g.uuid = s.labels["UUID"]
+        for s in r["pci"]:
+            key = pci_key(s.labels.get("pci_bus_id", ""))
+            index = _int(s.labels.get("gpu"))
+            if key is not None and index is not None and "Hostname" in s.labels:
+                facts.pci_to_gpu[(s.labels["Hostname"], key)] = index
+        simple = {
+            "util_mean": ("util_mean", 1.0), "util_max": ("util_max", 1.0),
+            "mem_max": ("memory_max_bytes", 1048576.0), "energy": ("energy_joules", 1e-3),
+            "power_mean": ("power_mean_watts", 1.0), "power_max": ("power_max_watts", 1.0),
+            "idle": ("idle_fraction", 1.0), "ecc": ("ecc_dbe_errors", 1.0),
+        }
+        for name, (attr, scale) in simple.items():
+            for s in r[name]:
+                g = gpu_of(s)
+                if g is not None:
+                    setattr(g, attr, s.value * scale)
+        for name in ("power_violation", "thermal_violation"):
+            for s in r[name]:
+                g = gpu_of(s)
+                if g is not None:
+                    g.throttled_seconds = (g.throttled_seconds or 0.0) + s.value / 1e9
+        xid_first: dict[tuple[str, int, int], float | None] = {}
+        for series in r["xid_t"]:
+            host, index, xid = (series.labels.get("Hostname"), _int(series.labels.get("gpu")),
+                                _int(series.labels.get("xid")))
+            if host is not None and index is not None and xid is not None:
+                xid_first[(host, index, xid)] = first_increase(series, start, step)
+        for s in r["xid"]:
+            g = gpu_of(s)
+            xid = _int(s.labels.get("xid"))
+            if g is None or xid is None or s.value <= 0:
+                continue
+            first = xid_first.get((g.host, g.gpu, xid))
+            g.xids.append(XidEvent(xid=xid, count=round(s.value, 3), first_seen=_dt(first)))
+            facts.findings.append(Finding(
+                time=first, source="prometheus", kind="gpu_xid", host=g.host, gpu=g.gpu, xid=xid,
+                detail=f"jobsight_gpu_xid_errors_total{{xid=\"{xid}\"}} rose by {s.value:g} "
+                       f"on {g.host} GPU {g.gpu}",
+            ))
+        for series in r["ecc_t"]:
+            host, index = series.labels.get("Hostname"), _int(series.labels.get("gpu"))
+            when = first_increase(series, start, step)
+            if host is not None and index is not None and when is not None:
+                facts.findings.append(Finding(
+                    time=when, source="prometheus", kind="ecc_error", host=host, gpu=index,
+                    detail=f"DCGM_FI_DEV_ECC_DBE_VOL_TOTAL rose on {host} GPU {index}",
+                ))
+        for series in r["up_t"]:
+            host, index = series.labels.get("Hostname"), _int(series.labels.get("gpu"))
+            down = next((t for t, v in series.points if v == 0), None)
+            if host is None or index is None or down is None:
+                continue
+            gpus.setdefault((host, index), GpuSummary(host=host, gpu=index)).lost = True
+            facts.findings.append(Finding(
+                time=down, source="prometheus", kind="gpu_lost", host=host, gpu=index,
+                detail=f"jobsight_gpu_up == 0 for {host} GPU {index}",
+            ))
+        facts.gpus = sorted(gpus.values(), key=lambda g: (g.host, g.gpu))
+        nodes: dict[str, NodeSummary] = {}
+        node_fields = {"rx": "rdma_rx_bytes", "tx": "rdma_tx_bytes", "link_downed": "rdma_link_downed",
+                       "symbol_errors": "rdma_symbol_errors", "job_cpu": "job_cpu_seconds",
+                       "job_mem": "job_memory_max_bytes"}
+        for name, attr in node_fields.items():
+            for s in r[name]:
+                host = s.labels.get("Hostname")
+                if host:
+                    setattr(nodes.setdefault(host, NodeSummary(host=host)), attr, s.value)
+        facts.nodes = sorted(nodes.values(), key=lambda n: n.host)
+        return facts
+
+    # -- logs -----------------------------------------------------------------------------
+
+    def log_events(self, job_id: str, hosts: set[str], start: float, end: float) -> list[LogRecord]:
+        """The job's own events, plus hardware/kernel events of its hosts that carry no job."""
+        grace = 120.0
+        since, until = start - grace, end + grace
+        events = list(self._logs.search(job_id=job_id, events_only=True, since=since, until=until,
+                                        limit=MAX_EVENTS).records)
+        for kind in HOST_EVENT_KINDS:
+            page = self._logs.search(kind=kind, since=since, until=until, limit=MAX_EVENTS)
+            events.extend(r for r in page.records if r.host in hosts and not r.job_id)
+        seen: set[str] = set()
+        unique = []
+        for record in sorted(events, key=lambda r: (r.timestamp, r.host, r.offset)):
+            key = record.record_id or f"{record.host}:{record.path}:{record.offset}"
+            if key not in seen:
+                seen.add(key)
+                unique.append(record)
+        return unique
+
+
+def _dt(ts: float | None) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, tz=UTC) if ts is not None else None
+
+
+def findings_from_events(events: list[LogRecord],
+                         pci_to_gpu: dict[tuple[str, tuple[int, int, int]], int]) -> list[Finding]:
+    out = []
+    for e in events:
+        if not e.event_kind:
+            continue
+        fields = dict(e.event_fields)
+        gpu = _int(fields.get("gpu"))
+        pci = fields.get("pci")
+        if gpu is None and pci:
+            key = pci_key(pci)
+            if key is not None:
+                gpu = pci_to_gpu.get((e.host, key))
+        xid = _int(fields.get("xid"))
+        out.append(Finding(
+            time=e.timestamp, source="log", kind=e.event_kind, host=e.host or None, gpu=gpu, rank=e.rank,
+            xid=xid, pci=pci, detail=e.message[:500], extra={k: v for k, v in fields.items()},
+        ))
+    return out
+
+
+def findings_from_alerts(alerts: list[Alert]) -> list[Finding]:
+    out = []
+    for a in alerts:
+        kind = ALERT_KINDS.get(a.alertname or "")
+        if kind is None:
+            continue
+        labels = a.labels
+        summary = a.annotations.get("summary") or a.alertname or "alert"
+        out.append(Finding(
+            time=a.starts_at, source="alert", kind=kind, host=labels.get("Hostname"),
+            gpu=_int(labels.get("gpu")), xid=_int(labels.get("xid")),
+            detail=f"alert {a.alertname} ({a.status}): {summary}",
+            extra={k: v for k, v in labels.items() if k in ("device", "port")},
+        ))
+    return out
+
+
+def overall(gpus: list[GpuSummary]) -> tuple[OverallSummary, list[GpuSummary]]:
+    """Job-wide figures and the stragglers (GPUs well below the job's median utilisation)."""
+
+    def values(attr: str) -> list[float]:
+        return [v for g in gpus if (v := getattr(g, attr)) is not None]
+
+    utils = values("util_mean")
+    median = statistics.median(utils) if utils else None
+    stragglers = []
+    if median is not None and median >= STRAGGLER_MIN_MEDIAN and len(utils) >= 2:
+        for g in gpus:
+            if g.util_mean is not None and g.util_mean < STRAGGLER_RATIO * median:
+                g.straggler = True
+                stragglers.append(g)
+
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    result = OverallSummary(
+        gpus=len(gpus), util_mean=mean(utils), util_max=max(values("util_max"), default=None),
+        util_median=median, memory_max_bytes=max(values("memory_max_bytes"), default=None),
+        energy_joules=sum(values("energy_joules")) if values("energy_joules") else None,
+        power_mean_watts=mean(values("power_mean_watts")),
+        power_max_watts=max(values("power_max_watts"), default=None),
+        throttled_seconds=sum(values("throttled_seconds")) if values("throttled_seconds") else None,
+        idle_fraction=mean(values("idle_fraction")),
+        xid_count=sum(x.count for g in gpus for x in g.xids),
+        ecc_dbe_errors=sum(values("ecc_dbe_errors")),
+    )
+    return result, stragglers
+
+
+def require_window(start: float, end: float) -> None:
+    if end <= start:
+        raise InvalidInput("end must be after start")
+
+
+__all__ = ["DependencyUnavailable", "JobFacts", "findings_from_alerts", "findings_from_events", "overall"]
