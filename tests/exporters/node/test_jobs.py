@@ -1,0 +1,113 @@
+"""Per-job accounting on the fixture procfs/sysfs, changed between scrapes like a real host."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from exporters.node.cgroups import find_job_cgroups, read_cgroup
+from exporters.node.jobs import JobsCollector
+from exporters.node.processes import parse_io, parse_stat, parse_vmrss
+from tests.exporters.node.helpers import SYSFS, copy_fixtures, samples, scrape
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _jobs(found: Samples, name: str) -> dict[str, float]:
+    return {dict(labels)["job_id"]: value for (n, labels), value in found.items() if n == name}
+
+
+def _set_utime(stat: Path, utime: int) -> None:
+    fields = stat.read_text().split(") ")
+    rest = fields[1].split()
+    rest[11] = str(utime)  # field 14
+    stat.write_text(fields[0] + ") " + " ".join(rest) + "\n")
+
+
+def test_processes_are_grouped_by_environment_and_cgroup(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    found = samples(scrape({"jobs": JobsCollector(str(procfs), str(sysfs))}))
+    processes = _jobs(found, "jobsight_job_processes")
+    # 4711: two processes with JOBSIGHT_JOB_ID (winning over SLURM_JOB_ID=999 on one of them);
+    # 4712: SLURM_JOB_ID; 4800: the Slurm cgroup v2 job directory (3 PIDs in its cgroup.procs).
+    assert processes == {"4711": 2, "4712": 1, "4800": 3}
+    cpu = _jobs(found, "jobsight_job_cpu_seconds_total")
+    assert cpu["4711"] == (12345 + 678 + 500 + 50) / 100
+    assert cpu["4800"] == 73.5  # cgroup usage_usec wins over the process sum
+    rss = _jobs(found, "jobsight_job_memory_rss_bytes")
+    assert rss["4711"] == (2048000 + 1024) * 1024
+    assert _jobs(found, "jobsight_job_memory_cgroup_bytes") == {"4800": 4294967296}
+    reads = _jobs(found, "jobsight_job_io_read_bytes_total")
+    # 4712's process has no readable /proc/<pid>/io: its I/O is unknown, so left out, not 0.
+    assert reads == {"4711": 1000000 + 4096, "4800": 1048576 + 2097152}
+    # A job id that fails validation (quotes, braces) never becomes a label.
+    assert all('"' not in job and "{" not in job for job in processes)
+
+
+def test_counters_keep_what_exited_processes_used(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    collector = JobsCollector(str(procfs), str(sysfs))
+    before = samples(scrape({"jobs": collector}))
+    shutil.rmtree(procfs / "4243")  # one of job 4711's processes exits
+    after = samples(scrape({"jobs": collector}))
+    assert _jobs(after, "jobsight_job_processes")["4711"] == 1
+    assert _jobs(after, "jobsight_job_cpu_seconds_total")["4711"] == _jobs(
+        before, "jobsight_job_cpu_seconds_total")["4711"]
+    assert _jobs(after, "jobsight_job_io_read_bytes_total")["4711"] == 1000000 + 4096
+    # RSS is a gauge of what is resident now: the exited process's share is gone.
+    assert _jobs(after, "jobsight_job_memory_rss_bytes")["4711"] == 2048000 * 1024
+
+    _set_utime(procfs / "4242" / "stat", 22345)  # the survivor keeps burning: +100 s
+    later = samples(scrape({"jobs": collector}))
+    assert _jobs(later, "jobsight_job_cpu_seconds_total")["4711"] == (22345 + 678 + 500 + 50) / 100
+
+
+def test_a_reused_pid_is_a_new_process(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    collector = JobsCollector(str(procfs), str(sysfs))
+    scrape({"jobs": collector})
+    # PID 4243 exits and the PID is reused by a new process of the same job, with a new start
+    # time and only 1 s of CPU so far: the old process's 5.5 s stay counted.
+    stat = procfs / "4243" / "stat"
+    stat.write_text(stat.read_text().replace(" 100050 ", " 200000 ").replace(" 500 50 ", " 100 0 "))
+    found = samples(scrape({"jobs": collector}))
+    assert _jobs(found, "jobsight_job_cpu_seconds_total")["4711"] == (12345 + 678) / 100 + 5.5 + 1.0
+
+
+def test_a_job_without_processes_ends(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    collector = JobsCollector(str(procfs), str(sysfs))
+    scrape({"jobs": collector})
+    shutil.rmtree(procfs / "4242")
+    shutil.rmtree(procfs / "4243")
+    found = samples(scrape({"jobs": collector}))
+    assert "4711" not in _jobs(found, "jobsight_job_processes")
+    assert "4711" not in _jobs(found, "jobsight_job_cpu_seconds_total")
+    # A new process of the same job later starts the counters afresh, without stale retirements.
+    shutil.copytree(SYSFS.parent / "proc" / "4243", procfs / "4243")
+    again = samples(scrape({"jobs": collector}))
+    assert _jobs(again, "jobsight_job_cpu_seconds_total")["4711"] == 5.5
+
+
+def test_cgroup_discovery_and_missing_controllers(tmp_path: Path) -> None:
+    found = find_job_cgroups(str(SYSFS / "fs" / "cgroup"))
+    assert set(found) == {"4800"}
+    job_dir = tmp_path / "a" / "job_77"
+    job_dir.mkdir(parents=True)
+    (tmp_path / "a" / "job_bad{id}").mkdir()
+    (tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / "job_deep").mkdir(parents=True)
+    assert set(find_job_cgroups(str(tmp_path))) == {"77"}  # invalid id and too-deep dirs are skipped
+    usage = read_cgroup("77", str(job_dir))
+    # No controller files: unknown, not zero.
+    assert (usage.cpu_seconds, usage.memory_bytes, usage.read_bytes, usage.processes) == (None, None, None, 0)
+
+
+def test_process_file_parsers() -> None:
+    # Fields 5-13 are zeros here; utime (14) 300 and stime (15) 200 ticks; start time (22) 555.
+    line = b"12 (a) b) c) R 1 " + b" ".join(b"0" for _ in range(9)) + b" 300 200 0 0 20 0 1 0 555 9"
+    assert parse_stat(line) == (555, 5.0)
+    assert parse_stat(b"12 (short) R 1") is None
+    assert parse_vmrss(b"Name:\tx\nVmRSS:\t  10 kB\n") == 10240
+    assert parse_vmrss(b"Name:\tx\nState:\tZ\n") is None
+    assert parse_io(b"read_bytes: 5\nwrite_bytes: 6\n") == (5.0, 6.0)
+    assert parse_io(b"rchar: 5\n") is None
