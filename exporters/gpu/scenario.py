@@ -213,9 +213,8 @@ class ThrottleFault(_Fault):
         return value
 
 
-Fault = Annotated[
-    XidFault | GpuLostFault | FieldUnsupportedFault | EccFault | ThrottleFault, Field(discriminator="kind")
-]
+AnyFault = XidFault | GpuLostFault | FieldUnsupportedFault | EccFault | ThrottleFault
+Fault = Annotated[AnyFault, Field(discriminator="kind")]
 
 
 class Scenario(_Model):
@@ -267,8 +266,7 @@ class Scenario(_Model):
             return [base] * self.gpus.count
         return [GpuSpec()] * self.gpus
 
-    def with_faults(self, *faults: XidFault | GpuLostFault | FieldUnsupportedFault | EccFault | ThrottleFault
-                    ) -> Scenario:
+    def with_faults(self, *faults: AnyFault) -> Scenario:
         """A copy with ``faults`` appended (the scenario itself is immutable)."""
         return self.model_copy(update={"faults": [*self.faults, *faults]})
 
