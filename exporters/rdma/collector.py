@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from exporters.rdma import names
 from exporters.rdma.filters import DeviceFilter
@@ -101,25 +102,39 @@ class RdmaCollector:
             for directory, specs in names.COUNTER_DIRS
         }
 
+        # Samples are appended directly: one labels dict per port, shared by its ~60 samples (the
+        # exposition only reads it), instead of add_metric's dict(zip()) per sample.
+        tables = [
+            (directory, [(spec.file, family, f"{family.name}_total", spec.scale) for spec, family in rows])
+            for directory, rows in counter_families.items()
+        ]
         for device in devices:
             info.add_metric([device.name, device.board_id, device.firmware_version, device.hca_type], 1.0)
             for port in device.ports:
-                labels = [device.name, port.port]
+                labels = {"device": device.name, "port": port.port}
                 if port.state_id is not None:
-                    state.add_metric(labels, float(port.state_id))
+                    state.samples.append(Sample(names.STATE_METRIC, labels, float(port.state_id)))
                 if port.phys_state_id is not None:
-                    phys_state.add_metric(labels, float(port.phys_state_id))
+                    phys_state.samples.append(
+                        Sample(names.PHYS_STATE_METRIC, labels, float(port.phys_state_id))
+                    )
                 if port.rate_bytes_per_second is not None:
-                    rate.add_metric(labels, float(port.rate_bytes_per_second))
+                    rate.samples.append(Sample(names.RATE_METRIC, labels, float(port.rate_bytes_per_second)))
                 port_info.add_metric([device.name, port.port, port.link_layer, port.netdev], 1.0)
-                for directory, values in port.counters.items():
-                    for spec, family in counter_families[directory]:
-                        value = values.get(spec.file)
+                for directory, rows in tables:
+                    values = port.counters.get(directory)
+                    if not values:
+                        continue
+                    for file, family, sample_name, scale in rows:
+                        value = values.get(file)
                         if value is not None:
-                            # procfs multiplies in uint64, which wraps; so do we, to publish its value.
-                            family.add_metric(labels, float((value * spec.scale) & U64_MAX))
+                            if scale != 1:
+                                # procfs multiplies in uint64, which wraps; so do we, to publish its value.
+                                value = (value * scale) & U64_MAX
+                            family.samples.append(Sample(sample_name, labels, float(value)))
                     if directory == "hw_counters" and names.LIFESPAN_FILE in values:
-                        lifespan.add_metric(labels, float(values[names.LIFESPAN_FILE] // 1000))
+                        lifespan_s = float(values[names.LIFESPAN_FILE] // 1000)
+                        lifespan.samples.append(Sample(names.LIFESPAN_METRIC, labels, lifespan_s))
 
         read_errors = CounterMetricFamily(
             names.READ_ERRORS_METRIC, names.READ_ERRORS_HELP, labels=["device", "port", "file"]

@@ -67,10 +67,12 @@ def write_fabric(
     *,
     link_layer: str = "Ethernet",
     rate_gbps: int = 200,
+    hw_counters: bool = True,
 ) -> list[SimPort]:
     """Write ``hcas`` x ``ports`` active ports with zeroed counters under ``<root>/class/infiniband``
     (``root`` plays /sys). ``link_layer`` is ``Ethernet`` (RoCE, with netdevs and congestion
-    counters) or ``InfiniBand``. Returns the ports written; rewriting resets the counters."""
+    counters) or ``InfiniBand``; ``hw_counters=False`` leaves out the mlx5 driver counters (as on
+    non-mlx5 HCAs). Returns the ports written; rewriting resets the counters."""
     if link_layer not in LINK_LAYERS:
         raise ValueError(f"link_layer must be one of {LINK_LAYERS}, not {link_layer!r}")
     if hcas < 1 or ports < 1:
@@ -94,10 +96,11 @@ def write_fabric(
             _write(port_dir / "lid", f"0x{(hca * ports + number) if link_layer == 'InfiniBand' else 0:x}")
             for spec in PORT_COUNTERS:
                 _write(port_dir / "counters" / spec.file, "0")
-            hw = MLX5_COUNTERS + (MLX5_ROCE_COUNTERS if link_layer == "Ethernet" else ())
-            for name in hw:
-                _write(port_dir / "hw_counters" / name, "0")
-            _write(port_dir / "hw_counters" / "lifespan", "10")
+            if hw_counters:
+                hw = MLX5_COUNTERS + (MLX5_ROCE_COUNTERS if link_layer == "Ethernet" else ())
+                for name in hw:
+                    _write(port_dir / "hw_counters" / name, "0")
+                _write(port_dir / "hw_counters" / "lifespan", "10")
             netdev = ""
             if link_layer == "Ethernet":
                 netdev = _netdev(hca, number)

@@ -124,11 +124,16 @@ def parse_rate(text: str) -> int:
     return int(_float32(float(head)) * 125_000_000)
 
 
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+# procfs reads sysfs attributes with one 128-byte read; every value we parse is far shorter.
+_READ_SIZE = 128
+_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY
+
+
 def _read_raw(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, _FILE_FLAGS)
     try:
-        # sysfs attributes are at most a page; every value we read is far shorter.
-        return os.read(fd, 4096).decode("utf-8", "replace")
+        return os.read(fd, _READ_SIZE).decode("utf-8", "replace")
     finally:
         os.close(fd)
 
@@ -233,14 +238,24 @@ class InfinibandReader:
         self, device: DeviceReading, port: str, path: str, file: str, parse: Callable[[str], T]
     ) -> T | None:
         try:
-            text = _read_raw(path)
+            fd = os.open(path, _FILE_FLAGS)
+            try:
+                data = os.read(fd, _READ_SIZE)
+            finally:
+                os.close(fd)
         except OSError as exc:
             device.problems.append(
                 ReadProblem(device.name, port, file, _os_reason(exc), exc.strerror or str(exc))
             )
             return None
+        return self._parse(device, port, file, data, parse)
+
+    @staticmethod
+    def _parse(
+        device: DeviceReading, port: str, file: str, data: bytes, parse: Callable[[str], T]
+    ) -> T | None:
         try:
-            return parse(text)
+            return parse(data.decode("utf-8", "replace"))
         except Unsupported:
             device.problems.append(ReadProblem(device.name, port, file, "unsupported", NO_PMA))
         except ValueError as exc:
@@ -296,8 +311,11 @@ class InfinibandReader:
     def _read_counter_dir(
         self, device: DeviceReading, port: str, path: str, directory: str
     ) -> dict[str, int]:
+        # The hot loop: open the directory once and read each known file relative to it (openat:
+        # no full path walk per file), parse bytes without decoding; anything but plain digits
+        # goes the slow way through parse_counter to say what is wrong with it.
         try:
-            entries = os.listdir(path)
+            dir_fd = os.open(path, _DIR_FLAGS)
         except FileNotFoundError:
             return {}  # optional directories: counters_ext before 4.5 only, hw_counters per driver
         except OSError as exc:
@@ -305,12 +323,40 @@ class InfinibandReader:
                 ReadProblem(device.name, port, directory, "unreadable", exc.strerror or str(exc))
             )
             return {}
-        known = _KNOWN[directory]
         values: dict[str, int] = {}
-        for entry in entries:
-            if entry not in known:
-                continue
-            value = self._value(device, port, f"{path}/{entry}", f"{directory}/{entry}", parse_counter)
-            if value is not None:
-                values[entry] = value
+        try:
+            known = _KNOWN[directory]
+            for entry in os.listdir(dir_fd):
+                if entry not in known:
+                    continue
+                try:
+                    fd = os.open(entry, _FILE_FLAGS, dir_fd=dir_fd)
+                    try:
+                        data = os.read(fd, _READ_SIZE)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    device.problems.append(
+                        ReadProblem(
+                            device.name,
+                            port,
+                            f"{directory}/{entry}",
+                            _os_reason(exc),
+                            exc.strerror or str(exc),
+                        )
+                    )
+                    continue
+                text = data.strip()
+                if text.isdigit() and len(text) < 20:  # below 10**19: certainly a u64
+                    values[entry] = int(text)
+                    continue
+                value = self._parse(device, port, f"{directory}/{entry}", data, parse_counter)
+                if value is not None:
+                    values[entry] = value
+        except OSError as exc:
+            device.problems.append(
+                ReadProblem(device.name, port, directory, "unreadable", exc.strerror or str(exc))
+            )
+        finally:
+            os.close(dir_fd)
         return values

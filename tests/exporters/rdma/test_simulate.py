@@ -51,6 +51,15 @@ def test_infiniband_fabric_has_no_roce_counters_or_netdev(tmp_path: Path) -> Non
     )
 
 
+def test_fabric_without_hw_counters(tmp_path: Path) -> None:
+    write_fabric(tmp_path, hcas=1, ports=1, hw_counters=False)
+    advance(tmp_path, 1, congestion=0.5, errors=10)  # no hw_counters files to bump: nothing breaks
+    values = _values(_collector(tmp_path))
+    assert _get(values, names.LIFESPAN_METRIC, device="mlx5_0", port="1") is None
+    assert _get(values, "node_infiniband_symbol_error_total", device="mlx5_0", port="1") == 10
+    assert not any(name.startswith("node_infiniband_out_of") for name, _ in values)
+
+
 def test_advance_moves_counters_by_rate_and_utilisation(tmp_path: Path) -> None:
     write_fabric(tmp_path, hcas=2, ports=1, rate_gbps=200)
     collector = _collector(tmp_path)
