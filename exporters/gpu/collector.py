@@ -47,16 +47,17 @@ class GpuCollector:
             yield from collector.collect()
 
     def _values(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        # One label dict per GPU, shared by all its samples (the renderer only reads it): this
+        # loop is most of the collector's cost on a scrape.
+        read = [(dict(zip(GPU_LABELS, self._labels(v.identity), strict=True)), v.reading.values)
+                for v in views if v.reading is not None]
         for spec in FIELDS:
             family = Metric(spec.name, spec.help, "gauge" if spec.kind == "gauge" else "unknown")
-            for view in views:
-                if view.reading is None:
-                    continue
-                value = view.reading.values.get(spec.name)
-                if value is None:
-                    continue
-                family.add_sample(spec.name, dict(zip(GPU_LABELS, self._labels(view.identity), strict=True)),
-                                  float(value))
+            name = spec.name
+            for labels, values in read:
+                value = values.get(name)
+                if value is not None:
+                    family.add_sample(name, labels, float(value))
             if family.samples:
                 yield family
 

@@ -1,0 +1,231 @@
+"""Scrape cost of `jobsight exporter gpu`, over HTTP against the real process.
+
+    .venv/bin/python benchmarks/gpu_scrape.py [--scrapes N] [--gpus N] [--nvml]
+
+Default: 8 simulated GPUs with jobs. Prints a markdown table: scrape latency p50/p99, exporter
+CPU seconds per scrape (background collection subtracted, measured on the same process while
+idle), exposition size.
+
+With ``--nvml`` (only on a GPU machine), the same run also measures, side by side:
+- the exporter on real NVML (scrape latency, and the background read of every GPU);
+- ``nvidia-smi --query-gpu=<the same fields> --format=csv`` once per scrape;
+- raw nvidia-ml-py calls reading the same values for every GPU (the floor);
+and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# nvidia-smi fields matching what one exporter read gives.
+SMI_FIELDS = (
+    "index,uuid,pci.bus_id,name,utilization.gpu,utilization.memory,clocks.sm,clocks.mem,temperature.gpu,"
+    "temperature.memory,power.draw,memory.total,memory.used,memory.free,memory.reserved,"
+    "clocks_event_reasons.active,ecc.errors.corrected.volatile.total,ecc.errors.uncorrected.volatile.total,"
+    "ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total,"
+    "encoder.stats.averageFps,pcie.link.gen.current"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class Exporter:
+    def __init__(self, flags: Sequence[str]) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobsight", "--log.level", "warning", "exporter", "gpu",
+             "--web.listen-address", f"127.0.0.1:{self.port}", *flags],
+            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise SystemExit(f"exporter exited: {err}")
+            try:
+                if httpx.get(self.url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit("exporter did not answer within 30 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def measure_exporter(flags: Sequence[str], scrapes: int, idle_s: float) -> dict[str, float]:
+    exporter = Exporter(flags)
+    try:
+        with httpx.Client(timeout=10) as client:
+            for _ in range(20):  # warm-up
+                client.get(exporter.url)
+            cpu0, t0 = cpu_seconds(exporter.proc.pid), time.monotonic()
+            time.sleep(idle_s)
+            background_cpu_per_s = (cpu_seconds(exporter.proc.pid) - cpu0) / (time.monotonic() - t0)
+            latencies: list[float] = []
+            size = 0
+            cpu0, t0 = cpu_seconds(exporter.proc.pid), time.monotonic()
+            for _ in range(scrapes):
+                start = time.perf_counter()
+                response = client.get(exporter.url)
+                latencies.append(time.perf_counter() - start)
+                size = len(response.content)
+            wall = time.monotonic() - t0
+            cpu = cpu_seconds(exporter.proc.pid) - cpu0
+            text = response.text
+        read_s = sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                     if line.startswith("jobsight_gpu_collect_duration_seconds{"))
+        return {
+            "p50": statistics.median(latencies),
+            "p99": percentile(latencies, 99),
+            "cpu_per_scrape": max(0.0, cpu - background_cpu_per_s * wall) / scrapes,
+            "background_cpu_per_s": background_cpu_per_s,
+            "bytes": float(size),
+            "series": float(sum(1 for line in text.splitlines() if line and not line.startswith("#"))),
+            "read_all_gpus_s": read_s,
+        }
+    finally:
+        exporter.stop()
+
+
+def time_calls(fn: Callable[[], object], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def raw_nvml_read_all() -> Callable[[], object]:
+    """The floor: direct nvidia-ml-py calls for the same values, every GPU, no exporter."""
+    import pynvml  # the benchmark's baseline, not exporter code: exporters/gpu/nvml.py is the seam
+
+    pynvml.nvmlInit()
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    field_ids = [82, 83, 94, 3, 4, 5, 6, 142, 143, 145, 74, 75, (138, 0xFFFFFFFF), (139, 0xFFFFFFFF)]
+
+    def quiet(fn: Callable[..., object], *args: object) -> object:
+        try:
+            return fn(*args)
+        except pynvml.NVMLError:
+            return None
+
+    def read_all() -> object:
+        for h in handles:
+            quiet(pynvml.nvmlDeviceGetUtilizationRates, h)
+            quiet(pynvml.nvmlDeviceGetEncoderUtilization, h)
+            quiet(pynvml.nvmlDeviceGetDecoderUtilization, h)
+            quiet(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+            quiet(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM)
+            quiet(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU)
+            quiet(pynvml.nvmlDeviceGetPowerUsage, h)
+            quiet(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2)
+            quiet(pynvml.nvmlDeviceGetCurrentClocksEventReasons, h)
+            quiet(pynvml.nvmlDeviceGetFieldValues, h, field_ids)
+            quiet(pynvml.nvmlDeviceGetComputeRunningProcesses, h)
+        return None
+
+    return read_all
+
+
+def nvidia_smi_query() -> None:
+    subprocess.run(["nvidia-smi", f"--query-gpu={SMI_FIELDS}", "--format=csv"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scrapes", type=int, default=500)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds to measure background CPU")
+    parser.add_argument("--nvml", action="store_true", help="also measure real NVML and nvidia-smi")
+    args = parser.parse_args(argv)
+
+    print(f"# GPU exporter scrape benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+          f"{os.cpu_count()} CPUs, {args.scrapes} scrapes\n")
+    sim = measure_exporter(["--simulate", str(args.gpus)], args.scrapes, args.idle)
+    rows = [
+        ("simulated, 8 GPUs with jobs" if args.gpus == 8 else f"simulated, {args.gpus} GPUs", sim),
+    ]
+    extra: list[str] = []
+    if args.nvml:
+        real = measure_exporter([], args.scrapes, args.idle)
+        rows.append(("real NVML", real))
+        runs = max(20, args.scrapes // 10)
+        smi = time_calls(nvidia_smi_query, runs) if shutil.which("nvidia-smi") else []
+        raw = time_calls(raw_nvml_read_all(), runs)
+        extra.append("| comparison (same run) | p50 ms | ratio |")
+        extra.append("| --- | ---: | ---: |")
+        extra.append(f"| exporter scrape (real NVML) | {ms(real['p50'])} | 1 |")
+        if smi:
+            smi_p50 = statistics.median(smi)
+            extra.append(f"| `nvidia-smi --query-gpu=… --format=csv` | {ms(smi_p50)} | "
+                         f"nvidia-smi / scrape = {smi_p50 / real['p50']:.1f}x |")
+        raw_p50 = statistics.median(raw)
+        extra.append(f"| raw nvidia-ml-py, same values, all GPUs | {ms(raw_p50)} | "
+                     f"scrape / raw = {real['p50'] / raw_p50:.2f}x |")
+        read = real["read_all_gpus_s"]
+        extra.append("| exporter background read, all GPUs (sum of jobsight_gpu_collect_duration_seconds) "
+                     f"| {ms(read)} | read / raw = {read / raw_p50:.2f}x |")
+    print("| exporter | scrape p50 ms | scrape p99 ms | CPU ms / scrape | background CPU ms / s | series "
+          "| bytes |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in rows:
+        print(f"| {name} | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['cpu_per_scrape'])} | "
+              f"{ms(r['background_cpu_per_s'])} | {int(r['series'])} | {int(r['bytes'])} |")
+    if not args.nvml:
+        print("| real NVML vs nvidia-smi vs raw NVML | not measured here (no GPU): run with --nvml "
+              "| | | | | |")
+    if extra:
+        print()
+        print("\n".join(extra))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

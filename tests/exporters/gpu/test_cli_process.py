@@ -1,0 +1,170 @@
+"""`jobsight exporter gpu` as a real process, scraped over HTTP."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pynvml
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from exporters.gpu.fields import FIELDS
+from exporters.gpu.scenario import XidFault, load_scenario, write_scenario
+from tests.exporters.gpu.test_collector import PROMTOOL_ALLOW
+from tests.support import (
+    FIXTURES,
+    Proc,
+    free_port,
+    jobsight_command,
+    promtool_check_metrics,
+    wait_for_http,
+    wait_until,
+)
+
+SCENARIOS = FIXTURES / "gpu" / "scenarios"
+Spawn = Callable[..., Proc]
+
+
+def samples(text: str) -> list[Sample]:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def by_name(text: str, name: str) -> list[Sample]:
+    return [s for s in samples(text) if s.name == name]
+
+
+def start(spawn: Spawn, *flags: str) -> tuple[Proc, str]:
+    port = free_port()
+    proc = spawn(jobsight_command("exporter", "gpu", "--web.listen-address", f"127.0.0.1:{port}",
+                                 "--collect.interval", "0.2", "--collect.stale-after", "5", *flags),
+                 name="gpu-exporter")
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/healthz", proc=proc)
+    return proc, base
+
+
+def scrape(base: str) -> str:
+    response = httpx.get(f"{base}/metrics", timeout=10)
+    assert response.status_code == 200
+    return response.text
+
+
+def test_simulate_8_serves_every_metric_for_8_gpus(spawn: Spawn) -> None:
+    _, base = start(spawn, "--simulate", "8", "--hostname", "node1")
+    text = scrape(base)
+    for spec in FIELDS:
+        series = by_name(text, spec.name)
+        assert sorted(s.labels["gpu"] for s in series) == [str(i) for i in range(8)], spec.name
+    for name in ("jobsight_gpu_up", "jobsight_gpu_info", "DCGM_FI_DEV_XID_ERRORS", "jobsight_gpu_job_info"):
+        assert len(by_name(text, name)) == 8, name
+    assert {s.value for s in by_name(text, "jobsight_gpu_up")} == {1.0}
+    first = by_name(text, "DCGM_FI_DEV_GPU_UTIL")[0]
+    assert set(first.labels) == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
+    assert first.labels["Hostname"] == "node1" and first.labels["device"] == "nvidia0"
+    assert {s.labels["backend"] for s in by_name(text, "jobsight_gpu_info")} == {"simulated"}
+    assert {s.labels["job_id"] for s in by_name(text, "jobsight_gpu_job_info")} == {"sim-1000", "sim-1001"}
+    assert by_name(text, "jobsight_scrape_collector_success")[0].labels == {"collector": "gpu"}
+    assert by_name(text, "jobsight_scrape_collector_success")[0].value == 1
+    promtool_check_metrics(text, allow=PROMTOOL_ALLOW)
+    health = httpx.get(f"{base}/healthz", timeout=5)
+    assert health.status_code == 200 and "8/8 GPUs up" in health.text
+
+
+def test_scenario_losing_one_gpu_keeps_serving_the_other_7(spawn: Spawn) -> None:
+    _, base = start(spawn, "--scenario", str(SCENARIOS / "lost-gpu.yaml"))
+
+    def with_xid() -> str | None:
+        text = scrape(base)
+        return text if "jobsight_gpu_xid_errors_total{" in text else None
+
+    text = wait_until(with_xid, timeout=20, message="XID 79 counted")
+    up = {s.labels["gpu"]: s.value for s in by_name(text, "jobsight_gpu_up")}
+    assert up == {**{str(i): 1.0 for i in range(8)}, "5": 0.0}
+    util_gpus = sorted(s.labels["gpu"] for s in by_name(text, "DCGM_FI_DEV_GPU_UTIL"))
+    assert util_gpus == ["0", "1", "2", "3", "4", "6", "7"]
+    assert {s.labels["Hostname"] for s in by_name(text, "jobsight_gpu_up")} == {"node1"}  # from the scenario
+    xids = by_name(text, "jobsight_gpu_xid_errors_total")
+    assert [(s.labels["gpu"], s.labels["xid"], s.value) for s in xids] == [("5", "79", 1.0)]
+    # Still serving on the next scrape.
+    assert len(by_name(scrape(base), "DCGM_FI_DEV_GPU_UTIL")) == 7
+
+
+def test_xid_injected_at_runtime_by_rewriting_the_scenario(spawn: Spawn, tmp_path: Path) -> None:
+    path = tmp_path / "node2.yaml"
+    path.write_text("hostname: node2\ngpus: 8\n")
+    _, base = start(spawn, "--scenario", str(path))
+    assert by_name(scrape(base), "jobsight_gpu_xid_errors_total") == []
+
+    write_scenario(path, load_scenario(path).with_faults(XidFault(gpu=3, xid=79)))
+
+    def counted() -> list[Sample]:
+        return by_name(scrape(base), "jobsight_gpu_xid_errors_total")
+
+    xids = wait_until(counted, timeout=20, message="injected XID to be counted")
+    assert [(s.labels["Hostname"], s.labels["gpu"], s.labels["xid"], s.value) for s in xids] == [
+        ("node2", "3", "79", 1.0)
+    ]
+    last = {s.labels["gpu"]: s.value for s in by_name(scrape(base), "DCGM_FI_DEV_XID_ERRORS")}
+    assert last["3"] == 79 and last["2"] == 0
+
+    # A bad edit is reported and the exporter keeps the last good scenario.
+    path.write_text("hostname: node2\ngpus: 8\nfaults: [{kind: xid, gpu: 42, xid: 79}]\n")
+    wait_until(lambda: by_name(scrape(base), "jobsight_gpu_scenario_last_reload_ok")[0].value == 0,
+               timeout=20, message="the bad edit to be noticed")
+    assert len(by_name(scrape(base), "DCGM_FI_DEV_GPU_UTIL")) == 8
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--simulate", "0"], "--simulate: give 1-64 GPUs"),
+        (["--scenario", str(SCENARIOS / "bad-field.yaml")], "unknown field 'DCGM_FI_DEV_NOT_A_FIELD'"),
+        (["--scenario", "/nonexistent/scenario.yaml"], "cannot read config"),
+        (["--simulate", "2", "--collect.interval", "0"], "--collect.interval"),
+        (["--simulate", "2", "--web.listen-address", "nowhere"], "listen address 'nowhere'"),
+        (["--simulate", "2", "--scenario", str(SCENARIOS / "lost-gpu.yaml")], "not allowed with argument"),
+        (["--simulate", "two"], "invalid int value"),
+    ],
+)
+def test_bad_flags_and_scenarios_exit_2(flags: list[str], message: str) -> None:
+    result = subprocess.run(jobsight_command("exporter", "gpu", *flags), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def _nvml_loads() -> bool:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+@pytest.mark.skipif(_nvml_loads(), reason="NVML works on this machine")
+def test_no_nvml_exits_3_with_one_clear_line() -> None:
+    port = free_port()
+    result = subprocess.run(jobsight_command("exporter", "gpu", "--web.listen-address", f"127.0.0.1:{port}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "NVML" in lines[0] and "--simulate" in lines[0], result.stderr
+
+
+def test_help_lists_the_flags() -> None:
+    result = subprocess.run(jobsight_command("exporter", "gpu", "--help"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    for flag in ("--web.listen-address", "--simulate", "--scenario", "--job-map-dir", "--hostname",
+                 "--path.procfs", "--collect.interval"):
+        assert flag in result.stdout
+
+
+def test_promtool_is_installed() -> None:
+    assert shutil.which("promtool"), "make test installs prometheus (promtool)"
