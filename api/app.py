@@ -99,38 +99,38 @@ class BodyLimitMiddleware:
                     await self._refuse(send)
                     return
         seen = 0
-        started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    # Answer now and tell the app the client went away; whatever the app tries
+                    # to send afterwards is dropped.
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, send: Send) -> None:
         body = b'{"detail":"request body is larger than the limit of %d bytes"}' % self.limit
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class _Maintenance:
@@ -271,50 +271,13 @@ def create_app(
             problems.append({"loc": loc, "msg": err.get("msg", "invalid")})
         return JSONResponse({"detail": problems}, status_code=422)
 
-    # -- auth -------------------------------------------------------------------------------
-
-    bearer = HTTPBearer(auto_error=False, description="an API token from the `tokens` setting")
-    tokens = [(entry.token.encode(), Caller(entry.tenant, entry.admin)) for entry in settings.tokens]
-
-    def _unauthorized(detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-    class _AuthError(Exception):
-        def __init__(self, detail: str) -> None:
-            self.detail = detail
+    app.state.tokens = [(entry.token.encode(), Caller(entry.tenant, entry.admin))
+                        for entry in settings.tokens]
+    app.state.webhook_token = settings.webhook_token.encode() if settings.webhook_token else None
 
     @app.exception_handler(_AuthError)
     async def _auth_failed(_: Request, exc: _AuthError) -> JSONResponse:
-        return _unauthorized(exc.detail)
-
-    def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise _AuthError("missing bearer token")
-        given = credentials.credentials.encode()
-        found: Caller | None = None
-        for secret, who in tokens:
-            # Compare against every token so timing does not reveal which prefix matched.
-            if hmac.compare_digest(secret, given):
-                found = who
-        if found is None:
-            raise _AuthError("unknown token")
-        return found
-
-    def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
-        if not who.admin:
-            raise Forbidden("this route needs an admin token")
-        return who
-
-    def webhook_caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        expected = settings.webhook_token
-        if credentials is None:
-            raise _AuthError("missing bearer token")
-        if expected is None:
-            raise Forbidden("the alert webhook is disabled: no webhook_token is configured")
-        if not hmac.compare_digest(expected.encode(), credentials.credentials.encode()):
-            raise _AuthError("unknown webhook token")
-
-    Who = Annotated[Caller, Depends(caller)]
+        return JSONResponse({"detail": exc.detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     # -- health -----------------------------------------------------------------------------
 
@@ -400,7 +363,7 @@ def create_app(
         return JobOut.model_validate(job_out(job, source))
 
     @app.delete("/v1/jobs/{job_id}", status_code=204, tags=["jobs"], responses=ERROR_RESPONSES)
-    def delete_job(job_id: JobIdParam, _: Annotated[Caller, Depends(admin)]) -> Response:
+    def delete_job(job_id: JobIdParam, _: Admin) -> Response:
         if not service.store.delete_job(job_id):
             raise NotFound(job_id)
         return Response(status_code=204)
@@ -436,12 +399,6 @@ def create_app(
                            events_only=events_only, limit=limit, cursor=cursor)
         return LogPageOut.model_validate({"records": [record_out(r) for r in page.records],
                                           "next_cursor": page.next_cursor})
-
-    LogQ = Annotated[str | None, Query(max_length=1000, description="words to match in the message")]
-    Kind = Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    Rank = Annotated[int | None, Query(ge=0, le=1_000_000)]
-    Limit = Annotated[int, Query(ge=1, le=1000)]
-    Cursor = Annotated[str | None, Query(max_length=500)]
 
     @app.get("/v1/jobs/{job_id}/logs", response_model=LogPageOut, tags=["logs"], responses=ERROR_RESPONSES)
     def job_logs(job_id: JobIdParam, who: Who, q: LogQ = None, kind: Kind = None, rank: Rank = None,
@@ -490,14 +447,14 @@ def create_app(
     # -- alerts and notifications -----------------------------------------------------------
 
     @app.post("/v1/alerts/webhook", response_model=WebhookResult, tags=["alerts"], responses=ERROR_RESPONSES)
-    def alerts_webhook(payload: WebhookPayload, _: Annotated[None, Depends(webhook_caller)]) -> WebhookResult:
+    def alerts_webhook(payload: WebhookPayload, _: WebhookAuth) -> WebhookResult:
         result = service.webhook(payload)
         maintenance.wake()
         return result
 
     @app.get("/v1/alerts", response_model=AlertList, tags=["alerts"], responses=ERROR_RESPONSES)
     def list_alerts(
-        _: Annotated[Caller, Depends(admin)],
+        _: Admin,
         status: Annotated[str | None, Query(pattern="^(firing|resolved)$")] = None,
         limit: Limit = 100,
         cursor: Annotated[int | None, Query(ge=1, description="the next_cursor of the previous page")] = None,
@@ -524,6 +481,57 @@ def create_app(
              "last_error": n.last_error, "targets": n.targets, "body": n.body} for n in items]})
 
     return app
+
+
+class _AuthError(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+bearer = HTTPBearer(auto_error=False, description="an API token from the `tokens` setting")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def caller(request: Request, credentials: Credentials) -> Caller:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _AuthError("missing bearer token")
+    given = credentials.credentials.encode()
+    found: Caller | None = None
+    for secret, who in request.app.state.tokens:
+        # Compare against every token so the time taken does not reveal which one matched.
+        if hmac.compare_digest(secret, given):
+            found = who
+    if found is None:
+        raise _AuthError("unknown token")
+    return found
+
+
+def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if not who.admin:
+        raise Forbidden("this route needs an admin token")
+    return who
+
+
+def webhook_caller(request: Request, credentials: Credentials) -> None:
+    """The Alertmanager webhook has its own token (``webhook_token``), not an API token."""
+    expected: bytes | None = request.app.state.webhook_token
+    if credentials is None:
+        raise _AuthError("missing bearer token")
+    if expected is None:
+        raise Forbidden("the alert webhook is disabled: no webhook_token is configured")
+    if not hmac.compare_digest(expected, credentials.credentials.encode()):
+        raise _AuthError("unknown webhook token")
+
+
+Who = Annotated[Caller, Depends(caller)]
+Admin = Annotated[Caller, Depends(admin)]
+WebhookAuth = Annotated[None, Depends(webhook_caller)]
+LogQ = Annotated[str | None, Query(max_length=1000, description="words to match in the message")]
+Kind = Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Rank = Annotated[int | None, Query(ge=0, le=1_000_000)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Cursor = Annotated[str | None, Query(max_length=500)]
 
 
 def _encode_job_cursor(created_at: float, job_id: str) -> str:

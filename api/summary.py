@@ -75,6 +75,20 @@ def first_increase(series: RangeSeries, start: float, step: float) -> float | No
     return None
 
 
+def counter_growth(series: RangeSeries, start: float, step: float) -> float:
+    """How much a counter grew in the window. Unlike ``increase()``, a series born inside the
+    window counts its first value: an exporter creates an XID counter at 1 when the first XID
+    happens, and ``increase()`` would report 0 for it."""
+    if not series.points:
+        return 0.0
+    first_t, first_v = series.points[0]
+    growth = first_v if first_t > start + 1.5 * step else 0.0
+    for (_, a), (_, b) in zip(series.points, series.points[1:], strict=False):
+        # A drop is a counter reset (exporter restart): the new value is all growth.
+        growth += b - a if b >= a else b
+    return growth
+
+
 class JobFacts:
     """Gathers what the summary and the diagnosis need; ``executor`` runs queries in parallel."""
 
@@ -117,8 +131,6 @@ class JobFacts:
             "idle": per_gpu(f"avg_over_time((DCGM_FI_DEV_GPU_UTIL < bool {IDLE_UTIL_PERCENT:g})"
                             f"[{window}:{duration(step)}])"),
             "ecc": per_gpu(f"increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL[{window}])"),
-            "xid": f"sum by (Hostname, gpu, xid) "
-                   f"(increase(jobsight_gpu_xid_errors_total[{window}]) {on_gpu})",
             "rx": per_node("node_infiniband_port_data_received_bytes_total"),
             "tx": per_node("node_infiniband_port_data_transmitted_bytes_total"),
             "link_downed": per_node("node_infiniband_link_downed_total"),
@@ -180,22 +192,17 @@ class JobFacts:
                 g = gpu_of(s)
                 if g is not None:
                     g.throttled_seconds = (g.throttled_seconds or 0.0) + s.value / 1e9
-        xid_first: dict[tuple[str, int, int], float | None] = {}
         for series in r["xid_t"]:
-            host, index, xid = (series.labels.get("Hostname"), _int(series.labels.get("gpu")),
-                                _int(series.labels.get("xid")))
-            if host is not None and index is not None and xid is not None:
-                xid_first[(host, index, xid)] = first_increase(series, start, step)
-        for s in r["xid"]:
-            g = gpu_of(s)
-            xid = _int(s.labels.get("xid"))
-            if g is None or xid is None or s.value <= 0:
+            xid = _int(series.labels.get("xid"))
+            g = gpu_of(Sample(series.labels, 0.0))
+            count = counter_growth(series, start, step)
+            if g is None or xid is None or count <= 0:
                 continue
-            first = xid_first.get((g.host, g.gpu, xid))
-            g.xids.append(XidEvent(xid=xid, count=round(s.value, 3), first_seen=_dt(first)))
+            first = first_increase(series, start, step)
+            g.xids.append(XidEvent(xid=xid, count=round(count, 3), first_seen=_dt(first)))
             facts.findings.append(Finding(
                 time=first, source="prometheus", kind="gpu_xid", host=g.host, gpu=g.gpu, xid=xid,
-                detail=f"jobsight_gpu_xid_errors_total{{xid=\"{xid}\"}} rose by {s.value:g} "
+                detail=f"jobsight_gpu_xid_errors_total{{xid=\"{xid}\"}} rose by {count:g} "
                        f"on {g.host} GPU {g.gpu}",
             ))
         for series in r["ecc_t"]:
