@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporters.node._files import join, read_bytes
@@ -23,6 +25,33 @@ class CgroupUsage:
     read_bytes: float | None  # io.stat rbytes over all devices
     write_bytes: float | None
     processes: int  # distinct PIDs in cgroup.procs of the job and its sub-cgroups
+
+
+class JobCgroupFinder:
+    """:func:`find_job_cgroups`, re-walked every ``ttl`` seconds rather than every scrape: new job
+    directories show up within ``ttl``; a directory that disappears is noticed at once."""
+
+    def __init__(self, cgroup_root: str, max_depth: int = 5, ttl: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cgroup_root = cgroup_root
+        self.max_depth = max_depth
+        self.ttl = ttl
+        self.clock = clock
+        self._found: dict[str, str] = {}
+        self._at: float | None = None
+
+    def usage(self) -> dict[str, CgroupUsage]:
+        now = self.clock()
+        if self._at is None or now - self._at >= self.ttl:
+            self._found = find_job_cgroups(self.cgroup_root, self.max_depth)
+            self._at = now
+        found: dict[str, CgroupUsage] = {}
+        for job_id, path in self._found.items():
+            if not os.path.isdir(path):
+                self._at = None  # the job ended: walk again next scrape
+                continue
+            found[job_id] = read_cgroup(job_id, path)
+        return found
 
 
 def find_job_cgroups(cgroup_root: str, max_depth: int = 5) -> dict[str, str]:

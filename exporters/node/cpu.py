@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -19,9 +21,23 @@ _MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 class CpuCollector:
-    def __init__(self, procfs: str = "/proc", sysfs: str = "/sys", guest: bool = True) -> None:
+    def __init__(
+        self,
+        procfs: str = "/proc",
+        sysfs: str = "/sys",
+        guest: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        topology_ttl: float = 60.0,
+    ) -> None:
         self.path = join(procfs, "stat")
         self.cpu_dir = join(sysfs, "devices", "system", "cpu")
+        # CPU topology (package, core) and which CPUs have thermal_throttle counters only change
+        # with CPU hotplug; re-reading them every scrape cost ~4 syscalls per CPU (a few ms on
+        # a 128-core host), so they are re-read every ``topology_ttl`` seconds.
+        self.clock = clock
+        self.topology_ttl = topology_ttl
+        self._topology: list[tuple[str, int, int]] = []
+        self._topology_at: float | None = None
         self.guest = guest
         # node_exporter keeps the last value per (cpu, mode) and ignores a value that went
         # backwards (iowait and idle can, on some kernels), so rate() never sees a reset.
@@ -70,12 +86,7 @@ class CpuCollector:
         share their core's counter (node_exporter's ``updateThermalThrottle``)."""
         packages: dict[int, int] = {}
         cores: dict[int, dict[int, int]] = {}
-        # Lexicographic, as Go's filepath.Glob returns them: the first CPU of a core wins.
-        for cpu in sorted(glob.glob(join(self.cpu_dir, "cpu[0-9]*"))):
-            package = _read_uint(join(cpu, "topology", "physical_package_id"))
-            core = _read_uint(join(cpu, "topology", "core_id"))
-            if package is None or core is None:
-                continue
+        for cpu, package, core in self._throttle_topology():
             package_cores = cores.setdefault(package, {})
             if core not in package_cores:
                 count = _read_uint(join(cpu, "thermal_throttle", "core_throttle_count"))
@@ -102,6 +113,23 @@ class CpuCollector:
             for package in sorted(packages):
                 package_family.add_metric([str(package)], float(packages[package]))
             yield package_family
+
+    def _throttle_topology(self) -> list[tuple[str, int, int]]:
+        """(cpu dir, package, core) of the CPUs that have thermal_throttle counters."""
+        now = self.clock()
+        if self._topology_at is not None and now - self._topology_at < self.topology_ttl:
+            return self._topology
+        found: list[tuple[str, int, int]] = []
+        # Lexicographic, as Go's filepath.Glob returns them: the first CPU of a core wins.
+        for cpu in sorted(glob.glob(join(self.cpu_dir, "cpu[0-9]*"))):
+            if not os.path.isdir(join(cpu, "thermal_throttle")):
+                continue  # VMs and many AMD CPUs have none
+            package = _read_uint(join(cpu, "topology", "physical_package_id"))
+            core = _read_uint(join(cpu, "topology", "core_id"))
+            if package is not None and core is not None:
+                found.append((cpu, package, core))
+        self._topology, self._topology_at = found, now
+        return found
 
     def _isolated(self) -> Iterator[Metric]:
         try:

@@ -22,17 +22,23 @@ kept, per job, and added to the sum for as long as the job has live processes; t
 only falls when the job is gone and its series ends. What a process used after the last scrape it
 was seen in, and processes that lived less than one scrape interval, are not counted (cgroups
 count them; that is why they win where present).
+
+Freshness: job cgroup directories are looked for every ``recheck_after`` seconds (10 s), and a
+PID without a job is re-read on the same schedule (see :mod:`exporters.node.processes`). A job's
+CPU counter switches from the process sum to the cgroup's when its directory is first found, so
+it can jump once in the first seconds of a job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporters.node._files import join
-from exporters.node.cgroups import CgroupUsage, find_job_cgroups, read_cgroup
+from exporters.node.cgroups import CgroupUsage, JobCgroupFinder
 from exporters.node.processes import ProcessSample, ProcessScanner
 from jobsight.identity import ProcessJobResolver
 
@@ -65,19 +71,19 @@ class JobsCollector:
         sysfs: str = "/sys",
         resolver: ProcessJobResolver | None = None,
         cgroup_max_depth: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        recheck_after: float = 10.0,
     ) -> None:
-        self.scanner = ProcessScanner(procfs, resolver or ProcessJobResolver(procfs))
-        self.cgroup_root = join(sysfs, "fs", "cgroup")
-        self.cgroup_max_depth = cgroup_max_depth
+        self.scanner = ProcessScanner(
+            procfs, resolver or ProcessJobResolver(procfs), clock=clock, recheck_after=recheck_after
+        )
+        self.cgroups = JobCgroupFinder(join(sysfs, "fs", "cgroup"), cgroup_max_depth, recheck_after, clock)
         self._last: dict[tuple[int, int], ProcessSample] = {}
         self._retired: dict[str, _Retired] = {}
 
     def collect(self) -> Iterator[Metric]:
         samples = self.scanner.scan()
-        cgroups = {
-            job_id: read_cgroup(job_id, path)
-            for job_id, path in find_job_cgroups(self.cgroup_root, self.cgroup_max_depth).items()
-        }
+        cgroups = self.cgroups.usage()
         totals = self._account(samples)
         yield from self._families(totals, cgroups)
 

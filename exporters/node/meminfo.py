@@ -4,6 +4,7 @@ get ``_bytes``; unitless fields (``HugePages_Total``) keep their name; ``Active(
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 
@@ -15,6 +16,11 @@ _PARENS = re.compile(r"\((.*)\)")
 _VALID_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
+@functools.lru_cache(maxsize=512)
+def _key(field: str) -> str:
+    return _PARENS.sub(r"_\1", field)
+
+
 def parse_meminfo(text: str) -> dict[str, float]:
     info: dict[str, float] = {}
     for line in text.splitlines():
@@ -24,7 +30,7 @@ def parse_meminfo(text: str) -> dict[str, float]:
         if len(parts) < 2 or not parts[0].endswith(":"):
             raise ValueError(f"invalid line in meminfo: {line[:80]!r}")
         value = float(int(parts[1]))
-        key = _PARENS.sub(r"_\1", parts[0][:-1])
+        key = _key(parts[0][:-1])
         if len(parts) == 3:
             value *= 1024  # the kernel's only unit here is kB (KiB)
             key += "_bytes"
@@ -42,8 +48,12 @@ class MeminfoCollector:
         info = parse_meminfo(read_text(self.path))
         for key in sorted(info):
             name = f"node_memory_{key}"
-            if not _VALID_NAME.match(name):
+            if not _valid_name(name):
                 continue  # a field name we cannot publish; never break the exposition for it
-            family = GaugeMetricFamily(name, f"Memory information field {key}.")
-            family.add_metric([], info[key])
-            yield family
+            yield GaugeMetricFamily(name, f"Memory information field {key}.", value=info[key])
+
+
+@functools.lru_cache(maxsize=512)
+def _valid_name(name: str) -> bool:
+    # The kernel's field names are a small fixed set: check each once, not every scrape.
+    return bool(_VALID_NAME.match(name))

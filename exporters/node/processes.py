@@ -1,10 +1,18 @@
 """One pass over ``<procfs>/<pid>``: which live processes belong to which job, and what they have
-used. Only ``stat`` is read for every PID; ``status`` and ``io`` are read only for PIDs that belong
-to a job, and the job of a PID is looked up once per (pid, start time)."""
+used.
+
+Costs, for a host with thousands of PIDs: ``stat``, ``status`` and ``io`` are read for PIDs that
+belong to a job; the job of a PID is looked up once per (pid, start time) through the resolver.
+A PID without a job costs one ``stat`` read when first seen and then only every ``recheck_after``
+seconds (the kernel builds ``stat`` on each read, ~10 µs): that re-read is what notices the PID
+being reused by a new process, which may belong to a job. New PIDs are always looked at at once.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporters.node._files import read_bytes
@@ -55,19 +63,33 @@ def parse_io(raw: bytes) -> tuple[float, float] | None:
 class ProcessScanner:
     """Samples every live process that belongs to a job."""
 
-    def __init__(self, procfs: str, resolver: ProcessJobResolver) -> None:
+    def __init__(
+        self,
+        procfs: str,
+        resolver: ProcessJobResolver,
+        clock: Callable[[], float] = time.monotonic,
+        recheck_after: float = 10.0,
+    ) -> None:
         self.procfs = procfs.rstrip("/") or "/"
         self.resolver = resolver
-        self._jobs: dict[int, tuple[int, str | None]] = {}  # pid → (start, job id)
+        self.clock = clock
+        self.recheck_after = recheck_after
+        # pid → (start, job id, when its stat was last read)
+        self._jobs: dict[int, tuple[int, str | None, float]] = {}
 
     def scan(self) -> list[ProcessSample]:
         prefix = self.procfs + "/" if self.procfs != "/" else "/"
         samples: list[ProcessSample] = []
         live: set[int] = set()
+        now = self.clock()
         for name in os.listdir(self.procfs):
             if not name.isdigit():
                 continue
             pid = int(name)
+            cached = self._jobs.get(pid)
+            if cached is not None and cached[1] is None and now - cached[2] < self.recheck_after:
+                live.add(pid)
+                continue
             base = prefix + name
             try:
                 parsed = parse_stat(read_bytes(base + "/stat"))
@@ -77,13 +99,12 @@ class ProcessScanner:
                 continue
             start, cpu = parsed
             live.add(pid)
-            cached = self._jobs.get(pid)
             if cached is not None and cached[0] == start:
                 job_id = cached[1]
             else:
                 ref = self.resolver.job_of(pid)
                 job_id = ref.job_id if ref is not None else None
-                self._jobs[pid] = (start, job_id)
+            self._jobs[pid] = (start, job_id, now)
             if job_id is None:
                 continue
             samples.append(self._sample(base, pid, start, job_id, cpu))

@@ -22,6 +22,9 @@ class VmstatCollector:
             self.fields = re.compile(fields)
         except re.error as exc:
             raise ConfigError(f"--collector.vmstat.fields {fields!r} is not a valid regex: {exc}") from exc
+        # /proc/vmstat has ~180 fixed field names; remember the regex's answer for each, bounded
+        # in case a kernel ever produced unbounded names.
+        self._wanted: dict[str, bool] = {}
 
     def collect(self) -> Iterator[Metric]:
         for line in read_text(self.path).splitlines():
@@ -29,8 +32,12 @@ class VmstatCollector:
             if len(parts) != 2:
                 raise ValueError(f"{self.path}: invalid line {line[:80]!r}")
             name, value = parts
-            if not self.fields.search(name):
-                continue
-            family = UnknownMetricFamily(f"node_vmstat_{name}", f"/proc/vmstat information field {name}.")
-            family.add_metric([], float(int(value)))
-            yield family
+            wanted = self._wanted.get(name)
+            if wanted is None:
+                wanted = bool(self.fields.search(name))
+                if len(self._wanted) < 4096:
+                    self._wanted[name] = wanted
+            if wanted:
+                yield UnknownMetricFamily(
+                    f"node_vmstat_{name}", f"/proc/vmstat information field {name}.", value=float(int(value))
+                )

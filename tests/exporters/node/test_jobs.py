@@ -111,3 +111,44 @@ def test_process_file_parsers() -> None:
     assert parse_vmrss(b"Name:\tx\nState:\tZ\n") is None
     assert parse_io(b"read_bytes: 5\nwrite_bytes: 6\n") == (5.0, 6.0)
     assert parse_io(b"rchar: 5\n") is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pids_without_a_job_are_rechecked_on_a_schedule_and_new_pids_at_once(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    clock = _Clock()
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock, recheck_after=10.0)
+    scrape({"jobs": collector})
+    # A brand-new PID of a job is seen in the next scrape.
+    shutil.copytree(procfs / "4245", procfs / "4246")
+    assert _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")["4712"] == 2
+    # PID 4400 (no job) is reused by a process of job 5000: noticed once its recheck is due.
+    (procfs / "4400" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=5000\0")
+    stat = procfs / "4400" / "stat"
+    stat.write_text(stat.read_text().replace(" 50000 ", " 300000 "))
+    clock.now += 5
+    assert "5000" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")
+    clock.now += 6
+    assert _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")["5000"] == 1
+
+
+def test_job_cgroups_are_found_within_the_ttl_and_dropped_at_once(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    clock = _Clock()
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock, recheck_after=10.0)
+    assert "4800" in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_memory_cgroup_bytes")
+    scope = sysfs / "fs" / "cgroup" / "system.slice" / "slurmstepd.scope"
+    (scope / "job_4900").mkdir()
+    (scope / "job_4900" / "memory.current").write_text("4096\n")
+    assert "4900" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_memory_cgroup_bytes")
+    clock.now += 10
+    assert _jobs(samples(scrape({"jobs": collector})), "jobsight_job_memory_cgroup_bytes")["4900"] == 4096
+    shutil.rmtree(scope / "job_4800")
+    assert "4800" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_memory_cgroup_bytes")

@@ -1,0 +1,168 @@
+"""jobsight's node exporter side by side with Debian's node_exporter, on this host's /proc and /sys.
+
+Both serve the same collectors (cpu, diskstats, filesystem, loadavg, meminfo, netdev, pressure,
+stat, uname, vmstat) over HTTP; scrapes alternate between them with Prometheus's headers
+(text format, gzip), so both see the same machine at the same moments. A third server, ours with
+the per-job collector added, is measured too, for what that costs (node_exporter has no such
+collector, so it is not part of the ratio).
+
+Reported: median and p99 scrape time seen by the client, and CPU seconds per scrape of each
+server process (utime+stime from /proc/<pid>/stat before and after), as ratios ours/theirs.
+
+    .venv/bin/python benchmarks/node_exporters.py [--scrapes 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = ("cpu", "diskstats", "filesystem", "loadavg", "meminfo", "netdev", "pressure", "stat", "uname",
+          "vmstat")
+# Upstream node_exporter's default; Debian's build excludes more (/run, /mnt, /media). Both get this.
+MOUNT_POINTS_EXCLUDE = (
+    r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+)
+HEADERS = {"Accept": "text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "Accept-Encoding": "gzip"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    times: list[float] = field(default_factory=list)
+    cpu_start: float = 0.0
+    cpu_end: float = 0.0
+    samples: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def wait_ready(client: httpx.Client, server: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.proc is not None
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.name} exited with {server.proc.returncode}")
+        try:
+            if client.get(server.url, headers=HEADERS).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{server.name} did not answer within {timeout}s")
+        time.sleep(0.1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scrapes", type=int, default=300, help="scrapes per server (default 300)")
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args()
+
+    binary = shutil.which("prometheus-node-exporter")
+    if binary is None:
+        print("prometheus-node-exporter is not installed (Debian package prometheus-node-exporter)")
+        return 1
+    theirs = Server("node_exporter 1.5", [
+        binary, "--collector.disable-defaults", *(f"--collector.{n}" for n in SHARED),
+        "--collector.netdev.device-exclude=^$",
+        f"--collector.filesystem.mount-points-exclude={MOUNT_POINTS_EXCLUDE}",
+    ], free_port())
+    jobsight = [sys.executable, "-m", "jobsight", "exporter", "node"]
+    ours = Server("jobsight", [*jobsight, "--no-collector.jobs"], free_port())
+    ours_jobs = Server("jobsight + jobs", jobsight, free_port())
+    servers = [ours, theirs, ours_jobs]
+    for server in servers:
+        server.argv.append(f"--web.listen-address=127.0.0.1:{server.port}")
+        server.proc = subprocess.Popen(server.argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with httpx.Client(timeout=30) as client:
+            for server in servers:
+                wait_ready(client, server)
+                for _ in range(args.warmup):
+                    client.get(server.url, headers=HEADERS)
+            for server in servers:
+                assert server.proc is not None
+                server.cpu_start = cpu_seconds(server.proc.pid)
+            for _ in range(args.scrapes):
+                for server in servers:
+                    start = time.perf_counter()
+                    response = client.get(server.url, headers=HEADERS)
+                    server.times.append(time.perf_counter() - start)
+                    response.raise_for_status()
+                    server.samples = sum(1 for line in response.text.splitlines() if line and line[0] != "#")
+            for server in servers:
+                assert server.proc is not None
+                server.cpu_end = cpu_seconds(server.proc.pid)
+    finally:
+        for server in servers:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.terminate()
+                server.proc.wait(timeout=10)
+
+    def row(label: str, fn: str) -> str:
+        values = {}
+        for server in servers:
+            if fn == "median":
+                values[server.name] = statistics.median(server.times) * 1000
+            elif fn == "p99":
+                values[server.name] = p99(server.times) * 1000
+            else:
+                values[server.name] = (server.cpu_end - server.cpu_start) / args.scrapes * 1000
+        ratio = values[ours.name] / values[theirs.name]
+        return (f"| {label} | {values[ours.name]:.2f} | {values[theirs.name]:.2f} | **{ratio:.2f}** "
+                f"| {values[ours_jobs.name]:.2f} |")
+
+    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores, "
+          f"{platform.machine()}, Linux {platform.release()}; python {platform.python_version()}")
+    print(f"command: .venv/bin/python benchmarks/node_exporters.py --scrapes {args.scrapes}")
+    print(f"samples per scrape: jobsight {ours.samples}, node_exporter {theirs.samples} "
+          f"(incl. its go_/process_ metrics), jobsight + jobs {ours_jobs.samples}; "
+          f"processes on the host: {sum(1 for p in os.listdir('/proc') if p.isdigit())}")
+    print()
+    print("| per scrape | jobsight (ms) | node_exporter (ms) | ratio ours/theirs | jobsight + jobs (ms) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(row("median scrape time", "median"))
+    print(row("p99 scrape time", "p99"))
+    print(row("server CPU", "cpu"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
