@@ -37,7 +37,7 @@ def node_join(job_id: str) -> str:
 
 def _gpu(expr: str, scale: float = 1.0) -> Callable[[str, float], str]:
     def build(job_id: str, _window: float) -> str:
-        scaled = f"({expr}) * {scale:g}" if scale != 1.0 else expr
+        scaled = f"({expr}) * {scale!r}" if scale != 1.0 else expr
         return f"max by (Hostname, gpu) ({scaled} * {gpu_join(job_id)})"
     return build
 

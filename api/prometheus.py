@@ -100,7 +100,7 @@ class PrometheusClient:
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[RangeSeries]:
         data = self._get(
             "/api/v1/query_range",
-            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": repr(float(step))},
         )
         return [
             RangeSeries(

@@ -55,7 +55,8 @@ def log_store_dir(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) 
     return path
 
 
-def base_settings(tmp_path: Path, prometheus_url: str, log_store: Path | None, **extra: Any) -> ApiSettings:
+def base_settings(tmp_path: Path, prometheus_url: str, log_store: Path | None,
+                  extra: dict[str, Any] | None = None) -> ApiSettings:
     values: dict[str, Any] = {
         "store_url": f"sqlite:///{tmp_path / 'api.db'}",
         "prometheus_url": prometheus_url,
@@ -71,7 +72,7 @@ def base_settings(tmp_path: Path, prometheus_url: str, log_store: Path | None, *
         "webhook_token": WEBHOOK,
         "dependency_timeout_seconds": 5.0,
     }
-    values.update(extra)
+    values.update(extra or {})
     return ApiSettings.model_validate(values)
 
 
@@ -82,7 +83,7 @@ def make_client(tmp_path: Path, prometheus: RunningPrometheus, log_store_dir: Pa
     clients: list[TestClient] = []
 
     def _make(settings: dict[str, Any] | None = None, **kwargs: Any) -> TestClient:
-        config = base_settings(tmp_path, prometheus.url, log_store_dir, **(settings or {}))
+        config = base_settings(tmp_path, prometheus.url, log_store_dir, settings)
         client = TestClient(create_app(config, environ={}, **kwargs), raise_server_exceptions=True)
         client.__enter__()
         clients.append(client)

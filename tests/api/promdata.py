@@ -41,7 +41,7 @@ class SeriesBook:
             for key, points in sorted(self.samples[name].items()):
                 label_text = ",".join(f'{k}="{v}"' for k, v in key)
                 for t, v in sorted(points):
-                    yield f"{name}{{{label_text}}} {v:g} {t:.3f}"
+                    yield f"{name}{{{label_text}}} {float(v)!r} {t:.3f}"
         yield "# EOF"
 
     def write_blocks(self, workdir: Path) -> Path:
