@@ -175,6 +175,46 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> tuple[Target, 
     return ours, theirs
 
 
+def breakdown(args: argparse.Namespace, hw_counters: bool, rounds: int = 100) -> dict[str, float]:
+    """Where one scrape's time goes inside our process (ms, mean of ``rounds``): sysfs reads, building
+    the families, prometheus_client's text exposition, and gzip at the level prometheus_client uses
+    (9) and at lower ones."""
+    import gzip
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporters.rdma.collector import RdmaCollector
+    from exporters.rdma.sysfs import InfinibandReader
+
+    with tempfile.TemporaryDirectory(prefix="rdma-bench-") as tmp:
+        root = Path(tmp) / "sys"
+        write_fabric(root, hcas=args.hcas, ports=args.ports, rate_gbps=400, hw_counters=hw_counters)
+        advance(root, 3600, utilisation=0.4, congestion=0.05, errors=0.2)
+        collector = RdmaCollector(InfinibandReader(root))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        text = generate_latest(registry)
+
+        def mean_ms(step: object) -> float:
+            assert callable(step)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                step()
+            return (time.perf_counter() - start) / rounds * 1e3
+
+        read = mean_ms(collector.read_devices)
+        collect = mean_ms(lambda: list(collector.collect()))
+        exposition = mean_ms(lambda: generate_latest(registry))
+        return {
+            "sysfs reads": read,
+            "build families": collect - read,
+            "text exposition": exposition - collect,
+            "gzip level 9 (prometheus_client)": mean_ms(lambda: gzip.compress(text, compresslevel=9)),
+            "gzip level 6": mean_ms(lambda: gzip.compress(text, compresslevel=6)),
+            "gzip level 1": mean_ms(lambda: gzip.compress(text, compresslevel=1)),
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,6 +258,14 @@ def main() -> int:
     for name, median_ratio, p99_ratio, cpu_ratio in ratios:
         print(f"| {name} | {median_ratio:.2f} | {p99_ratio:.2f} | {cpu_ratio:.2f} |")
     print("(ratios are jobsight / node_exporter; below 1.0 means jobsight is cheaper)")
+    print()
+    print("In-process breakdown of one jobsight scrape, ms (mean of 100, no HTTP):")
+    print()
+    print("| step | hw_counters | no hw_counters |")
+    print("|---|---|---|")
+    with_hw, without_hw = breakdown(args, True), breakdown(args, False)
+    for step, value in with_hw.items():
+        print(f"| {step} | {value:.2f} | {without_hw[step]:.2f} |")
     return 0
 
 
