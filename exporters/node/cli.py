@@ -99,14 +99,16 @@ def build(args: argparse.Namespace) -> ExporterParts:
     from exporters.node.diskstats import DEFAULT_DEVICE_EXCLUDE
     from exporters.node.filesystem import DEFAULT_FS_TYPES_EXCLUDE, DEFAULT_MOUNT_POINTS_EXCLUDE
     from exporters.node.vmstat import DEFAULT_FIELDS
-    from jobsight.errors import ConfigError
+    from jobsight.errors import BackendUnavailable
     from jobsight.identity import DEFAULT_JOB_ENV_VARS
     from jobsight.serving import ExporterParts
 
+    # A root that is not there is an unavailable backend (exit 3), as for the other exporters;
+    # a file missing inside a root only fails the collector that needs it.
     for flag, path in (("--path.procfs", args.path_procfs), ("--path.sysfs", args.path_sysfs),
                        ("--path.rootfs", args.path_rootfs)):
         if not os.path.isdir(path):
-            raise ConfigError(f"{flag} {path!r} is not a directory")
+            raise BackendUnavailable(f"{flag}={path!r} is not a directory")
     enabled = tuple(name for name, _ in COLLECTORS if getattr(args, f"collector_{name}", True))
 
     def pick(value: str | None, default: str | None) -> str | None:
@@ -131,7 +133,15 @@ def build(args: argparse.Namespace) -> ExporterParts:
         vmstat_fields=args.vmstat_fields or DEFAULT_FIELDS,
         job_env_vars=tuple(args.job_env_vars) if args.job_env_vars else DEFAULT_JOB_ENV_VARS,
     )
-    return ExporterParts(collectors=build_collectors(config), prefix="node")
+    stat_path = os.path.join(config.procfs, "stat")
+
+    def health() -> tuple[bool, str]:
+        # procfs is what nearly every collector reads; if it is gone, say so on /healthz.
+        if os.access(stat_path, os.R_OK):
+            return True, "node: ok"
+        return False, f"node: {stat_path} is not readable"
+
+    return ExporterParts(collectors=build_collectors(config), prefix="node", health=health)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporters.node import cli
-from jobsight.errors import ConfigError
+from jobsight.errors import BackendUnavailable, ConfigError
 from tests.exporters.node.helpers import fixture_flags
 from tests.support import REPO_ROOT, jobsight_command
 
@@ -45,7 +45,8 @@ def test_add_arguments_tolerates_a_parser_that_already_has_the_shared_paths() ->
 
 
 def test_bad_flags_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--path\.procfs"):
+    # (a missing root is BackendUnavailable: the CLI's exit 3)
+    with pytest.raises(BackendUnavailable, match=r"--path\.procfs"):
         cli.build(_parse(f"--path.procfs={tmp_path / 'missing'}"))
     with pytest.raises(ConfigError, match="not a valid regex"):
         cli.build(_parse(*fixture_flags(), "--collector.netdev.device-include=("))
@@ -54,11 +55,21 @@ def test_bad_flags_are_config_errors(tmp_path: Path) -> None:
                          "--collector.netdev.device-exclude=b"))
 
 
-def test_command_exits_2_with_a_clear_message_on_a_bad_root(tmp_path: Path) -> None:
+def test_health_follows_procfs(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "stat").write_text("cpu 1 2 3 4\n")
+    parts = cli.build(_parse(f"--path.procfs={tmp_path / 'proc'}", "--path.sysfs=/sys", "--path.rootfs=/"))
+    assert parts.health()[0] is True
+    (tmp_path / "proc" / "stat").unlink()
+    ok, message = parts.health()
+    assert not ok and "not readable" in message
+
+
+def test_command_exits_3_with_a_clear_message_on_a_missing_root(tmp_path: Path) -> None:
     result = subprocess.run(
         jobsight_command("exporter", "node", "--web.listen-address=127.0.0.1:0",
                          f"--path.sysfs={tmp_path / 'nope'}"),
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "--path.sysfs" in result.stderr and "is not a directory" in result.stderr
