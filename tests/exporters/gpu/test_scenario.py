@@ -133,3 +133,10 @@ def test_scenario_file_bad_at_start_is_a_config_error(tmp_path: Path) -> None:
         ScenarioFile(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         ScenarioFile(SCENARIOS / "bad-gpu-index.yaml")
+
+
+def test_shipped_demo_scenarios_parse() -> None:
+    demo = Path(__file__).resolve().parents[3] / "exporters" / "gpu" / "scenarios"
+    node1, node2 = load_scenario(demo / "node1.yaml"), load_scenario(demo / "node2.yaml")
+    assert (node1.hostname, node1.gpu_count, node2.hostname, node2.gpu_count) == ("node1", 8, "node2", 8)
+    assert {job.job_id for job in node2.jobs} == {"4711", "4712"}
