@@ -132,6 +132,12 @@ def test_broken_tree_node_exporter_loses_everything_we_keep_the_rest(spawn: Spaw
     assert ours[(names.STATE_METRIC, (("device", "mlx5_2"), ("port", "1")))] == 4
 
 
+def test_stops_cleanly_on_sigterm(spawn: Spawn) -> None:
+    proc, base = _serve_ours(spawn, GOLDEN / "good" / "sys")
+    assert "node_infiniband_info" in _scrape(base)
+    assert proc.stop() == 0
+
+
 def test_device_filter_flags(spawn: Spawn) -> None:
     _, base = _serve_ours(spawn, GOLDEN / "good" / "sys", "--collector.infiniband.device-include=^mlx5_1$")
     devices = {dict(labels).get("device") for _, labels in _samples(_scrape(base), "node_infiniband_")}

@@ -220,3 +220,14 @@ def test_unlistable_class_directory_fails_the_collector_not_the_scrape(tmp_path:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CollectorSet({"rdma": RdmaCollector(InfinibandReader(tmp_path))}))
     assert registry.get_sample_value("jobsight_scrape_collector_success", {"collector": "rdma"}) == 0
+
+
+def test_concurrent_scrapes_count_every_error_once_each(broken_root: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    collector = RdmaCollector(InfinibandReader(broken_root))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: list(collector.collect()), range(20)))
+    counts = collector.read_errors.snapshot()
+    assert counts[("mlx5_0", "1", "counters/symbol_error")] == 20
+    assert set(counts.values()) == {20}
