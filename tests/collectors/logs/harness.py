@@ -42,7 +42,8 @@ class Harness:
         self.collector.close()
         self.collector = self._new()
 
-    def pump_until(self, condition: Callable[[], object], timeout: float = 15.0, message: str = "condition") -> None:
+    def pump_until(self, condition: Callable[[], object], timeout: float = 15.0,
+                   message: str = "condition") -> None:
         def step() -> object:
             self.collector.step()
             return condition()

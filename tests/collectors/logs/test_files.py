@@ -279,7 +279,7 @@ def test_events_are_counted_per_kind_and_job(tmp_path: Path, jobs: Path) -> None
     h = Harness(tmp_path, [source(jobs)])
     h.pump_until(lambda: len(h.messages()) == 3)
     assert h.stats.events == {("gpu_xid", "4711"): 1, ("cuda_oom", "4712"): 1}
-    xid = [r for r in h.records() if r.event_kind == "gpu_xid"][0]
+    xid = next(r for r in h.records() if r.event_kind == "gpu_xid")
     assert dict(xid.event_fields) == {"xid": "79", "pci": "0000:44:00"} and xid.event_severity == "critical"
     assert set(h.stats.job_last_record) == {"4711", "4712"}
     h.close()
@@ -301,6 +301,7 @@ def test_cri_source_with_pod_metadata(tmp_path: Path) -> None:
     assert first.source == "cri" and first.stream == "stderr" and first.rank == 2 and first.job_id == uid
     assert first.event_kind == "cuda_oom" and first.offset == 0
     assert first.message == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB."
-    assert dict(first.labels) == {"namespace": "ml", "pod": "trainer-0", "pod_uid": uid, "container": "pytorch"}
+    assert dict(first.labels) == {"namespace": "ml", "pod": "trainer-0", "pod_uid": uid,
+                                  "container": "pytorch"}
     assert second.stream == "stdout" and second.timestamp == 1795928401.0
     h.close()

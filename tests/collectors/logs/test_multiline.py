@@ -38,7 +38,8 @@ TRACEBACK = [
     "    main()",
     '  File "/workspace/train.py", line 80, in main',
     "    loss.backward()",
-    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB",
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+    "capacity of 79.15 GiB",
     "2026-11-29 05:00:01,000 INFO after",
 ]
 
@@ -82,7 +83,8 @@ def test_interleaved_rank_tracebacks_are_rebuilt_per_rank() -> None:
         "[rank5]: Traceback (most recent call last):",
         '[rank3]:   File "train.py", line 10, in <module>',
         '[rank5]:   File "train.py", line 10, in <module>',
-        "[rank3]: RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error, NCCL version 2.20.5",
+        "[rank3]: RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error, "
+        "NCCL version 2.20.5",
         "[rank5]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB. GPU 5 has",
         "[rank3]: ncclSystemError: System call (e.g. socket, malloc) or external library call failed",
         "[rank3]: done",
@@ -103,16 +105,20 @@ def test_interleaved_rank_tracebacks_are_rebuilt_per_rank() -> None:
 def test_nccl_watchdog_block() -> None:
     lines = [
         "[rank1]:[E1206 18:44:12.715298746 ProcessGroupNCCL.cpp:607] [Rank 1] Watchdog caught collective "
-        "operation timeout: WorkNCCL(SeqNum=7753, OpType=ALLREDUCE, NumelIn=5, NumelOut=5, Timeout(ms)=600000) "
+        "operation timeout: WorkNCCL(SeqNum=7753, OpType=ALLREDUCE, NumelIn=5, NumelOut=5, "
+        "Timeout(ms)=600000) "
         "ran for 600061 milliseconds before timing out.",
-        "[rank1]: Exception (either an error or timeout) detected by watchdog at work: 7753, last enqueued NCCL "
+        "[rank1]: Exception (either an error or timeout) detected by watchdog at work: 7753, last "
+        "enqueued NCCL "
         "work: 7753, last completed NCCL work: 7752.",
-        "[rank1]: Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA kernels, "
+        "[rank1]: Some NCCL operations have failed or timed out. Due to the asynchronous nature of "
+        "CUDA kernels, "
         "subsequent GPU operations might run on corrupted/incomplete data.",
         "[rank1]: To avoid data inconsistency, we are taking the entire process down.",
         "[rank1]: terminate called after throwing an instance of 'c10::DistBackendError'",
         "[rank1]:   what():  [PG ID 0 PG GUID 0(default_pg) Rank 1] Process group watchdog thread terminated",
-        "[rank1]: Exception raised from ncclCommWatchdog at ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1521",
+        "[rank1]: Exception raised from ncclCommWatchdog at "
+        "../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1521",
         "[rank1]: frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x96 (0x7f in libc10.so)",
         "[rank1]: INFO next",
     ]
@@ -208,6 +214,6 @@ def test_disabled_multiline_passes_lines_through() -> None:
 
 
 def test_user_continuation_pattern() -> None:
-    out, ml = run(["ERROR request failed", "... caused by: timeout", "next"],
+    out, _ml = run(["ERROR request failed", "... caused by: timeout", "next"],
                   extra_patterns=[r"\.\.\. caused by:"])
     assert [b.lines for b in out] == [2]

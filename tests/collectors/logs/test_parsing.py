@@ -122,11 +122,13 @@ def test_docker_json_file_fragments() -> None:
     decoder = DockerDecoder(max_line_bytes=1 << 20)
     part = json.dumps({"log": "x" * 16384, "stream": "stdout", "time": "2016-10-05T00:00:30.082640485Z"})
     rest = json.dumps({"log": "tail\n", "stream": "stdout", "time": "2016-10-05T00:00:30.082640486Z"})
-    err = json.dumps({"log": "[rank1]: RuntimeError: boom\n", "stream": "stderr", "time": "2016-10-05T00:00:31Z"})
+    err = json.dumps({"log": "[rank1]: RuntimeError: boom\n", "stream": "stderr",
+                      "time": "2016-10-05T00:00:31Z"})
     assert decoder.decode(part.encode(), 0, len(part) + 1) is None
     assert decoder.pending_offset() == 0
     errline = decoder.decode(err.encode(), 1, 2)
-    assert errline is not None and (errline.stream, errline.rank, errline.text) == ("stderr", 1, "RuntimeError: boom")
+    assert errline is not None
+    assert (errline.stream, errline.rank, errline.text) == ("stderr", 1, "RuntimeError: boom")
     joined = decoder.decode(rest.encode(), 3, 4)
     assert joined is not None and joined.text == "x" * 16384 + "tail" and joined.offset == 0
     assert decoder.decode(b"garbage", 5, 6) is not None and decoder.malformed == 1

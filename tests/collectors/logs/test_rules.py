@@ -82,7 +82,8 @@ def test_user_rules_come_first_and_defaults_can_be_disabled(tmp_path: Path) -> N
 
 def test_rule_restricted_to_sources(tmp_path: Path) -> None:
     user = tmp_path / "kernel.yaml"
-    user.write_text("rules:\n  - kind: hung_task\n    sources: [kmsg]\n    patterns: ['blocked for more than']\n")
+    user.write_text("rules:\n  - kind: hung_task\n    sources: [kmsg]\n"
+                    "    patterns: ['blocked for more than']\n")
     rules = RuleSet.build([user], use_defaults=False)
     line = "INFO: task python:1234 blocked for more than 120 seconds."
     assert rules.match(line, "file") is None
