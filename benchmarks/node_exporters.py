@@ -8,6 +8,8 @@ collector, so it is not part of the ratio).
 
 Reported: median and p99 scrape time seen by the client, and CPU seconds per scrape of each
 server process (utime+stime from /proc/<pid>/stat before and after), as ratios ours/theirs.
+Then, in this process, where our CPU per scrape goes: the collectors, the text exposition
+(prometheus_client), and gzip at prometheus_client's level 9 next to level 1.
 
     .venv/bin/python benchmarks/node_exporters.py [--scrapes 300]
 """
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,7 +164,45 @@ def main() -> int:
     print(row("median scrape time", "median"))
     print(row("p99 scrape time", "p99"))
     print(row("server CPU", "cpu"))
+    print()
+    breakdown(args.scrapes)
     return 0
+
+
+def breakdown(iterations: int) -> None:
+    """CPU per scrape of the parts of our serving path, measured in this process."""
+    import gzip
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from exporters.node import cli
+    from jobsight.serving import CollectorSet
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    parts = cli.build(parser.parse_args(["--no-collector.jobs"]))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CollectorSet(parts.collectors, prefix="node"))
+    text = generate_latest(registry)
+
+    def cpu_ms(fn: Callable[[], object]) -> float:
+        fn()
+        start = time.process_time()
+        for _ in range(iterations):
+            fn()
+        return (time.process_time() - start) / iterations * 1000
+
+    collectors = cpu_ms(lambda: [list(c.collect()) for c in parts.collectors.values()])
+    exposition = cpu_ms(lambda: generate_latest(registry))
+    gzip9 = cpu_ms(lambda: gzip.compress(text, compresslevel=9))
+    gzip1 = cpu_ms(lambda: gzip.compress(text, compresslevel=1))
+    print("| our CPU per scrape, in-process | ms |")
+    print("| --- | --- |")
+    print(f"| collectors (reading and parsing /proc, /sys) | {collectors:.2f} |")
+    print(f"| collectors + text exposition (generate_latest) | {exposition:.2f} |")
+    print(f"| gzip of the {len(text)} byte exposition, level 9 (prometheus_client's) | {gzip9:.2f} |")
+    print(f"| same, level 1 | {gzip1:.2f} |")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,15 @@ LIVE_FILESYSTEM = ("node_filesystem_free_bytes", "node_filesystem_avail_bytes", 
 NOT_COMPARED = ("go_", "process_", "promhttp_", "node_exporter_build_info", "node_scrape_collector_duration")
 
 
+def help_lines(exposition: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in exposition.splitlines():
+        if line.startswith("# HELP "):
+            name, _, text = line[len("# HELP "):].partition(" ")
+            found[name] = text
+    return found
+
+
 def test_same_samples_as_node_exporter(spawn: Callable[..., Proc]) -> None:
     binary = require_binary("prometheus-node-exporter")
     their_port, our_port = free_port(), free_port()
@@ -72,6 +81,11 @@ def test_same_samples_as_node_exporter(spawn: Callable[..., Proc]) -> None:
     for family, kind in their_types.items():
         if family in our_types:
             assert our_types[family] == kind, f"{family}: node_exporter says {kind}, ours {our_types[family]}"
+    # HELP texts too, so dashboards' tooltips read the same (the self metrics' HELP is the kernel's).
+    their_help, our_help = help_lines(their_text), help_lines(our_text)
+    for name, text in their_help.items():
+        if name in our_help and not name.startswith("node_scrape_collector_"):
+            assert our_help[name] == text, f"HELP of {name}: node_exporter {text!r}, ours {our_help[name]!r}"
 
     # Nothing of ours under node_exporter's names that it does not publish on the same input.
     ours_only = {
