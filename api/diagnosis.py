@@ -92,7 +92,7 @@ def _fill_gpus(findings: list[Finding]) -> list[Finding]:
     out = []
     for f in findings:
         if f.gpu is None and f.kind in HARDWARE_KINDS - {"ib_link_down"}:
-            candidates = known.get((f.host, f.xid)) or (known.get((f.host, None)) if f.xid is None else None)
+            candidates = known.get((f.host, f.xid)) or known.get((f.host, None))
             if candidates and len(candidates) == 1:
                 f = replace(f, gpu=next(iter(candidates)))
         out.append(f)
