@@ -122,6 +122,21 @@ def test_same_samples_as_node_exporter(spawn: Spawn) -> None:
     assert extra_names  # the fixture does exercise hw_counters
 
 
+def test_simulated_fabric_reads_the_same_in_node_exporter(spawn: Spawn, tmp_path: Path) -> None:
+    from exporters.rdma.simulate import advance, set_link, write_fabric
+
+    root = tmp_path / "sys"
+    write_fabric(root, hcas=2, ports=2, link_layer="Ethernet", rate_gbps=400)
+    advance(root, 60, utilisation=0.3, congestion=0.1, errors=1)
+    set_link(root, "mlx5_1", 2, up=False)
+    theirs = _samples(_serve_node_exporter(spawn, root), "node_infiniband_")
+    _, base = _serve_ours(spawn, root)
+    ours = _samples(_scrape(base), "node_infiniband_")
+    assert len(theirs) > 50
+    assert {key: (value, ours.get(key)) for key, value in theirs.items() if ours.get(key) != value} == {}
+    assert theirs[("node_infiniband_link_downed_total", (("device", "mlx5_1"), ("port", "2")))] == 1
+
+
 def test_broken_tree_node_exporter_loses_everything_we_keep_the_rest(spawn: Spawn) -> None:
     root = GOLDEN / "broken" / "sys"
     theirs_text = _serve_node_exporter(spawn, root)
