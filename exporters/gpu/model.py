@@ -60,6 +60,8 @@ class DeviceReading:
     values: Mapping[str, float]
     processes: tuple[ProcessUsage, ...] = ()
     errors: tuple[str, ...] = ()
+    # Set when the backend learnt the GPU's identity only now (it was lost at start).
+    identity: GpuIdentity | None = None
 
 
 @dataclass(frozen=True)

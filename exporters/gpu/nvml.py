@@ -134,6 +134,8 @@ class NvmlBackend:
             count = nvml.nvmlDeviceGetCount()
             for index in range(count):
                 handle, ident = self._discover(index)
+                if handle is None:
+                    log.warning("GPU %d does not answer at start; it is reported down until it does", index)
                 self._handles.append(handle)
                 self._idents.append(ident)
                 self._unsupported[index] = set()
@@ -184,7 +186,7 @@ class NvmlBackend:
     def read(self, index: int) -> DeviceReading:
         self.open()
         nvml = self._nvml
-        handle = self._handle(index)
+        handle, identified = self._handle(index)
         values: dict[str, float] = {}
         errors: list[str] = []
 
@@ -233,7 +235,8 @@ class NvmlBackend:
             ProcessUsage(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
             for p in (procs or ())
         )
-        return DeviceReading(values=values, processes=processes, errors=tuple(errors))
+        return DeviceReading(values=values, processes=processes, errors=tuple(errors),
+                             identity=self._idents[index] if identified else None)
 
     def wait_xid_events(self, timeout_s: float) -> list[XidEvent]:
         self.open()
@@ -260,6 +263,8 @@ class NvmlBackend:
     # -- helpers --------------------------------------------------------------------------------
 
     def _discover(self, index: int) -> tuple[Any, GpuIdentity]:
+        """Handle and identity of GPU ``index``; (None, an identity with only the index) when it
+        does not answer, so it is still listed and reported down."""
         nvml = self._nvml
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -267,22 +272,32 @@ class NvmlBackend:
             name = nvml.nvmlDeviceGetName(handle)
             bus = nvml.nvmlDeviceGetPciInfo(handle).busId
         except nvml.NVMLError as exc:
-            # Keep the GPU in the list with what we know (its index) so it is reported down.
-            log.warning("GPU %d could not be identified at start: %s", index, exc)
+            log.debug("GPU %d cannot be identified: %s", index, exc)
             return None, GpuIdentity(index, "", "", "")
         return handle, GpuIdentity(index, _text(uuid), _text(bus), _text(name))
 
-    def _handle(self, index: int) -> Any:
+    def _handle(self, index: int) -> tuple[Any, bool]:
+        """The GPU's handle, fetched again after it was lost; True when the GPU was identified
+        only now (it was already lost at start)."""
         handle = self._handles[index]
         if handle is not None:
-            return handle
+            return handle, False
+        if not self._idents[index].uuid:
+            handle, ident = self._discover(index)
+            if handle is None:
+                raise DeviceLost(f"GPU {index}: still cannot be identified")
+            self._idents[index] = ident
+            self._handles[index] = handle
+            self._register_device_events(index, handle)
+            log.warning("GPU %d identified as %s", index, ident.uuid)
+            return handle, True
         nvml = self._nvml
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
         except nvml.NVMLError as exc:
             raise DeviceLost(f"GPU {index}: {exc}") from exc
         self._handles[index] = handle
-        return handle
+        return handle, False
 
     def _on_error(self, index: int, name: str, exc: Exception, errors: list[str]) -> None:
         kind = type(exc).__name__
@@ -379,13 +394,18 @@ class NvmlBackend:
             self._event_set = None
             return
         for index, handle in enumerate(self._handles):
-            if handle is None:
-                continue
-            try:
-                nvml.nvmlDeviceRegisterEvents(handle, _XID_CRITICAL, self._event_set)
-                self._event_index[_handle_key(handle)] = index
-            except nvml.NVMLError as exc:
-                log.warning("GPU %d: XID events not available: %s", index, exc)
+            if handle is not None:
+                self._register_device_events(index, handle)
+
+    def _register_device_events(self, index: int, handle: Any) -> None:
+        nvml = self._nvml
+        if self._event_set is None:
+            return
+        try:
+            nvml.nvmlDeviceRegisterEvents(handle, _XID_CRITICAL, self._event_set)
+            self._event_index[_handle_key(handle)] = index
+        except nvml.NVMLError as exc:
+            log.warning("GPU %d: XID events not available: %s", index, exc)
 
     def _index_of(self, handle: Any) -> int | None:
         try:

@@ -88,6 +88,8 @@ class Sampler:
         with self._lock:
             if reading is not None and not state.up and state.read_at is not None:
                 log.warning("GPU %d (%s) is answering again", index, state.identity.uuid or "?")
+            if reading is not None and reading.identity is not None:
+                state.identity = reading.identity
             state.reading = reading
             state.up = reading is not None
             state.read_at = end

@@ -222,6 +222,21 @@ def test_hung_call_on_one_gpu_does_not_hang_the_scrape(hanging: tuple[HangingBac
     assert parts.sampler.health()[0]
 
 
+def test_gpu_lost_at_start_gets_its_labels_when_it_answers() -> None:
+    devices = two_gpus()
+    devices[1].lost = True
+    parts = build(NvmlBackend(nvml=FakeNvml(devices)))
+    read_all(parts)
+    blank = {"gpu": "1", "UUID": "", "pci_bus_id": "", "device": "nvidia1", "modelName": "",
+             "Hostname": "node1"}
+    assert parts.value("jobsight_gpu_up", **blank) == 0
+    devices[1].lost = False
+    read_all(parts)
+    named = {**blank, "UUID": UUID1, "pci_bus_id": "00000000:2A:00.0", "modelName": "NVIDIA H100 80GB HBM3"}
+    assert parts.value("jobsight_gpu_up", **named) == 1
+    assert parts.value("jobsight_gpu_up", **blank) is None
+
+
 def test_no_up_series_before_the_first_read() -> None:
     parts = build(NvmlBackend(nvml=FakeNvml(two_gpus())))
     assert "jobsight_gpu_up{" not in parts.text()

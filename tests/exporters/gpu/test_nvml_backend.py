@@ -150,14 +150,22 @@ def test_unknown_error_marks_the_gpu_down() -> None:
 def test_gpu_lost_at_start_is_listed_with_its_index() -> None:
     devices = two_gpus()
     devices[1].lost = True
-    backend = open_backend(FakeNvml(devices))
+    fake = FakeNvml(devices)
+    backend = open_backend(fake)
     idents = backend.devices()
     assert [i.index for i in idents] == [0, 1]
     assert idents[1].uuid == ""
     with pytest.raises(DeviceLost):
         backend.read(1)
+    assert fake.registered == [0]
     devices[1].lost = False
-    assert f.GPU_UTIL in backend.read(1).values
+    reading = backend.read(1)
+    assert f.GPU_UTIL in reading.values
+    # Identified now: the reading carries the identity, and XID events are registered for it.
+    assert reading.identity is not None and reading.identity.uuid == devices[1].uuid
+    assert backend.devices()[1].pci_bus_id == "00000000:2A:00.0"
+    assert fake.registered == [0, 1]
+    assert backend.read(1).identity is None  # only once
 
 
 def test_processes_are_read_with_their_memory() -> None:
