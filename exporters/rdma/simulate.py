@@ -23,6 +23,7 @@ from exporters.rdma.sysfs import CLASS_DIR, U64_MAX, parse_rate
 LINK_LAYERS = ("InfiniBand", "Ethernet")
 _RATE_NAMES = {100: "4X EDR", 200: "4X HDR", 400: "4X NDR", 800: "4X XDR"}
 MTU_BYTES = 4096
+SIMULATED_BOARD_ID = "jobsight-simulated"
 
 # mlx5 q-counters and extended error counters (present on every mlx5 port).
 MLX5_COUNTERS = (
@@ -82,7 +83,8 @@ def write_fabric(
     for hca in range(hcas):
         device = f"mlx5_{hca}"
         dev_dir = base / device
-        _write(dev_dir / "board_id", "MT_0000000838")
+        # Clearly labelled: node_infiniband_info{board_id="jobsight-simulated"} on every dashboard.
+        _write(dev_dir / "board_id", SIMULATED_BOARD_ID)
         _write(dev_dir / "fw_ver", "28.39.1002")
         _write(dev_dir / "hca_type", "MT4129")
         _write(dev_dir / "node_type", "1: CA")

@@ -106,3 +106,10 @@ def test_bad_arguments(tmp_path: Path) -> None:
         advance(tmp_path, -1)
     with pytest.raises(ValueError, match="no simulated port"):
         set_link(tmp_path, "mlx5_9", 1, up=False)
+
+
+def test_simulated_devices_say_so(tmp_path: Path) -> None:
+    write_fabric(tmp_path, hcas=1)
+    values = _values(_collector(tmp_path))
+    info = [labels for name, labels in values if name == names.INFO_METRIC]
+    assert info and all(dict(labels)["board_id"] == "jobsight-simulated" for labels in info)
