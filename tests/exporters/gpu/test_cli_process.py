@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pynvml
@@ -168,3 +169,47 @@ def test_help_lists_the_flags() -> None:
 
 def test_promtool_is_installed() -> None:
     assert shutil.which("promtool"), "make test installs prometheus (promtool)"
+
+
+def test_real_prometheus_scrapes_and_joins_jobs(spawn: Spawn, tmp_path: Path) -> None:
+    """Prometheus (which negotiates OpenMetrics) ingests every series, and the conventions'
+    GPU → job join works on them."""
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "make test installs prometheus"
+    _, base = start(spawn, "--simulate", "8", "--hostname", "node1")
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: gpu\n"
+        "    honor_labels: true\n"
+        f"    static_configs: [{{targets: ['{base.removeprefix('http://')}'], "
+        "labels: {Hostname: node1}}]\n"
+    )
+    proc = spawn([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                  f"--web.listen-address=127.0.0.1:{prom_port}"], name="prometheus")
+    api = f"http://127.0.0.1:{prom_port}"
+    wait_for_http(f"{api}/-/ready", proc=proc)
+
+    def query(expr: str) -> list[Any]:
+        body = httpx.get(f"{api}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert body["status"] == "success", body
+        result: list[Any] = body["data"]["result"]
+        return result
+
+    wait_until(lambda: len(query("DCGM_FI_DEV_GPU_UTIL")) == 8, timeout=30,
+               message="8 GPU series in Prometheus")
+    assert query('up{job="gpu"}')[0]["value"][1] == "1"
+    joined = query('DCGM_FI_DEV_GPU_UTIL * on(Hostname, gpu) group_left(job_id) '
+                   'jobsight_gpu_job_info{job_id="sim-1000"}')
+    assert sorted(r["metric"]["gpu"] for r in joined) == ["0", "1", "2", "3"]
+    assert all(r["metric"]["job_id"] == "sim-1000" for r in joined)
+    assert len(query("jobsight_gpu_up == 1")) == 8
+    # rate() works on the untyped DCGM counters: busy GPUs use energy.
+    wait_until(lambda: len(query("rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[1m]) > 0")) == 8, timeout=30,
+               message="an energy rate for 8 GPUs")
+    meta = wait_until(lambda: (m := httpx.get(f"{api}/api/v1/metadata", timeout=10).json()["data"])
+                      and "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in m and m, timeout=30, message="metadata")
+    assert meta["DCGM_FI_DEV_GPU_UTIL"][0]["type"] == "gauge"
+    assert meta["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"][0]["type"] == "unknown"
