@@ -182,7 +182,11 @@ class JobService:
         start_ts = start.timestamp() if start is not None else (
             job.started_at if job.started_at is not None else end_ts - 3600)
         if end_ts <= start_ts:
-            raise InvalidInput("end must be after start")
+            if start is not None and end is not None:
+                raise InvalidInput("end must be after start")
+            # Recorded times that disagree (a failure alert stamped before the start): keep a
+            # minimal window rather than refusing to summarise the job.
+            start_ts = min(start_ts, end_ts - 60.0)
         if end_ts - start_ts > MAX_RANGE_SECONDS:
             raise InvalidInput(f"the time range may span at most {MAX_RANGE_SECONDS // 86400} days")
         return start_ts, end_ts
