@@ -29,6 +29,9 @@ def to_json(board: Board) -> dict[str, Any]:
     """The Grafana JSON model of ``board``: panel ids numbered in order (Grafana needs them unique),
     annotation query fields the SDK has no setter for merged in."""
     model: dict[str, Any] = json.loads(json.dumps(board.builder.build(), cls=JSONEncoder))
+    # Grafana expects these lists even when empty.
+    model.setdefault("templating", {}).setdefault("list", [])
+    model.setdefault("annotations", {}).setdefault("list", [])
     next_id = 1
     for panel in model.get("panels", []):
         panel["id"] = next_id
