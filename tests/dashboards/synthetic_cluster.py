@@ -98,7 +98,7 @@ def exposition(host: str, now: float, start: float) -> str:
     )
     family("node_memory_MemTotal_bytes", "gauge", iter([({}, 2.0e12)]))
     family("node_memory_MemAvailable_bytes", "gauge", iter([({}, 1.2e12)]))
-    fs = {"device": "/dev/nvme0n1p1", "mountpoint": "/", "fstype": "ext4"}
+    fs: dict[str, object] = {"device": "/dev/nvme0n1p1", "mountpoint": "/", "fstype": "ext4"}
     family("node_filesystem_size_bytes", "gauge", iter([(fs, 1e12)]))
     family("node_filesystem_avail_bytes", "gauge", iter([(fs, 4e11)]))
     family("node_pressure_memory_waiting_seconds_total", "counter", iter([({}, 10 + 0.01 * t)]))
