@@ -142,6 +142,9 @@ def _os_reason(exc: OSError) -> str:
     return "missing" if exc.errno == errno.ENOENT else "unreadable"
 
 
+_MIN_PRUNE = 256
+
+
 class _StaticCache:
     """Values that do not change while a device is plugged in, kept for ``ttl`` seconds. Only
     successful reads are kept, so a failing file is retried (and counted) on every scrape."""
@@ -150,6 +153,7 @@ class _StaticCache:
         self.ttl = ttl
         self.clock = clock
         self._values: dict[str, tuple[float, str]] = {}
+        self._pruned_size = _MIN_PRUNE
         self._lock = threading.Lock()
 
     def get(self, key: str) -> str | None:
@@ -162,9 +166,16 @@ class _StaticCache:
         return hit[1]
 
     def put(self, key: str, value: str) -> None:
-        if self.ttl > 0:
-            with self._lock:
-                self._values[key] = (self.clock() + self.ttl, value)
+        if self.ttl <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            self._values[key] = (now + self.ttl, value)
+            # Devices come and go (SR-IOV VFs, hot-plug): drop what expired once the map has grown,
+            # so it stays about the size of the current tree.
+            if len(self._values) > 2 * self._pruned_size:
+                self._values = {k: v for k, v in self._values.items() if v[0] >= now}
+                self._pruned_size = max(len(self._values), _MIN_PRUNE)
 
 
 class InfinibandReader:

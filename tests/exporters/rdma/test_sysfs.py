@@ -245,3 +245,22 @@ def test_failed_static_read_is_not_cached(tmp_path: Path, good_root: Path) -> No
     assert [(p.file, p.reason) for p in first.problems] == [("link_layer", "missing")]
     (device_dir / "ports/1/link_layer").write_text("InfiniBand\n")
     assert reader.read_device("mlx5_0").ports[0].link_layer == "InfiniBand"
+
+
+def test_static_cache_forgets_devices_that_went_away(tmp_path: Path) -> None:
+    from exporters.rdma.simulate import write_fabric
+
+    write_fabric(tmp_path, hcas=40, ports=1, hw_counters=False)
+    class_dir = tmp_path / "class/infiniband"
+    clock = FakeClock()
+    reader = InfinibandReader(tmp_path, static_ttl=60.0, clock=clock)
+    for generation in range(6):
+        # new names for all 40 devices each minute, as VFs that come and go would have
+        for old in list(class_dir.iterdir()):
+            old.rename(class_dir / f"vf{generation}_{old.name.rsplit('_', 1)[1]}")
+        for name in reader.device_names():
+            assert reader.read_device(name).firmware_version == "28.39.1002"
+        clock.now += 61
+    # 5 static entries per device (200 live); pruning keeps the map within twice the larger of the
+    # live set and the 256-entry floor; without it the map would hold all 6 generations (1200).
+    assert len(reader._static._values) <= 2 * 256
