@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exporters.node._families import Family
 from exporters.node._files import join, read_text
 
 # The kernel reports /proc/stat in USER_HZ, which is 100 on every Linux ABI regardless of
@@ -44,13 +45,9 @@ class CpuCollector:
         self._last: dict[tuple[str, str], float] = {}
 
     def collect(self) -> Iterator[Metric]:
-        seconds = CounterMetricFamily(
-            "node_cpu_seconds_total", "Seconds the CPUs spent in each mode.", labels=["cpu", "mode"]
-        )
-        guest = CounterMetricFamily(
-            "node_cpu_guest_seconds_total",
-            "Seconds the CPUs spent in guests (VMs) for each mode.",
-            labels=["cpu", "mode"],
+        seconds = Family("node_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "counter")
+        guest = Family(
+            "node_cpu_guest_seconds_total", "Seconds the CPUs spent in guests (VMs) for each mode.", "counter"
         )
         seen: set[tuple[str, str]] = set()
         for line in read_text(self.path).splitlines():
@@ -68,10 +65,10 @@ class CpuCollector:
                 if last is not None and value < last:
                     value = last
                 self._last[key] = value
-                seconds.add_metric([cpu, mode], value)
+                seconds.add({"cpu": cpu, "mode": mode}, value)
             if self.guest and len(values) >= 10:
-                guest.add_metric([cpu, "user"], values[8])
-                guest.add_metric([cpu, "nice"], values[9])
+                guest.add({"cpu": cpu, "mode": "user"}, values[8])
+                guest.add({"cpu": cpu, "mode": "nice"}, values[9])
         # CPUs that went offline are forgotten so that a CPU coming back starts afresh.
         for key in [k for k in self._last if k not in seen]:
             del self._last[key]

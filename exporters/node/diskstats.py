@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporters.node._families import Family
 from exporters.node._files import join, read_text
 from exporters.node.filters import NameFilter
 
@@ -87,12 +88,7 @@ class DiskstatsCollector:
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("node_disk_info", "Info of /sys/block/<block_device>.", labels=_INFO_LABELS)
-        families: list[CounterMetricFamily | GaugeMetricFamily] = [
-            (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-                f"node_disk_{name}", help_text, labels=["device"]
-            )
-            for name, help_text, kind, _ in _FIELDS
-        ]
+        families = [Family(f"node_disk_{name}", help_text, kind) for name, help_text, kind, _ in _FIELDS]
         fs_info = GaugeMetricFamily(
             "node_disk_filesystem_info", "Info about disk filesystem.",
             labels=["device", "type", "usage", "uuid", "version"],
@@ -119,8 +115,9 @@ class DiskstatsCollector:
                  props.get("ID_MODEL", ""), serial, props.get("ID_REVISION", "")],
                 1.0,
             )
+            labels = {"device": device}
             for family, (_, _, _, scale), value in zip(families, _FIELDS, values, strict=False):
-                family.add_metric([device], value * scale if scale != 1.0 else float(value))
+                family.add(labels, value * scale if scale != 1.0 else float(value))
             if props.get("ID_FS_TYPE"):
                 fs_info.add_metric(
                     [device, props["ID_FS_TYPE"], props.get("ID_FS_USAGE", ""), props.get("ID_FS_UUID", ""),
@@ -134,9 +131,9 @@ class DiskstatsCollector:
                     1.0,
                 )
             if props.get("ID_ATA"):
-                for family, (prop, _, _) in zip(ata, _ATA, strict=True):
+                for ata_family, (prop, _, _) in zip(ata, _ATA, strict=True):
                     try:
-                        family.add_metric([device], float(props[prop]))
+                        ata_family.add_metric([device], float(props[prop]))
                     except (KeyError, ValueError):
                         continue  # absent or not a number: leave the series out
         yield info

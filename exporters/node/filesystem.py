@@ -17,8 +17,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporters.node._families import Family
 from exporters.node._files import join, read_text
 from exporters.node.filters import NameFilter
 
@@ -42,7 +43,6 @@ _REMOTE_FS = re.compile(
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 Statfs = Callable[[str], os.statvfs_result]
-_LABELS = ["device", "fstype", "mountpoint"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ class FilesystemCollector:
             return read_text(join(self.procfs, "mounts"))
 
     def collect(self) -> Iterator[Metric]:
-        def gauge(name: str, help_text: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"node_filesystem_{name}", help_text, labels=_LABELS)
+        def gauge(name: str, help_text: str) -> Family:
+            return Family(f"node_filesystem_{name}", help_text)
 
         size = gauge("size_bytes", "Filesystem size in bytes.")
         free = gauge("free_bytes", "Filesystem free space in bytes.")
@@ -124,7 +124,7 @@ class FilesystemCollector:
         for mount in parse_mounts(self._mounts_text(), self.rootfs):
             if self.mount_filter.ignored(mount.mountpoint) or self.type_filter.ignored(mount.fstype):
                 continue
-            labels = [mount.device, mount.fstype, mount.mountpoint]
+            labels = {"device": mount.device, "fstype": mount.fstype, "mountpoint": mount.mountpoint}
             key = (mount.device, mount.fstype, mount.mountpoint)
             if key in seen:
                 continue  # the same filesystem mounted twice on one path: publish it once
@@ -132,16 +132,16 @@ class FilesystemCollector:
             remote = bool(_REMOTE_FS.match(mount.fstype))
             st = self._statfs(join(self.rootfs, mount.mountpoint), remote)
             if st is None:
-                device_error.add_metric(labels, 1.0)
+                device_error.add(labels, 1.0)
                 continue
-            device_error.add_metric(labels, 0.0)
+            device_error.add(labels, 0.0)
             bsize = float(st.f_bsize)
-            size.add_metric(labels, float(st.f_blocks) * bsize)
-            free.add_metric(labels, float(st.f_bfree) * bsize)
-            avail.add_metric(labels, float(st.f_bavail) * bsize)
-            files.add_metric(labels, float(st.f_files))
-            files_free.add_metric(labels, float(st.f_ffree))
-            readonly.add_metric(labels, 1.0 if "ro" in mount.options.split(",") else 0.0)
+            size.add(labels, float(st.f_blocks) * bsize)
+            free.add(labels, float(st.f_bfree) * bsize)
+            avail.add(labels, float(st.f_bavail) * bsize)
+            files.add(labels, float(st.f_files))
+            files_free.add(labels, float(st.f_ffree))
+            readonly.add(labels, 1.0 if "ro" in mount.options.split(",") else 0.0)
         yield from (avail, device_error, files, files_free, free, readonly, size)
 
     def _statfs(self, path: str, remote: bool) -> os.statvfs_result | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporters.node._families import single
 from exporters.node._files import join, read_text
 
 
@@ -19,6 +20,4 @@ class LoadavgCollector:
             raise ValueError(f"{self.path}: expected at least 3 fields, got {len(fields)}")
         values = [float(v) for v in fields[:3]]
         for minutes, value in zip((1, 5, 15), values, strict=True):
-            family = GaugeMetricFamily(f"node_load{minutes}", f"{minutes}m load average.")
-            family.add_metric([], value)
-            yield family
+            yield single(f"node_load{minutes}", f"{minutes}m load average.", value)

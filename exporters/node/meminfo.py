@@ -8,8 +8,9 @@ import functools
 import re
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporters.node._families import single
 from exporters.node._files import join, read_text
 
 _PARENS = re.compile(r"\((.*)\)")
@@ -50,7 +51,7 @@ class MeminfoCollector:
             name = f"node_memory_{key}"
             if not _valid_name(name):
                 continue  # a field name we cannot publish; never break the exposition for it
-            yield GaugeMetricFamily(name, f"Memory information field {key}.", value=info[key])
+            yield single(name, f"Memory information field {key}.", info[key])
 
 
 @functools.lru_cache(maxsize=512)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporters.node._families import Family
 from exporters.node._files import join, read_text
 from exporters.node.filters import NameFilter
 
@@ -42,14 +43,12 @@ class NetdevCollector:
     def collect(self) -> Iterator[Metric]:
         stats = parse_net_dev(read_text(self.path))
         families = [
-            CounterMetricFamily(
-                f"node_network_{key}_total", f"Network device statistic {key}.", labels=["device"]
-            )
-            for key in _KEYS
+            Family(f"node_network_{k}_total", f"Network device statistic {k}.", "counter") for k in _KEYS
         ]
         for device in sorted(stats):
             if self.filter.ignored(device):
                 continue
+            labels = {"device": device}
             for family, value in zip(families, stats[device], strict=True):
-                family.add_metric([device], float(value))
+                family.add(labels, float(value))
         yield from families

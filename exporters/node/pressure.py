@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporters.node._families import single
 from exporters.node._files import join, read_text
 
 # (resource, line, metric, help) — cpu's "full" line (kernel >= 5.13) is not published by 1.5.
@@ -50,7 +51,5 @@ class PressureCollector:
             total = parsed[resource].get(kind)
             if total is None:
                 raise ValueError(f"pressure/{resource}: no {kind!r} line with total=")
-            family = CounterMetricFamily(name, help_text)
             # Two divisions, not one by 1e6: node_exporter's order, so the floats are identical.
-            family.add_metric([], float(total) / 1000.0 / 1000.0)
-            yield family
+            yield single(name, help_text, float(total) / 1000.0 / 1000.0, "counter")

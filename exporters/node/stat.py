@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporters.node._families import single
 from exporters.node._files import join, read_text
 
 # /proc/stat key → (metric, help, kind)
@@ -36,6 +37,4 @@ class StatCollector:
         if missing:
             raise ValueError(f"{self.path}: missing {', '.join(missing)}")
         for key, (name, help_text, kind) in _FIELDS.items():
-            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text)
-            family.add_metric([], values[key])
-            yield family
+            yield single(name, help_text, values[key], kind)

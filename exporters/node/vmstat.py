@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric, UnknownMetricFamily
+from prometheus_client.core import Metric
 
+from exporters.node._families import single
 from exporters.node._files import join, read_text
 from jobsight.errors import ConfigError
 
@@ -38,6 +39,6 @@ class VmstatCollector:
                 if len(self._wanted) < 4096:
                     self._wanted[name] = wanted
             if wanted:
-                yield UnknownMetricFamily(
-                    f"node_vmstat_{name}", f"/proc/vmstat information field {name}.", value=float(int(value))
-                )
+                # node_exporter publishes these untyped ("unknown" in prometheus_client).
+                yield single(f"node_vmstat_{name}", f"/proc/vmstat information field {name}.",
+                             float(int(value)), "unknown")
