@@ -8,6 +8,8 @@ runs the app's shutdown (which stops TensorBoards and the notification worker).
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 from typing import Any
 
 
@@ -30,10 +32,16 @@ def run(args: argparse.Namespace) -> int:
     from api.settings import load_settings
     from jobsight.serving import parse_listen_address
 
+    # One line per outgoing Prometheus query is noise at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = load_settings(args.config, listen=args.listen)
     address = parse_listen_address(settings.listen)
     app = create_app(settings)
     config = uvicorn.Config(app, host=address.host, port=address.port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=10, lifespan="on")
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal under the handler
+    # that was installed before it started. Ignoring SIGTERM there makes a requested stop end with
+    # exit code 0 instead of death by signal; while serving, uvicorn's own handler is in place.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     uvicorn.Server(config).run()
     return 0
