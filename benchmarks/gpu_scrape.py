@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: import the checkout
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # nvidia-smi fields matching what one exporter read gives.
@@ -91,10 +92,20 @@ class Exporter:
                 self.proc.wait()
 
 
-def measure_exporter(flags: Sequence[str], scrapes: int, idle_s: float) -> dict[str, float]:
+# What Prometheus 2.x sends: it prefers OpenMetrics and accepts gzip.
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+              "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+PLAIN_HEADERS = {"Accept": "text/plain", "Accept-Encoding": "identity"}
+
+
+def measure_exporter(flags: Sequence[str], scrapes: int, idle_s: float,
+                     headers: dict[str, str]) -> dict[str, float]:
     exporter = Exporter(flags)
     try:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, headers=headers) as client:
             for _ in range(20):  # warm-up
                 client.get(exporter.url)
             cpu0, t0 = cpu_seconds(exporter.proc.pid), time.monotonic()
@@ -172,6 +183,38 @@ def nvidia_smi_query() -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
+def in_process_breakdown(gpus: int, runs: int) -> dict[str, float]:
+    """Where a scrape's time goes, without HTTP: the collector building its families, and
+    prometheus_client rendering them (text and OpenMetrics), same collector as the process."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from exporters.gpu.attribution import JobAttributor
+    from exporters.gpu.collector import GpuCollector
+    from exporters.gpu.sampler import Sampler
+    from exporters.gpu.scenario import FixedScenario, default_scenario
+    from exporters.gpu.simulated import SimulatedBackend
+    from exporters.gpu.xid import XidLedger
+    from jobsight.identity import JobMapDir, ProcessJobResolver
+    from jobsight.serving import CollectorSet
+
+    render_openmetrics: Callable[[CollectorRegistry], bytes] = generate_openmetrics  # it is untyped
+    backend = SimulatedBackend(FixedScenario(default_scenario(gpus)), hostname="bench")
+    ledger = XidLedger()
+    attributor = JobAttributor(JobMapDir("/nonexistent"), ProcessJobResolver("/proc"), time.monotonic)
+    sampler = Sampler(backend, attributor, ledger)
+    for view in sampler.views():
+        sampler.collect_once(view.identity.index)
+    collector = GpuCollector(sampler, ledger, backend.info(), "bench")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CollectorSet({"gpu": collector}))
+    return {
+        "collect": statistics.median(time_calls(lambda: list(collector.collect()), runs)),
+        "text": statistics.median(time_calls(lambda: generate_latest(registry), runs)),
+        "openmetrics": statistics.median(time_calls(lambda: render_openmetrics(registry), runs)),
+    }
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}"
 
@@ -188,13 +231,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"# GPU exporter scrape benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{os.cpu_count()} CPUs, {args.scrapes} scrapes\n")
-    sim = measure_exporter(["--simulate", str(args.gpus)], args.scrapes, args.idle)
+    sim_flags = ["--simulate", str(args.gpus)]
+    label = f"simulated, {args.gpus} GPUs with jobs"
     rows = [
-        ("simulated, 8 GPUs with jobs" if args.gpus == 8 else f"simulated, {args.gpus} GPUs", sim),
+        (f"{label}, as Prometheus asks (OpenMetrics, gzip)",
+         measure_exporter(sim_flags, args.scrapes, args.idle, PROMETHEUS_HEADERS)),
+        (f"{label}, plain text, uncompressed",
+         measure_exporter(sim_flags, args.scrapes, args.idle, PLAIN_HEADERS)),
     ]
     extra: list[str] = []
     if args.nvml:
-        real = measure_exporter([], args.scrapes, args.idle)
+        real = measure_exporter([], args.scrapes, args.idle, PROMETHEUS_HEADERS)
         rows.append(("real NVML", real))
         runs = max(20, args.scrapes // 10)
         smi = time_calls(nvidia_smi_query, runs) if shutil.which("nvidia-smi") else []
@@ -213,11 +260,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra.append("| exporter background read, all GPUs (sum of jobsight_gpu_collect_duration_seconds) "
                      f"| {ms(read)} | read / raw = {read / raw_p50:.2f}x |")
     print("| exporter | scrape p50 ms | scrape p99 ms | CPU ms / scrape | background CPU ms / s | series "
-          "| bytes |")
+          "| bytes (uncompressed) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rows:
         print(f"| {name} | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['cpu_per_scrape'])} | "
               f"{ms(r['background_cpu_per_s'])} | {int(r['series'])} | {int(r['bytes'])} |")
+    parts = in_process_breakdown(args.gpus, 200)
+    print(f"| in-process, no HTTP: collector builds families | {ms(parts['collect'])} | | | | | |")
+    print(f"| in-process, no HTTP: prometheus_client renders text | {ms(parts['text'])} | | | | | |")
+    print(f"| in-process, no HTTP: prometheus_client renders OpenMetrics | {ms(parts['openmetrics'])} "
+          "| | | | | |")
     if not args.nvml:
         print("| real NVML vs nvidia-smi vs raw NVML | not measured here (no GPU): run with --nvml "
               "| | | | | |")
