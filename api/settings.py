@@ -7,6 +7,7 @@ environment overrides the same key in the YAML file.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ class TensorBoardConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
     command: list[str] = Field(
-        default_factory=lambda: ["tensorboard"],
+        # The TensorBoard installed next to the API, without relying on PATH.
+        default_factory=lambda: [sys.executable, "-m", "tensorboard.main"],
         description="argv prefix that runs TensorBoard; --logdir/--port/--host are appended",
     )
     host: str = "127.0.0.1"

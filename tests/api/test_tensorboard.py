@@ -1,0 +1,133 @@
+"""TensorBoard: scalars read back from event files written by tensorboard's own writers; a real
+TensorBoard started and reused for a job; the process bound and idle stop of the manager."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary import Writer
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from api.tensorboard import TensorBoardManager, read_scalars
+from tests.api.conftest import TEAM_A, TEAM_B, auth
+from tests.support import FIXTURES, wait_until
+
+FAKE_TB = [sys.executable, str(FIXTURES / "api" / "fake_tensorboard.py")]
+
+
+def write_runs(logdir: Path) -> None:
+    writer = Writer(str(logdir / "train"))
+    for step in range(5):
+        writer.add_scalar("loss", 2.0 - 0.25 * step, step, wall_time=1_700_000_000 + step)
+        writer.add_scalar("lr", 0.001, step, wall_time=1_700_000_000 + step)
+    writer.close()
+    # A classic (TF1-style) simple_value scalar, as older frameworks write it.
+    classic = EventFileWriter(str(logdir / "eval"))
+    for step in (0, 10):
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="loss", simple_value=1.5 - step / 100)])
+        classic.add_event(event_pb2.Event(wall_time=1_700_000_100 + step, step=step, summary=summary))
+    classic.close()
+
+
+def test_read_scalars_from_both_writer_kinds(tmp_path: Path) -> None:
+    write_runs(tmp_path)
+    tags, runs = read_scalars(tmp_path, "loss")
+    assert tags == ["loss", "lr"]
+    by_run = {r.run: r for r in runs}
+    assert set(by_run) == {"train", "eval"}
+    assert [(s, v) for s, _, v in by_run["train"].points] == [(0, 2.0), (1, 1.75), (2, 1.5), (3, 1.25), (4, 1.0)]
+    assert [s for s, _, _ in by_run["eval"].points] == [0, 10]
+    assert by_run["eval"].points[1][2] == pytest.approx(1.4)
+
+
+def test_scalars_route(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    logdir = tmp_path / "tb" / "job-1"
+    write_runs(logdir)
+    client = make_client(settings={"tensorboard": {"allowed_roots": [str(tmp_path / "tb")]}})
+    assert client.put("/v1/jobs/job-1", json={"tensorboard_logdir": str(logdir)}, headers=auth(TEAM_A)).status_code == 201
+    body = client.get("/v1/jobs/job-1/scalars", params={"tag": "lr"}, headers=auth(TEAM_A)).json()
+    assert body["tags"] == ["loss", "lr"]
+    (series,) = body["series"]
+    assert series["run"] == "train" and [p["value"] for p in series["points"]] == pytest.approx([0.001] * 5)
+    everything = client.get("/v1/jobs/job-1/scalars", headers=auth(TEAM_A)).json()
+    assert {(s["run"], s["tag"]) for s in everything["series"]} == {("train", "loss"), ("train", "lr"),
+                                                                      ("eval", "loss")}
+    assert client.get("/v1/jobs/job-1/scalars", headers=auth(TEAM_B)).status_code == 404
+    # Paths outside the allowed roots are refused, and so are relative ones.
+    for bad in ("/etc", str(tmp_path), "relative/dir", str(tmp_path / "tb" / ".." / "elsewhere")):
+        client.put("/v1/jobs/job-2", json={"tensorboard_logdir": bad}, headers=auth(TEAM_A))
+        response = client.get("/v1/jobs/job-2/scalars", headers=auth(TEAM_A))
+        assert response.status_code == 422, bad
+    client.put("/v1/jobs/job-3", json={}, headers=auth(TEAM_A))
+    assert client.get("/v1/jobs/job-3/tensorboard", headers=auth(TEAM_A)).status_code == 404
+
+
+@pytest.fixture
+def manager() -> Iterator[TensorBoardManager]:
+    clock = {"now": 0.0}
+    m = TensorBoardManager(FAKE_TB, max_instances=2, idle_seconds=60, clock=lambda: clock["now"])
+    m.clock_state = clock  # type: ignore[attr-defined]
+    yield m
+    m.close()
+
+
+def answer(url: str) -> str:
+    return httpx.get(url, timeout=2).text
+
+
+def test_manager_reuses_bounds_and_stops_idle(manager: TensorBoardManager, tmp_path: Path) -> None:
+    dirs = [tmp_path / f"d{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    url0, _ = manager.ensure(dirs[0])
+    assert wait_until(lambda: answer(url0) == str(dirs[0]), timeout=30, message="first instance")
+    assert manager.ensure(dirs[0])[0] == url0  # reused, same port
+    clock = manager.clock_state  # type: ignore[attr-defined]
+    clock["now"] = 10.0
+    url1, _ = manager.ensure(dirs[1])
+    clock["now"] = 20.0
+    manager.ensure(dirs[0])  # d0 is now the most recently used
+    url2, _ = manager.ensure(dirs[2])  # the bound of 2 evicts d1, the least recently used
+    assert set(manager.running()) == {dirs[0], dirs[2]}
+    assert wait_until(lambda: answer(url2) == str(dirs[2]), timeout=30, message="third instance")
+    wait_until(lambda: not _answers(url1), timeout=30, message="the evicted instance to stop")
+    clock["now"] = 1000.0
+    assert manager.reap() == 0
+    assert manager.running() == {}
+
+
+def _answers(url: str) -> bool:
+    try:
+        answer(url)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def test_real_tensorboard_for_a_job(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    logdir = tmp_path / "job-tb"
+    write_runs(logdir)
+    client = make_client()
+    client.put("/v1/jobs/job-tb", json={"tensorboard_logdir": str(logdir)}, headers=auth(TEAM_A))
+    first = client.get("/v1/jobs/job-tb/tensorboard", headers=auth(TEAM_A))
+    assert first.status_code == 200, first.text
+    url = first.json()["url"]
+    assert url.startswith("http://127.0.0.1:")
+
+    def running() -> bool:
+        body = client.get("/v1/jobs/job-tb/tensorboard", headers=auth(TEAM_A)).json()
+        assert body["url"] == url  # reused while it starts
+        return bool(body["state"] == "running")
+
+    wait_until(running, timeout=120, interval=0.5, message="TensorBoard to start")
+    tags = wait_until(lambda: httpx.get(f"{url}data/plugin/scalars/tags", timeout=5).json(), timeout=60,
+                      message="TensorBoard to load the event files")
+    assert "loss" in tags["train"] and "loss" in tags["eval"]
+    client.__exit__(None, None, None)  # app shutdown stops the TensorBoard
+    wait_until(lambda: not _answers(url), timeout=30, message="TensorBoard to stop with the app")
