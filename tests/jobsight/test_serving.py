@@ -78,6 +78,10 @@ def test_metrics_server_serves_metrics_and_health_over_http() -> None:
         assert metrics.status_code == 200
         assert 'demo_value{k="a"} 1.5' in metrics.text
         assert 'jobsight_scrape_collector_success{collector="good"} 1.0' in metrics.text
+        zipped = httpx.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+        assert zipped.headers["Content-Encoding"] == "gzip" and 'demo_value{k="a"} 1.5' in zipped.text
+        plain = httpx.get(f"{base}/metrics", headers={"Accept-Encoding": "identity"}, timeout=5)
+        assert "Content-Encoding" not in plain.headers and 'demo_value{k="a"} 1.5' in plain.text
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         healthy["ok"] = False
         down = httpx.get(f"{base}/healthz", timeout=5)
