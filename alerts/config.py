@@ -107,17 +107,28 @@ def duration_seconds(value: str) -> float:
     return total
 
 
-def render_rules(out_dir: Path, *, job_stall_after: str = "15m", rules_dir: Path = RULES_DIR) -> list[Path]:
+def render_rules(
+    out_dir: Path,
+    *,
+    job_stall_after: str = "15m",
+    runbook_base_url: str = RUNBOOK_BASE_URL,
+    rules_dir: Path = RULES_DIR,
+) -> list[Path]:
     """Write the rule files into ``out_dir`` for Prometheus to load, with the JobStalled window set
-    to ``job_stall_after`` (a Prometheus duration, at least 1m). Returns the written paths."""
+    to ``job_stall_after`` (a Prometheus duration, at least 1m) and every ``runbook_url`` pointing
+    under ``runbook_base_url`` (e.g. your own docs site; ``<base><AlertName>.md``). With the
+    defaults the files are copied byte for byte. Returns the written paths."""
     seconds = int(duration_seconds(job_stall_after))
     if seconds < 60:
         raise ConfigError(f"job stall window {job_stall_after!r} is too short: use at least 1m")
+    _check_url("runbook_base_url", runbook_base_url)
+    if not runbook_base_url.endswith("/"):
+        runbook_base_url += "/"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in rule_files(rules_dir):
         target = out_dir / path.name
-        if seconds == DEFAULT_JOB_STALL_SECONDS:
+        if seconds == DEFAULT_JOB_STALL_SECONDS and runbook_base_url == RUNBOOK_BASE_URL:
             # Byte-identical copy: comments survive, and what runs is what promtool tested.
             target.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
         else:
@@ -126,6 +137,9 @@ def render_rules(out_dir: Path, *, job_stall_after: str = "15m", rules_dir: Path
                 for rule in group.get("rules") or []:
                     if rule.get("alert") == "JobStalled":
                         rule["expr"] = JOB_STALLED_EXPR.format(seconds=seconds)
+                    annotations = rule.get("annotations") or {}
+                    if "runbook_url" in annotations and "alert" in rule:
+                        annotations["runbook_url"] = f"{runbook_base_url}{rule['alert']}.md"
             target.write_text(_dump_yaml(document), encoding="utf-8")
         written.append(target)
     return written

@@ -225,6 +225,19 @@ def test_render_rules_with_another_stall_window_changes_when_job_stalled_fires(t
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_render_rules_with_another_runbook_base_points_every_rule_there(tmp_path: Path) -> None:
+    out = tmp_path / "rules"
+    render_rules(out, runbook_base_url="https://wiki.example.org/runbooks")
+    rendered = load_alert_rules(sorted(out.glob("*.yaml")))
+    assert len(rendered) == len(load_alert_rules())
+    for rule in rendered:
+        assert rule.annotations["runbook_url"] == f"https://wiki.example.org/runbooks/{rule.alert}.md"
+    result = _promtool("check", "rules", *(str(p) for p in sorted(out.glob("*.yaml"))))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(ConfigError, match="invalid runbook_base_url"):
+        render_rules(tmp_path / "bad", runbook_base_url="wiki/runbooks")
+
+
 @pytest.mark.parametrize("window", ["", "soon", "30s", "-5m"])
 def test_render_rules_rejects_a_bad_stall_window(tmp_path: Path, window: str) -> None:
     with pytest.raises(ConfigError, match=r"duration|too short"):
