@@ -9,7 +9,9 @@ collector, so it is not part of the ratio).
 Reported: median and p99 scrape time seen by the client, and CPU seconds per scrape of each
 server process (utime+stime from /proc/<pid>/stat before and after), as ratios ours/theirs.
 Then, in this process, where our CPU per scrape goes: the collectors, the text exposition
-(prometheus_client), and gzip at prometheus_client's level 9 next to level 1.
+(prometheus_client), and gzip at prometheus_client's level 9 next to level 1; and the per-job
+collector on a generated /proc with ``--pids`` processes (a tenth of them in 10 jobs), to see how
+it scales (files on disk are cheaper to read than the kernel's /proc, so this is a lower bound).
 
     .venv/bin/python benchmarks/node_exporters.py [--scrapes 300]
 """
@@ -95,6 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scrapes", type=int, default=300, help="scrapes per server (default 300)")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--pids", type=int, default=3000, help="PIDs in the generated /proc (default 3000)")
     args = parser.parse_args()
 
     binary = shutil.which("prometheus-node-exporter")
@@ -166,7 +169,49 @@ def main() -> int:
     print(row("server CPU", "cpu"))
     print()
     breakdown(args.scrapes)
+    print()
+    jobs_scaling(args.pids)
     return 0
+
+
+def jobs_scaling(pids: int) -> None:
+    """CPU per scrape of the jobs collector on a generated procfs with ``pids`` processes."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from exporters.node.jobs import JobsCollector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = Path(tmp) / "proc"
+        for pid in range(1000, 1000 + pids):
+            base = proc / str(pid)
+            base.mkdir(parents=True)
+            index = pid - 1000
+            job = (index // 10) % 10 if index % 10 == 0 else None
+            (base / "stat").write_text(
+                f"{pid} (python train.py) S 1 {pid} {pid} 0 -1 4194560 1 0 0 0 {pid} 7 0 0 20 0 1 0 "
+                f"{pid * 3} 1000000 2000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+            )
+            (base / "status").write_text("Name:\tpython\nState:\tS (sleeping)\nVmRSS:\t  1024 kB\n")
+            (base / "io").write_text("rchar: 1\nwchar: 1\nread_bytes: 4096\nwrite_bytes: 512\n")
+            (base / "cgroup").write_text("0::/user.slice/user-1000.slice/session-1.scope\n")
+            env = f"PATH=/usr/bin\0JOBSIGHT_JOB_ID=job-{job}\0" if job is not None else "PATH=/usr/bin\0"
+            (base / "environ").write_text(env)
+        collector = JobsCollector(str(proc), tmp)
+        start = time.process_time()
+        list(collector.collect())
+        first = (time.process_time() - start) * 1000
+        rounds = 20
+        start = time.process_time()
+        for _ in range(rounds):
+            found = list(collector.collect())
+        steady = (time.process_time() - start) / rounds * 1000
+        jobs = len(next(f for f in found if f.name == "jobsight_job_processes").samples)
+        in_jobs = sum(int(s.value) for f in found if f.name == "jobsight_job_processes" for s in f.samples)
+    print(f"| jobs collector, generated /proc: {pids} PIDs, {in_jobs} in {jobs} jobs | CPU ms per scrape |")
+    print("| --- | --- |")
+    print(f"| first scrape (every PID resolved: stat, environ) | {first:.1f} |")
+    print(f"| later scrapes (job PIDs read; others re-read every 10 s) | {steady:.1f} |")
 
 
 def breakdown(iterations: int) -> None:
