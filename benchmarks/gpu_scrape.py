@@ -178,9 +178,23 @@ def raw_nvml_read_all() -> Callable[[], object]:
     return read_all
 
 
-def nvidia_smi_query() -> None:
-    subprocess.run(["nvidia-smi", f"--query-gpu={SMI_FIELDS}", "--format=csv"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+# Fields every driver since R450 knows, for drivers that reject one of SMI_FIELDS.
+SMI_FIELDS_MINIMAL = (
+    "index,uuid,pci.bus_id,name,utilization.gpu,utilization.memory,clocks.sm,clocks.mem,temperature.gpu,"
+    "power.draw,memory.total,memory.used,memory.free"
+)
+
+
+def nvidia_smi_query_fn() -> tuple[Callable[[], object], str]:
+    """A function running nvidia-smi once, with the richest field list this driver accepts."""
+    for fields in (SMI_FIELDS, SMI_FIELDS_MINIMAL):
+        argv = ["nvidia-smi", f"--query-gpu={fields}", "--format=csv"]
+        if subprocess.run(argv, capture_output=True, timeout=60).returncode == 0:
+            def run(argv: list[str] = argv) -> object:
+                return subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+            return run, fields
+    raise SystemExit("nvidia-smi --query-gpu fails on this machine")
 
 
 def in_process_breakdown(gpus: int, runs: int) -> dict[str, float]:
@@ -244,7 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         real = measure_exporter([], args.scrapes, args.idle, PROMETHEUS_HEADERS)
         rows.append(("real NVML", real))
         runs = max(20, args.scrapes // 10)
-        smi = time_calls(nvidia_smi_query, runs) if shutil.which("nvidia-smi") else []
+        smi: list[float] = []
+        if shutil.which("nvidia-smi"):
+            smi_fn, smi_fields = nvidia_smi_query_fn()
+            smi = time_calls(smi_fn, runs)
+            extra.append(f"nvidia-smi fields: `{smi_fields}`\n")
         raw = time_calls(raw_nvml_read_all(), runs)
         extra.append("| comparison (same run) | p50 ms | ratio |")
         extra.append("| --- | ---: | ---: |")
