@@ -7,7 +7,6 @@ pydantic are imported in :func:`build`, so ``jobsight --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,9 +31,14 @@ def register(subparsers: Any) -> None:
 
 def _add_shared(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> None:
     """Add an option another exporter may already have added to the same parser (``jobsight
-    agent`` combines several); both use the same dest, so the first definition serves both."""
-    with contextlib.suppress(argparse.ArgumentError):
+    agent`` combines several) under the same dest, so the first definition serves both; a clash
+    with a different dest still fails loudly."""
+    try:
         parser.add_argument(*names, **kwargs)
+    except argparse.ArgumentError:
+        existing = [a for a in parser._actions if set(names) & set(a.option_strings)]
+        if not existing or existing[0].dest != kwargs.get("dest"):
+            raise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,16 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="procfs root used to find the job of a GPU process (default /proc)",
     )
     parser.add_argument(
-        "--collect.interval", dest="gpu_collect_interval", type=float, metavar="SECONDS", default=1.0,
+        "--collector.gpu.interval", dest="gpu_collect_interval", type=float, metavar="SECONDS", default=1.0,
         help="how often each GPU is read in the background (default 1)",
     )
     parser.add_argument(
-        "--collect.stale-after", dest="gpu_stale_after", type=float, metavar="SECONDS", default=10.0,
+        "--collector.gpu.stale-after", dest="gpu_stale_after", type=float, metavar="SECONDS", default=10.0,
         help="a GPU whose last read is older than this is reported down (default 10)",
     )
     parser.add_argument(
-        "--no-gpm", dest="gpu_gpm", action="store_false", default=True,
-        help="do not read NVML GPM profiling metrics (DCGM_FI_PROF_*)",
+        "--collector.gpu.gpm", dest="gpu_gpm", action=argparse.BooleanOptionalAction, default=True,
+        help="read NVML GPM profiling metrics, DCGM_FI_PROF_* (default: enabled)",
     )
 
 
@@ -96,10 +100,11 @@ def build(args: argparse.Namespace) -> ExporterParts:
     interval = float(args.gpu_collect_interval)
     stale_after = float(args.gpu_stale_after)
     if not 0.05 <= interval <= 3600:
-        raise ConfigError(f"--collect.interval: {interval} is outside 0.05-3600 seconds")
+        raise ConfigError(f"--collector.gpu.interval: {interval} is outside 0.05-3600 seconds")
     if stale_after < 2 * interval:
         raise ConfigError(
-            f"--collect.stale-after ({stale_after}s) must be at least twice --collect.interval ({interval}s)"
+            f"--collector.gpu.stale-after ({stale_after}s) must be at least twice "
+            f"--collector.gpu.interval ({interval}s)"
         )
 
     extra: list[Collector] = []

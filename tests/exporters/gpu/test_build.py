@@ -35,11 +35,23 @@ def test_add_arguments_shares_hostname_and_procfs_with_other_exporters() -> None
     assert not hasattr(args, "web_listen_address")
 
 
+def test_a_real_flag_clash_still_fails() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hostname", dest="node_name")
+    with pytest.raises(argparse.ArgumentError):
+        cli.add_arguments(parser)
+
+
+def test_gpm_can_be_switched_off() -> None:
+    assert parse("--simulate", "1").gpu_gpm is True
+    assert parse("--simulate", "1", "--no-collector.gpu.gpm").gpu_gpm is False
+
+
 def test_build_gives_the_gpu_collector_and_its_health(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     shutil.copy(SCENARIOS / "lost-gpu.yaml", path)
     args = parse("--scenario", str(path), "--hostname", "n7", "--job-map-dir", str(tmp_path / "none"),
-                 "--collect.interval", "0.1", "--collect.stale-after", "5")
+                 "--collector.gpu.interval", "0.1", "--collector.gpu.stale-after", "5")
     parts = cli.build(args)
     try:
         assert set(parts.collectors) == {"gpu"} and parts.prefix == "jobsight"
@@ -57,8 +69,9 @@ def test_build_gives_the_gpu_collector_and_its_health(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--simulate", "2", "--collect.interval", "0.01"], "outside 0.05-3600"),
-        (["--simulate", "2", "--collect.interval", "5", "--collect.stale-after", "6"], "at least twice"),
+        (["--simulate", "2", "--collector.gpu.interval", "0.01"], "outside 0.05-3600"),
+        (["--simulate", "2", "--collector.gpu.interval", "5", "--collector.gpu.stale-after", "6"],
+         "at least twice"),
         (["--simulate", "65"], "1-64 GPUs"),
     ],
 )
@@ -71,7 +84,7 @@ def test_every_published_metric_is_documented(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text((SCENARIOS / "lost-gpu.yaml").read_text().replace(
         'gpus: [0, 1, 2, 3]}', 'gpus: [0, 1, 2, 3]}\n  - {job_id: "x", gpus: [0]}'))
-    parts = cli.build(parse("--scenario", str(path), "--collect.interval", "0.1"))
+    parts = cli.build(parse("--scenario", str(path), "--collector.gpu.interval", "0.1"))
     try:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(CollectorSet(parts.collectors, prefix=parts.prefix))

@@ -41,9 +41,9 @@ def by_name(text: str, name: str) -> list[Sample]:
 
 def start(spawn: Spawn, *flags: str) -> tuple[Proc, str]:
     port = free_port()
-    proc = spawn(jobsight_command("exporter", "gpu", "--web.listen-address", f"127.0.0.1:{port}",
-                                 "--collect.interval", "0.2", "--collect.stale-after", "5", *flags),
-                 name="gpu-exporter")
+    argv = jobsight_command("exporter", "gpu", "--web.listen-address", f"127.0.0.1:{port}",
+                            "--collector.gpu.interval", "0.2", "--collector.gpu.stale-after", "5", *flags)
+    proc = spawn(argv, name="gpu-exporter")
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/healthz", proc=proc)
     return proc, base
@@ -126,7 +126,7 @@ def test_xid_injected_at_runtime_by_rewriting_the_scenario(spawn: Spawn, tmp_pat
         (["--simulate", "0"], "--simulate: give 1-64 GPUs"),
         (["--scenario", str(SCENARIOS / "bad-field.yaml")], "unknown field 'DCGM_FI_DEV_NOT_A_FIELD'"),
         (["--scenario", "/nonexistent/scenario.yaml"], "cannot read config"),
-        (["--simulate", "2", "--collect.interval", "0"], "--collect.interval"),
+        (["--simulate", "2", "--collector.gpu.interval", "0"], "--collector.gpu.interval"),
         (["--simulate", "2", "--web.listen-address", "nowhere"], "listen address 'nowhere'"),
         (["--simulate", "2", "--scenario", str(SCENARIOS / "lost-gpu.yaml")], "not allowed with argument"),
         (["--simulate", "two"], "invalid int value"),
@@ -163,7 +163,7 @@ def test_help_lists_the_flags() -> None:
                             timeout=60)
     assert result.returncode == 0
     for flag in ("--web.listen-address", "--simulate", "--scenario", "--job-map-dir", "--hostname",
-                 "--path.procfs", "--collect.interval"):
+                 "--path.procfs", "--collector.gpu.interval"):
         assert flag in result.stdout
 
 
