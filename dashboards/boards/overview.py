@@ -100,7 +100,7 @@ def build() -> Board:
         )
         .with_panel(
             table_panel(
-                "Alerts firing",
+                "Firing alerts",
                 [Q('ALERTS{alertstate="firing"}')],
                 description="Every firing alert with its labels; runbooks: docs/runbooks/<alertname>.md.",
                 links=[NODE_LINK],
@@ -108,7 +108,7 @@ def build() -> Board:
         )
         .with_panel(
             table_panel(
-                "GPU utilisation by job",
+                "Jobs by GPU utilisation (now)",
                 [Q(f"avg by (job_id) ({JOB_GPU_UTIL})")],
                 description="Average utilisation of each job's GPUs now; click a row for the job dashboard.",
                 links=[JOB_LINK],

@@ -71,6 +71,9 @@ def test_uids_variables_and_datasource_follow_the_conventions() -> None:
         panels = _panels(model)
         ids = [p["id"] for p in panels]
         assert len(ids) == len(set(ids)), f"{uid}: duplicate panel ids"
+        # iter_queries names queries by panel title, so titles must tell panels apart.
+        titles = [p["title"] for p in panels if p["type"] != "row"]
+        assert len(titles) == len(set(titles)), f"{uid}: duplicate panel titles"
         for panel in panels:
             if panel["type"] == "row":
                 continue
