@@ -213,3 +213,17 @@ def test_real_prometheus_scrapes_and_joins_jobs(spawn: Spawn, tmp_path: Path) ->
                       and "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in m and m, timeout=30, message="metadata")
     assert meta["DCGM_FI_DEV_GPU_UTIL"][0]["type"] == "gauge"
     assert meta["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"][0]["type"] == "unknown"
+
+
+def test_port_in_use_exits_2() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = jobsight_command("exporter", "gpu", "--simulate", "2", "--web.listen-address",
+                                f"127.0.0.1:{port}")
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
