@@ -113,6 +113,7 @@ class NvmlBackend:
         self._event_set: Any = None
         self._event_index: dict[int, int] = {}
         self._closed = threading.Event()
+        self._shut_down = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -121,6 +122,10 @@ class NvmlBackend:
         with self._lock:
             if self._opened:
                 return
+            if self._shut_down:
+                # A reader thread that was stuck in a call until after close(): do not bring NVML
+                # back up behind the exporter's back.
+                raise DeviceLost("the NVML backend is closed")
             nvml = self._load()
             try:
                 nvml.nvmlInit()
@@ -141,7 +146,6 @@ class NvmlBackend:
                 self._unsupported[index] = set()
             self._register_events()
             self._opened = True
-            self._closed.clear()
 
     def _load(self) -> Any:
         if self._module is not None:
@@ -155,6 +159,7 @@ class NvmlBackend:
     def close(self) -> None:
         with self._lock:
             self._closed.set()
+            self._shut_down = True
             if not self._opened:
                 return
             nvml = self._nvml

@@ -187,6 +187,16 @@ def test_xid_events_are_mapped_to_the_gpu_index() -> None:
     assert fake.event_set_freed
 
 
+def test_no_read_after_close() -> None:
+    fake = FakeNvml(two_gpus())
+    backend = open_backend(fake)
+    backend.close()
+    assert not fake.initialised
+    with pytest.raises(DeviceLost, match="closed"):
+        backend.read(0)
+    assert fake.calls["nvmlInit"] == 1
+
+
 def test_init_is_lazy_and_done_once() -> None:
     fake = FakeNvml(two_gpus())
     backend = NvmlBackend(nvml=fake)
