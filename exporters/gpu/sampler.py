@@ -82,14 +82,15 @@ class Sampler:
                 log.warning("GPU %d (%s) is down: %s", index, state.identity.uuid or "?", exc)
         except Exception:  # one GPU's failure must never stop its thread
             reasons.append("read_failed")
-            log.exception("reading GPU %d failed", index)
-        jobs = self.attributor.attribute(state.identity, reading.processes) if reading else GpuJobs()
+            if state.up or state.read_at is None:  # once per outage, not every interval
+                log.exception("reading GPU %d failed; it is reported down", index)
+        identity = reading.identity if reading is not None and reading.identity else state.identity
+        jobs = self.attributor.attribute(identity, reading.processes) if reading else GpuJobs()
         end = self.clock()
         with self._lock:
             if reading is not None and not state.up and state.read_at is not None:
                 log.warning("GPU %d (%s) is answering again", index, state.identity.uuid or "?")
-            if reading is not None and reading.identity is not None:
-                state.identity = reading.identity
+            state.identity = identity
             state.reading = reading
             state.up = reading is not None
             state.read_at = end
