@@ -223,5 +223,13 @@ class Board:
     annotation_fields: dict[str, dict[str, str]]
 
 
+def xid_events_in_range(selector: str = "") -> str:
+    """XID events within the dashboard's time range. The XID counter's series may appear only with
+    the first event of a code, and increase() cannot see an increase on a new series, so count
+    series that did not exist at the start of the range from zero."""
+    xid = f"jobsight_gpu_xid_errors_total{{{selector}}}" if selector else "jobsight_gpu_xid_errors_total"
+    return f"sum(clamp_min({xid} - ({xid} offset $__range or {xid} * 0), 0)) or vector(0)"
+
+
 def prometheus_annotation(name: str, expr: str, color: str) -> db.AnnotationQuery:
     return db.AnnotationQuery().name(name).datasource(DATASOURCE).enable(True).icon_color(color).expr(expr)

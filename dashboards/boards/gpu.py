@@ -15,6 +15,7 @@ from dashboards.panels import (
     stat_panel,
     table_panel,
     timeseries_panel,
+    xid_events_in_range,
 )
 
 UID = "jobsight-gpu"
@@ -112,7 +113,7 @@ def build() -> Board:
         .with_panel(
             stat_panel(
                 "XIDs in range",
-                Q(f"sum(increase(jobsight_gpu_xid_errors_total{{{SEL}}}[$__range])) or vector(0)"),
+                Q(xid_events_in_range(SEL)),
                 thresholds=[(None, "green"), (1, "red")],
                 decimals=0,
             )
@@ -141,15 +142,10 @@ def build() -> Board:
         )
         .with_panel(
             timeseries_panel(
-                "XID errors",
-                [
-                    Q(
-                        f"sum by (Hostname, gpu, xid) "
-                        f"(increase(jobsight_gpu_xid_errors_total{{{SEL}}}[$__rate_interval]))",
-                        "{{Hostname}} GPU {{gpu}} XID {{xid}}",
-                    )
-                ],
-                description="XID events per interval, by code (see docs/runbooks/GPUXidError.md).",
+                "XID errors (count since exporter start)",
+                [Q(f"jobsight_gpu_xid_errors_total{{{SEL}}}", "{{Hostname}} GPU {{gpu}} XID {{xid}}")],
+                description="Cumulative XID events per GPU and code; a step is an event. A series appears "
+                "with the first XID of its code (see docs/runbooks/GPUXidError.md).",
             )
         )
         .with_panel(

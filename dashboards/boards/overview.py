@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from dashboards.panels import Board, Q, base_dashboard, stat_panel, table_panel, timeseries_panel
+from dashboards.panels import (
+    Board,
+    Q,
+    base_dashboard,
+    stat_panel,
+    table_panel,
+    timeseries_panel,
+    xid_events_in_range,
+)
 
 UID = "jobsight-overview"
 JOB_LINK = (
@@ -86,7 +94,7 @@ def build() -> Board:
         .with_panel(
             stat_panel(
                 "XIDs in range",
-                Q("sum(increase(jobsight_gpu_xid_errors_total[$__range])) or vector(0)"),
+                Q(xid_events_in_range()),
                 thresholds=[(None, "green"), (1, "red")],
                 decimals=0,
             )

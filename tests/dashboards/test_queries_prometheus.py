@@ -103,3 +103,17 @@ def test_every_dashboard_query_parses_and_returns_data(prometheus: str) -> None:
         wait_until(all_return_data, timeout=90, interval=1.0, message="every dashboard query to return data")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; still empty:\n" + "\n".join(empty)) from None
+
+
+def test_xid_stat_counts_an_xid_whose_series_is_new(prometheus: str) -> None:
+    # The synthetic XID 79 counter on node2 GPU 3 appears already at 1: increase() would say 0.
+    stats = {(uid, title): expr for uid, (title, expr) in _all_queries() if title == "XIDs in range"}
+    assert set(stats) == {("jobsight-gpu", "XIDs in range"), ("jobsight-overview", "XIDs in range")}
+
+    def values() -> list[float] | None:
+        results = [_query(prometheus, expr).json()["data"]["result"] for expr in stats.values()]
+        if not all(results):
+            return None
+        return [float(result[0]["value"][1]) for result in results]
+
+    wait_until(lambda: values() == [1.0, 1.0], timeout=60, interval=0.5, message="one XID in both XID stats")
