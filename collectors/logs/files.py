@@ -95,6 +95,11 @@ def looks_binary(fd: int) -> bool:
     return controls * 10 > len(head)
 
 
+class Replaced(Exception):
+    """The live file's first bytes are not the ones its identity was made from: it was truncated
+    and written again (copytruncate) between two looks."""
+
+
 class TrackedFile:
     """One open file being read under one identity (possibly a copy of the original)."""
 
@@ -119,10 +124,17 @@ class TrackedFile:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
+    def is_original(self) -> bool:
+        return (self.dev, self.ino) == (self.ckpt.dev, self.ckpt.ino)
+
     def read(self, budget: int, now: float) -> tuple[list[LogRecord], int]:
         data = os.pread(self.fd, min(budget, READ_CHUNK), self.pos)
         if not data:
             return [], 0
+        # Checked after the read: if the first bytes are still ours now, the data just read
+        # followed them (a truncation always comes before the rewrite). One small pread per chunk.
+        if self.is_original() and fingerprint(self.fd, self.ckpt.fplen) != self.ckpt.fp:
+            raise Replaced()
         self.last_growth = now
         read_at = self.pos
         self.pos += len(data)
@@ -283,7 +295,7 @@ class FileTailer:
             return False
         if size < tracked.pos:
             return True
-        if (tracked.dev, tracked.ino) != (tracked.ckpt.dev, tracked.ckpt.ino):
+        if not tracked.is_original():
             return False  # reading a copy: it is not the live file
         try:
             current = fingerprint(tracked.fd, tracked.ckpt.fplen)
@@ -529,6 +541,9 @@ class FileTailer:
             if total < budget:
                 try:
                     records, nread = tracked.read(budget - total, now)
+                except Replaced:
+                    out.extend(self._truncated(tracked))
+                    continue
                 except OSError as exc:
                     self._error(tracked.ckpt.path, exc)
                     continue
