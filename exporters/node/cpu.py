@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -39,12 +40,19 @@ class CpuCollector:
         self.topology_ttl = topology_ttl
         self._topology: list[tuple[str, int, int]] = []
         self._topology_at: float | None = None
+        self._lock = threading.Lock()
         self.guest = guest
         # node_exporter keeps the last value per (cpu, mode) and ignores a value that went
         # backwards (iowait and idle can, on some kernels), so rate() never sees a reset.
         self._last: dict[tuple[str, str], float] = {}
 
     def collect(self) -> Iterator[Metric]:
+        # Overlapping scrapes share the last-value and topology caches.
+        with self._lock:
+            families = list(self._collect())
+        yield from families
+
+    def _collect(self) -> Iterator[Metric]:
         seconds = Family("node_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "counter")
         guest = Family(
             "node_cpu_guest_seconds_total", "Seconds the CPUs spent in guests (VMs) for each mode.", "counter"

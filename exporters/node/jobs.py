@@ -31,6 +31,7 @@ it can jump once in the first seconds of a job.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,14 +79,19 @@ class JobsCollector:
             procfs, resolver or ProcessJobResolver(procfs), clock=clock, recheck_after=recheck_after
         )
         self.cgroups = JobCgroupFinder(join(sysfs, "fs", "cgroup"), cgroup_max_depth, recheck_after, clock)
+        self._lock = threading.Lock()
         self._last: dict[tuple[int, int], ProcessSample] = {}
         self._retired: dict[str, _Retired] = {}
 
     def collect(self) -> Iterator[Metric]:
-        samples = self.scanner.scan()
-        cgroups = self.cgroups.usage()
-        totals = self._account(samples)
-        yield from self._families(totals, cgroups)
+        # Scrapes can overlap (two Prometheus servers of an HA pair); the accounting state must
+        # move from one scrape to the next in one order, or an exited process is retired twice.
+        with self._lock:
+            samples = self.scanner.scan()
+            cgroups = self.cgroups.usage()
+            totals = self._account(samples)
+            families = list(self._families(totals, cgroups))
+        yield from families
 
     def _account(self, samples: list[ProcessSample]) -> dict[str, _JobTotals]:
         current = {(s.pid, s.start): s for s in samples}

@@ -152,3 +152,32 @@ def test_job_cgroups_are_found_within_the_ttl_and_dropped_at_once(tmp_path: Path
     assert _jobs(samples(scrape({"jobs": collector})), "jobsight_job_memory_cgroup_bytes")["4900"] == 4096
     shutil.rmtree(scope / "job_4800")
     assert "4800" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_memory_cgroup_bytes")
+
+
+def test_overlapping_scrapes_are_serialised(tmp_path: Path) -> None:
+    """Two Prometheus servers (an HA pair) may scrape at once; the accounting state must pass
+    from one scrape to the next in one order, or an exited process would be retired twice."""
+    import threading
+
+    procfs, sysfs = copy_fixtures(tmp_path)
+    collector = JobsCollector(str(procfs), str(sysfs))
+    scrape({"jobs": collector})
+    shutil.rmtree(procfs / "4243")
+    results: list[float] = []
+
+    def worker() -> None:
+        found = samples(scrape({"jobs": collector}))
+        results.append(_jobs(found, "jobsight_job_cpu_seconds_total")["4711"])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    with collector._lock:  # a scrape in progress
+        for thread in threads:
+            thread.start()
+        # A scrape takes about a millisecond: unserialised, these would be done long before this.
+        for thread in threads:
+            thread.join(0.2)
+        assert all(thread.is_alive() for thread in threads)
+    for thread in threads:
+        thread.join(30)
+    # Retired once: every scrape sees the same total, the fixture's sum for job 4711.
+    assert results == [(12345 + 678 + 500 + 50) / 100] * 4
