@@ -11,7 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from alerts.config import AlertmanagerSettings, render_alertmanager_config, write_alertmanager_config
+from alerts.config import (
+    AlertmanagerSettings,
+    TenantReceiver,
+    render_alertmanager_config,
+    write_alertmanager_config,
+)
 from tests.alerts.webhook_server import RecordingServer
 from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
 
@@ -26,9 +31,14 @@ def alertmanager(tmp_path: Path, spawn: Callable[..., Proc]) -> Iterator[tuple[s
         yield _start_alertmanager(tmp_path, spawn, server), server
 
 
-def _start_alertmanager(tmp_path: Path, spawn: Callable[..., Proc], server: RecordingServer) -> str:
+def _start_alertmanager(
+    tmp_path: Path,
+    spawn: Callable[..., Proc],
+    server: RecordingServer,
+    tenants: dict[str, TenantReceiver] | None = None,
+) -> str:
     """Alertmanager on a free port, configured by the renderer to deliver to ``server``."""
-    settings = AlertmanagerSettings(group_wait="1s", group_interval="1s")
+    settings = AlertmanagerSettings(group_wait="1s", group_interval="1s", tenants=tenants or {})
     config = render_alertmanager_config(
         f"http://127.0.0.1:{server.port}/v1/alerts/webhook", TOKEN, settings=settings
     )
@@ -183,3 +193,23 @@ def test_critical_inhibits_the_warning_of_the_same_alert_on_the_same_gpu(
         message="warning XID on gpu 2 to be delivered",
     )
     assert not any(a["labels"].get("xid") == "13" and a["labels"]["gpu"] == "1" for a in _delivered(server))
+
+
+def test_a_tenants_alerts_also_reach_its_own_receiver(tmp_path: Path, spawn: Callable[..., Proc]) -> None:
+    require_binary(ALERTMANAGER)
+    with RecordingServer() as api, RecordingServer() as acme:
+        tenants = {"acme": TenantReceiver(f"http://127.0.0.1:{acme.port}/hook", bearer_token="acme-token")}
+        base = _start_alertmanager(tmp_path, spawn, api, tenants)
+        _post_alerts(
+            base,
+            [
+                {"alertname": "JobFailed", "severity": "warning", "job_id": "4711", "tenant": "acme"},
+                {"alertname": "JobFailed", "severity": "warning", "job_id": "4712", "tenant": "other"},
+            ],
+        )
+        wait_until(lambda: len(_delivered(api)) >= 2, timeout=30, message="both JobFailed alerts at the API")
+        wait_until(lambda: acme.snapshot(), timeout=30, message="acme's JobFailed at acme's receiver")
+        assert {a["labels"]["job_id"] for a in _delivered(api)} == {"4711", "4712"}
+        assert [a["labels"]["job_id"] for a in _delivered(acme)] == ["4711"]
+        assert acme.snapshot()[0].headers["authorization"] == "Bearer acme-token"
+        assert acme.snapshot()[0].json()["receiver"] == "tenant-acme"

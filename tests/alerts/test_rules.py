@@ -26,6 +26,7 @@ from tests.support import REPO_ROOT, require_binary
 
 RUNBOOKS = REPO_ROOT / "docs" / "runbooks"
 SEVERITIES = {"critical", "warning", "info"}
+RUNBOOK_SECTIONS = ("Meaning", "Likely causes", "What to check", "What to do")
 
 
 STALL_DESCRIPTION = (
@@ -109,8 +110,13 @@ def test_every_rule_has_severity_annotations_and_an_existing_runbook() -> None:
         runbook = RUNBOOKS / f"{rule.alert}.md"
         if not runbook.is_file():
             problems.append(f"{where}: {runbook} missing")
-        elif rule.alert not in runbook.read_text(encoding="utf-8").splitlines()[0]:
-            problems.append(f"{where}: {runbook} does not start with a heading naming the alert")
+        else:
+            text = runbook.read_text(encoding="utf-8")
+            if text.splitlines()[0] != f"# {rule.alert}":
+                problems.append(f"{where}: {runbook} does not start with the heading '# {rule.alert}'")
+            for section in RUNBOOK_SECTIONS:
+                if f"\n## {section}\n" not in text:
+                    problems.append(f"{where}: {runbook} has no '## {section}' section")
     assert not problems, "\n".join(problems)
 
 
