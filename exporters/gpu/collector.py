@@ -73,6 +73,13 @@ class GpuCollector:
             "jobsight: critical XID events per GPU and XID code since the exporter started.",
             labels=[*GPU_LABELS, "xid"],
         )
+        # A counter series is born at 1 with its first event, which increase() cannot see; the
+        # last-seen time lets a rule catch that first XID too (time() - ts < window).
+        seen = GaugeMetricFamily(
+            "jobsight_gpu_xid_last_seen_timestamp_seconds",
+            "jobsight: when the last critical XID event of this code was seen on the GPU (Unix time).",
+            labels=[*GPU_LABELS, "xid"],
+        )
         by_index = {view.identity.index: view.identity for view in views}
         for view in views:
             last.add_metric(self._labels(view.identity), float(xids.last.get(view.identity.index, 0)))
@@ -80,8 +87,10 @@ class GpuCollector:
             ident = by_index.get(index)
             if ident is not None:
                 total.add_metric([*self._labels(ident), str(xid)], float(count))
+                seen.add_metric([*self._labels(ident), str(xid)], xids.seen_at[(index, xid)])
         yield last
         yield total
+        yield seen
 
     def _state(self, views: Sequence[GpuView]) -> Iterable[Metric]:
         up = GaugeMetricFamily(

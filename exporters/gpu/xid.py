@@ -8,9 +8,10 @@ right before the GPU stops answering, and its count must survive that.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
-from exporters.gpu.model import XidEvent
+from exporters.gpu.model import Clock, XidEvent
 
 
 @dataclass(frozen=True)
@@ -19,20 +20,27 @@ class XidView:
 
     counts: dict[tuple[int, int], int]  # (gpu index, xid) -> events since start
     last: dict[int, int]  # gpu index -> last XID seen
+    seen_at: dict[tuple[int, int], float]  # (gpu index, xid) -> wall-clock time of the last event
 
 
 class XidLedger:
-    def __init__(self) -> None:
+    """``clock`` is the wall clock (epoch seconds): the last-seen time is published for alerts."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._counts: dict[tuple[int, int], int] = {}
         self._last: dict[int, int] = {}
+        self._seen_at: dict[tuple[int, int], float] = {}
 
     def record(self, event: XidEvent) -> None:
+        now = self._clock()
         with self._lock:
             key = (event.index, event.xid)
             self._counts[key] = self._counts.get(key, 0) + 1
             self._last[event.index] = event.xid
+            self._seen_at[key] = now
 
     def view(self) -> XidView:
         with self._lock:
-            return XidView(dict(self._counts), dict(self._last))
+            return XidView(dict(self._counts), dict(self._last), dict(self._seen_at))

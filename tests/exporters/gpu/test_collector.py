@@ -156,6 +156,8 @@ def test_xid_events_feed_the_counter_and_the_last_value_gauge() -> None:
     assert parts.value("jobsight_gpu_xid_errors_total", **labels, xid="79") == 2
     assert parts.value("jobsight_gpu_xid_errors_total", **labels, xid="48") == 1
     assert parts.value("DCGM_FI_DEV_XID_ERRORS", **labels) == 79
+    seen = parts.value("jobsight_gpu_xid_last_seen_timestamp_seconds", **labels, xid="48")
+    assert seen is not None and abs(seen - time.time()) < 600
     # XID 79 is followed by the GPU falling off the bus: the XID series stay.
     fake.devices[1].lost = True
     read_all(parts)
