@@ -80,13 +80,33 @@ def find_job_cgroups(cgroup_root: str, max_depth: int = 5) -> dict[str, str]:
     return found
 
 
-def _keyed_ints(raw: bytes) -> dict[bytes, int]:
-    values: dict[bytes, int] = {}
+def _usage_usec(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
     for line in raw.splitlines():
         parts = line.split()
-        if len(parts) == 2:
-            values[parts[0]] = int(parts[1])
-    return values
+        if len(parts) == 2 and parts[0] == b"usage_usec" and parts[1].isdigit():
+            return int(parts[1])
+    return None
+
+
+def _io_bytes(raw: bytes | None) -> tuple[float, float] | None:
+    """rbytes and wbytes of ``io.stat`` ("8:0 rbytes=1 wbytes=2 rios=3 ..." per device) summed
+    over devices; an empty file means no I/O yet; garbage means unknown."""
+    if raw is None:
+        return None
+    read = write = 0.0
+    for line in raw.splitlines():
+        for item in line.split()[1:]:
+            key, _, value = item.partition(b"=")
+            if key in (b"rbytes", b"wbytes"):
+                if not value.isdigit():
+                    return None
+                if key == b"rbytes":
+                    read += int(value)
+                else:
+                    write += int(value)
+    return read, write
 
 
 def _optional(path: str) -> bytes | None:
@@ -97,28 +117,19 @@ def _optional(path: str) -> bytes | None:
 
 
 def read_cgroup(job_id: str, path: str) -> CgroupUsage:
-    cpu_raw = _optional(join(path, "cpu.stat"))
-    usage = _keyed_ints(cpu_raw).get(b"usage_usec") if cpu_raw is not None else None
+    """What the kernel accounts to one job directory. A file that is missing (controller not
+    enabled) or garbage leaves that value unknown (None) — never 0, never a failed scrape."""
+    usage = _usage_usec(_optional(join(path, "cpu.stat")))
     mem_raw = _optional(join(path, "memory.current"))
     memory = float(int(mem_raw.strip())) if mem_raw is not None and mem_raw.strip().isdigit() else None
-    io_raw = _optional(join(path, "io.stat"))
-    read = write = None
-    if io_raw is not None:
-        # "8:0 rbytes=1 wbytes=2 rios=3 ..." per device; an empty file means no I/O yet.
-        read = write = 0.0
-        for line in io_raw.splitlines():
-            for item in line.split()[1:]:
-                key, _, value = item.partition(b"=")
-                if key == b"rbytes":
-                    read += int(value)
-                elif key == b"wbytes":
-                    write += int(value)
+    io = _io_bytes(_optional(join(path, "io.stat")))
+    read, write = io if io is not None else (None, None)
     pids: set[bytes] = set()
     for dirpath, _dirs, files in os.walk(path):
         if "cgroup.procs" in files:
             raw = _optional(join(dirpath, "cgroup.procs"))
             if raw is not None:
-                pids.update(raw.split())
+                pids.update(p for p in raw.split() if p.isdigit())
     return CgroupUsage(
         job_id, path, usage / 1e6 if usage is not None else None, memory, read, write, len(pids)
     )

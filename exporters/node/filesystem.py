@@ -156,6 +156,7 @@ class FilesystemCollector:
                 return None
         result: list[os.statvfs_result] = []
         error: list[OSError] = []
+        done = threading.Event()
 
         def call() -> None:
             try:
@@ -163,15 +164,20 @@ class FilesystemCollector:
             except OSError as exc:
                 error.append(exc)
             finally:
+                # Under the lock, so that "finished" and "marked stuck" cannot cross: a call that
+                # returns right after the deadline still un-sticks its mount.
                 with self._lock:
+                    done.set()
                     self._stuck.discard(path)
 
         worker = threading.Thread(target=call, name="statfs", daemon=True)
         worker.start()
         worker.join(self.timeout)
-        if worker.is_alive():
-            with self._lock:
+        with self._lock:
+            stuck = not done.is_set()
+            if stuck:
                 self._stuck.add(path)
+        if stuck:
             log.warning("statfs on %s timed out after %.1fs; skipped until it returns", path, self.timeout)
             return None
         if error:

@@ -102,6 +102,21 @@ def test_cgroup_discovery_and_missing_controllers(tmp_path: Path) -> None:
     assert (usage.cpu_seconds, usage.memory_bytes, usage.read_bytes, usage.processes) == (None, None, None, 0)
 
 
+def test_garbage_cgroup_files_leave_only_their_values_unknown(tmp_path: Path) -> None:
+    job_dir = tmp_path / "job_9"
+    job_dir.mkdir()
+    (job_dir / "cpu.stat").write_text("usage_usec lots\n")
+    (job_dir / "memory.current").write_text("max\n")
+    (job_dir / "io.stat").write_text("8:0 rbytes=12 wbytes=x\n")
+    (job_dir / "cgroup.procs").write_text("12\n13\n")
+    usage = read_cgroup("9", str(job_dir))
+    assert usage.cpu_seconds is None and usage.memory_bytes is None
+    assert usage.read_bytes is None and usage.write_bytes is None
+    assert usage.processes == 2
+    (job_dir / "io.stat").write_text("")  # no I/O yet: zero, known
+    assert read_cgroup("9", str(job_dir)).read_bytes == 0.0
+
+
 def test_process_file_parsers() -> None:
     # Fields 5-13 are zeros here; utime (14) 300 and stime (15) 200 ticks; start time (22) 555.
     line = b"12 (a) b) c) R 1 " + b" ".join(b"0" for _ in range(9)) + b" 300 200 0 0 20 0 1 0 555 9"
