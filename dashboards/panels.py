@@ -162,6 +162,11 @@ def table_panel(
         .targets(_targets(queries, instant=True, table_format=True))  # type: ignore[arg-type]
         .span(width)
         .height(height)
+        .show_header(True)
+        # Instant table queries carry a Time column that says nothing here.
+        .with_transformation(
+            dm.DataTransformerConfig(id_val="organize", options={"excludeByName": {"Time": True}})
+        )
     )
     if description:
         panel = panel.description(description)
