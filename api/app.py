@@ -43,6 +43,7 @@ from api.models import (
     ScalarsResponse,
     SummaryResponse,
     TensorBoardOut,
+    UtcDatetime,
     WebhookPayload,
     WebhookResult,
 )
@@ -329,8 +330,8 @@ def create_app(
         status: Annotated[str | None, Query(pattern="^(pending|running|succeeded|failed|cancelled)$")] = None,
         user: Annotated[str | None, Query(max_length=128)] = None,
         tenant: Annotated[str | None, Query(max_length=128, description="admins only")] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: UtcDatetime | None = None,
+        until: UtcDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=300)] = None,
     ) -> JobList:
@@ -379,7 +380,7 @@ def create_app(
         job_id: JobIdParam, who: Who,
         name: Annotated[list[str], Query(min_length=1, max_length=len(CATALOG),
                                          description=f"one or more of: {', '.join(CATALOG)}")],
-        start: datetime | None = None, end: datetime | None = None,
+        start: UtcDatetime | None = None, end: UtcDatetime | None = None,
         step: Annotated[float | None, Query(gt=0, le=86400, description="seconds; raised if needed")] = None,
     ) -> JSONResponse:
         job, _ = service.visible_job(job_id, who)
@@ -402,13 +403,13 @@ def create_app(
 
     @app.get("/v1/jobs/{job_id}/logs", response_model=LogPageOut, tags=["logs"], responses=ERROR_RESPONSES)
     def job_logs(job_id: JobIdParam, who: Who, q: LogQ = None, kind: Kind = None, rank: Rank = None,
-                 since: datetime | None = None, until: datetime | None = None, limit: Limit = 100,
+                 since: UtcDatetime | None = None, until: UtcDatetime | None = None, limit: Limit = 100,
                  cursor: Cursor = None) -> LogPageOut:
         return _logs(job_id, who, False, q, kind, rank, since, until, limit, cursor)
 
     @app.get("/v1/jobs/{job_id}/events", response_model=LogPageOut, tags=["logs"], responses=ERROR_RESPONSES)
     def job_events(job_id: JobIdParam, who: Who, q: LogQ = None, kind: Kind = None, rank: Rank = None,
-                   since: datetime | None = None, until: datetime | None = None, limit: Limit = 100,
+                   since: UtcDatetime | None = None, until: UtcDatetime | None = None, limit: Limit = 100,
                    cursor: Cursor = None) -> LogPageOut:
         return _logs(job_id, who, True, q, kind, rank, since, until, limit, cursor)
 
@@ -457,7 +458,8 @@ def create_app(
         _: Admin,
         status: Annotated[str | None, Query(pattern="^(firing|resolved)$")] = None,
         limit: Limit = 100,
-        cursor: Annotated[int | None, Query(ge=1, description="the next_cursor of the previous page")] = None,
+        cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                                            description="the next_cursor of the previous page")] = None,
     ) -> AlertList:
         alerts = service.store.list_alerts(status=status, limit=limit + 1, before_id=cursor)
         next_cursor = str(alerts[limit - 1].id) if len(alerts) > limit else None

@@ -18,11 +18,17 @@ HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def _utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC; everything is returned in UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    """Naive datetimes are taken as UTC; everything is returned in UTC, within 1970-2200 (times
+    outside cannot be real job times, and Prometheus refuses many of them)."""
+    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError("must be between 1970-01-01 and 2200-01-01")
+    return moment
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]

@@ -18,6 +18,8 @@ from api.diagnosis import diagnose
 from api.links import build_links
 from api.logsource import LogSource, UnconfiguredLogSource
 from api.models import (
+    EARLIEST,
+    LATEST,
     AlertOut,
     Diagnosis,
     JobIn,
@@ -39,7 +41,7 @@ from jobsight.logstore import LogRecord
 
 log = logging.getLogger("jobsight.api")
 
-MAX_RANGE_SECONDS = 90 * 24 * 3600
+MAX_RANGE_SECONDS = 400 * 24 * 3600
 DISCOVERY_LOOKBACK = "5m"
 FAILURE_ALERTS = frozenset({"JobFailed"})
 
@@ -181,6 +183,9 @@ class JobService:
             job.ended_at if job.ended_at is not None else self.clock())
         start_ts = start.timestamp() if start is not None else (
             job.started_at if job.started_at is not None else end_ts - 3600)
+        for moment in (start_ts, end_ts):
+            if not EARLIEST.timestamp() <= moment < LATEST.timestamp():
+                raise InvalidInput("times must be between 1970-01-01 and 2200-01-01")
         if end_ts <= start_ts:
             if start is not None and end is not None:
                 raise InvalidInput("end must be after start")
