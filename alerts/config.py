@@ -117,7 +117,9 @@ def render_rules(
     """Write the rule files into ``out_dir`` for Prometheus to load, with the JobStalled window set
     to ``job_stall_after`` (a Prometheus duration, at least 1m) and every ``runbook_url`` pointing
     under ``runbook_base_url`` (e.g. your own docs site; ``<base><AlertName>.md``). With the
-    defaults the files are copied byte for byte. Returns the written paths."""
+    defaults the files are copied byte for byte. Give ``out_dir`` to these files alone: other
+    ``*.yaml`` files there would be loaded by a ``rule_files: [<out_dir>/*.yaml]`` glob too.
+    Returns the written paths."""
     seconds = int(duration_seconds(job_stall_after))
     if seconds < 60:
         raise ConfigError(f"job stall window {job_stall_after!r} is too short: use at least 1m")
