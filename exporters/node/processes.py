@@ -6,6 +6,12 @@ belong to a job; the job of a PID is looked up once per (pid, start time) throug
 A PID without a job costs one ``stat`` read when first seen and then only every ``recheck_after``
 seconds (the kernel builds ``stat`` on each read, ~10 µs): that re-read is what notices the PID
 being reused by a new process, which may belong to a job. New PIDs are always looked at at once.
+
+A process started with its job in a new environment (``Popen(env=...)``, ``env JOBSIGHT_JOB_ID=…
+cmd``) is forked first and gets that environment only at exec, with the same PID and start time;
+seen in between, it has no job yet. So a process younger than ``young_for`` seconds that has no
+job is asked again on every scrape (without the resolver's per-start-time cache); after that its
+answer is final.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporters.node._files import read_bytes
+from exporters.node._files import join, read_bytes
 from jobsight.identity import ProcessJobResolver
 
 USER_HZ = 100.0  # /proc/<pid>/stat times are in USER_HZ, always 100 in the kernel ABI
+YOUNG_FOR = 60.0
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,13 @@ class ProcessScanner:
         resolver: ProcessJobResolver,
         clock: Callable[[], float] = time.monotonic,
         recheck_after: float = 10.0,
+        young_for: float = YOUNG_FOR,
     ) -> None:
         self.procfs = procfs.rstrip("/") or "/"
         self.resolver = resolver
         self.clock = clock
         self.recheck_after = recheck_after
+        self.young_for = young_for
         # pid → (start, job id, when its stat was last read)
         self._jobs: dict[int, tuple[int, str | None, float]] = {}
 
@@ -82,14 +91,18 @@ class ProcessScanner:
         samples: list[ProcessSample] = []
         live: set[int] = set()
         now = self.clock()
+        uptime = self._uptime()
         for name in os.listdir(self.procfs):
             if not name.isdigit():
                 continue
             pid = int(name)
             cached = self._jobs.get(pid)
-            if cached is not None and cached[1] is None and now - cached[2] < self.recheck_after:
-                live.add(pid)
-                continue
+            young = False
+            if cached is not None and cached[1] is None:
+                young = uptime is not None and uptime - cached[0] / USER_HZ < self.young_for
+                if not young and now - cached[2] < self.recheck_after:
+                    live.add(pid)  # no job, checked lately: skip the stat read
+                    continue
             base = prefix + name
             try:
                 parsed = parse_stat(read_bytes(base + "/stat"))
@@ -101,6 +114,10 @@ class ProcessScanner:
             live.add(pid)
             if cached is not None and cached[0] == start:
                 job_id = cached[1]
+                if job_id is None and young:
+                    # A fresh resolver: the shared one would answer from its cache for this start.
+                    ref = ProcessJobResolver(self.resolver.proc_root, self.resolver.env_vars).job_of(pid)
+                    job_id = ref.job_id if ref is not None else None
             else:
                 ref = self.resolver.job_of(pid)
                 job_id = ref.job_id if ref is not None else None
@@ -112,6 +129,14 @@ class ProcessScanner:
             del self._jobs[pid]
         self.resolver.forget_except(live)
         return samples
+
+    def _uptime(self) -> float | None:
+        """Seconds since boot, the clock of the start times; None if unreadable (no process is
+        then treated as young)."""
+        try:
+            return float(read_bytes(join(self.procfs, "uptime")).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     @staticmethod
     def _sample(base: str, pid: int, start: int, job_id: str, cpu: float) -> ProcessSample:

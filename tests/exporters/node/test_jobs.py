@@ -196,3 +196,28 @@ def test_overlapping_scrapes_are_serialised(tmp_path: Path) -> None:
         thread.join(30)
     # Retired once: every scrape sees the same total, the fixture's sum for job 4711.
     assert results == [(12345 + 678 + 500 + 50) / 100] * 4
+
+
+def test_a_young_process_that_gets_its_job_at_exec_is_attributed(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    clock = _Clock()
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock)
+    # PID 4400 started at 500 s (50000 ticks) after boot; it is now 520 s after boot.
+    (procfs / "uptime").write_text("520.00 1000.00\n")
+    assert "6000" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")
+    # It execs with JOBSIGHT_JOB_ID in its new environment: same PID, same start time.
+    (procfs / "4400" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=6000\0")
+    assert _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")["6000"] == 1
+
+
+def test_an_old_process_without_a_job_is_not_asked_again(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    clock = _Clock()
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock)
+    (procfs / "uptime").write_text("5000.00 1000.00\n")  # PID 4400 is 4500 s old
+    scrape({"jobs": collector})
+    (procfs / "4400" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=6000\0")
+    clock.now += 60
+    # Same start time, past the young window: its answer stays (an environment does not change
+    # without an exec, and exec happens right after fork).
+    assert "6000" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")
