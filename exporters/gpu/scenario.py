@@ -82,7 +82,7 @@ def _parse_time(value: Any) -> TimePoint:
 def _dump_time(point: TimePoint) -> float | str:
     if point.epoch_s is not None:
         return datetime.fromtimestamp(point.epoch_s, UTC).isoformat().replace("+00:00", "Z")
-    return point.offset_s or 0.0
+    return float(point.offset_s or 0.0)
 
 
 Time = Annotated[TimePoint, BeforeValidator(_parse_time), PlainSerializer(_dump_time)]
@@ -267,8 +267,11 @@ class Scenario(_Model):
         return [GpuSpec()] * self.gpus
 
     def with_faults(self, *faults: AnyFault) -> Scenario:
-        """A copy with ``faults`` appended (the scenario itself is immutable)."""
-        return self.model_copy(update={"faults": [*self.faults, *faults]})
+        """A copy with ``faults`` appended (the scenario itself is immutable), validated like a
+        file: a fault on a GPU that does not exist is a ConfigError here, not at the next reload."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        data["faults"] = [*data["faults"], *(f.model_dump(by_alias=True, exclude_none=True) for f in faults)]
+        return parse_model(Scenario, data, "scenario")
 
     def to_yaml(self) -> str:
         # Defaults are kept: a fault's ``kind`` is one, and without it the file would not parse.

@@ -88,6 +88,11 @@ def test_python_api_round_trips_through_yaml(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name != "node2.yaml"]  # no temp file left
 
 
+def test_with_faults_validates() -> None:
+    with pytest.raises(ConfigError, match=r"scenario: .*faults\.0\.gpu: GPU 8 does not exist"):
+        default_scenario(8).with_faults(XidFault(gpu=8, xid=79))
+
+
 def test_default_scenario_assigns_a_job_per_four_gpus() -> None:
     scenario = default_scenario(8)
     assert [(job.job_id, job.gpus) for job in scenario.jobs] == [
