@@ -11,7 +11,6 @@ import pathlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
@@ -53,6 +52,7 @@ from api.service import Caller, Forbidden, JobService, NotFound, alert_out, iso,
 from api.settings import ApiSettings
 from api.store import JobStore
 from api.telemetry import (
+    ContextExecutor,
     JobStatusCollector,
     ObservabilityMiddleware,
     RequestMetrics,
@@ -206,7 +206,7 @@ def create_app(
         tb_settings.command, host=tb_settings.host, public_host=tb_settings.public_host,
         max_instances=tb_settings.max_instances, idle_seconds=tb_settings.idle_seconds,
     )
-    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="jobsight-api-query")
+    executor = ContextExecutor(max_workers=32, thread_name_prefix="jobsight-api-query")
     service = JobService(settings, store, prometheus, logs, notifier or AppriseNotifier(), tensorboard,
                          executor, clock)
     maintenance = _Maintenance(service)

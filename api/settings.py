@@ -91,6 +91,25 @@ class ApiSettings(BaseSettings):
         return self
 
 
+def _explicit(model: BaseModel) -> dict[str, Any]:
+    """Only the fields that were given (recursively), not the defaults."""
+    out: dict[str, Any] = {}
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        out[name] = _explicit(value) if isinstance(value, BaseModel) else value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> ApiSettings:
     """YAML file values, overridden by the environment, then by ``overrides`` (flags)."""
     data: dict[str, Any] = load_yaml_file(config_file) if config_file is not None else {}
@@ -101,7 +120,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Ap
         raise ConfigError(f"environment: {format_validation_error(exc)}") from exc
     # pydantic-settings ranks init values above the environment; we want the environment to win
     # over the file, so the fields the environment set are laid over the file's values here.
-    merged = {**data, **from_env.model_dump(include=from_env.model_fields_set)}
+    merged = _deep_merge(data, _explicit(from_env))
     merged.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return ApiSettings.model_validate(merged)

@@ -9,9 +9,11 @@ contrib instrumentation package is needed.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import httpx
 from opentelemetry import propagate, trace
@@ -25,6 +27,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.store import JobStore
+
+T = TypeVar("T")
 
 JOB_STATUS_WINDOW_SECONDS = 24 * 3600
 JOB_STATUS_MAX_SERIES = 10_000
@@ -69,6 +73,15 @@ class TracingTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class ContextExecutor(ThreadPoolExecutor):
+    """A thread pool whose tasks run in the submitter's context, so spans of parallel Prometheus
+    queries are children of the request's span (a plain pool starts each task in an empty one)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        context = contextvars.copy_context()
+        return super().submit(context.run, fn, *args, **kwargs)
 
 
 class RequestMetrics:

@@ -84,7 +84,8 @@ def make_client(tmp_path: Path, prometheus: RunningPrometheus, log_store_dir: Pa
 
     def _make(settings: dict[str, Any] | None = None, **kwargs: Any) -> TestClient:
         config = base_settings(tmp_path, prometheus.url, log_store_dir, settings)
-        client = TestClient(create_app(config, environ={}, **kwargs), raise_server_exceptions=True)
+        kwargs.setdefault("environ", {})
+        client = TestClient(create_app(config, **kwargs), raise_server_exceptions=True)
         client.__enter__()
         clients.append(client)
         return client
