@@ -52,3 +52,18 @@ def test_exporter_process_matches_golden_output(spawn: Callable[..., Proc]) -> N
         assert f'node_scrape_collector_success{{collector="{name}"}} 1.0' in exposition
     health = wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
     assert health.status_code == 200
+
+
+def test_exporter_serves_this_host(spawn: Callable[..., Proc]) -> None:
+    """The real /proc and /sys of the machine running the tests: a valid exposition, and every
+    collector that any Linux host supports succeeds (PSI may be compiled out, so pressure may not)."""
+    port = free_port()
+    proc = spawn(jobsight_command("exporter", "node", f"--web.listen-address=127.0.0.1:{port}"),
+                 name="node-exporter-host", cwd=REPO_ROOT)
+    exposition = wait_for_http(f"http://127.0.0.1:{port}/metrics", proc=proc).text
+    promtool_check_metrics(exposition, allow=["node_memory_"])
+    for name in ("cpu", "diskstats", "filesystem", "loadavg", "meminfo", "netdev", "stat", "uname", "vmstat",
+                 "jobs"):
+        assert f'node_scrape_collector_success{{collector="{name}"}} 1.0' in exposition, name
+    assert "node_memory_MemAvailable_bytes " in exposition
+    assert 'node_filesystem_avail_bytes{device="' in exposition

@@ -12,7 +12,15 @@ import httpx
 
 from exporters.node.jobs import JobsCollector
 from tests.exporters.node.helpers import samples, scrape
-from tests.support import REPO_ROOT, Proc, free_port, jobsight_command, wait_for_http, wait_until
+from tests.support import (
+    REPO_ROOT,
+    Proc,
+    free_port,
+    jobsight_command,
+    promtool_check_metrics,
+    wait_for_http,
+    wait_until,
+)
 
 # Burns CPU in this process and in one forked child, which inherits the environment (and so the
 # job) the way a launcher's workers do.
@@ -50,6 +58,7 @@ def test_exporter_accounts_cpu_memory_and_processes_of_a_live_job(spawn: Callabl
         return text if processes is not None and processes >= 2 else None
 
     first = wait_until(job_seen, timeout=30, message=f"job {job_id} with 2 processes")
+    promtool_check_metrics(first)
     cpu_first = _value(first, "jobsight_job_cpu_seconds_total", job_id)
     assert cpu_first is not None
     rss = _value(first, "jobsight_job_memory_rss_bytes", job_id)

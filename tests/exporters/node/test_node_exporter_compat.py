@@ -14,7 +14,15 @@ import httpx
 
 from exporters.node.filesystem import DEFAULT_MOUNT_POINTS_EXCLUDE
 from tests.exporters.node.helpers import fixture_flags, samples, types
-from tests.support import REPO_ROOT, Proc, free_port, jobsight_command, require_binary, wait_for_http
+from tests.support import (
+    REPO_ROOT,
+    Proc,
+    free_port,
+    jobsight_command,
+    promtool_check_metrics,
+    require_binary,
+    wait_for_http,
+)
 
 SHARED = ("cpu", "diskstats", "filesystem", "loadavg", "meminfo", "netdev", "pressure", "stat", "uname",
           "vmstat")
@@ -53,6 +61,7 @@ def test_same_samples_as_node_exporter(spawn: Callable[..., Proc]) -> None:
     )
     their_text = wait_for_http(f"http://127.0.0.1:{their_port}/metrics", proc=theirs).text
     our_text = wait_for_http(f"http://127.0.0.1:{our_port}/metrics", proc=ours).text
+    promtool_check_metrics(our_text, allow=["node_memory_"])  # the kernel's camelCase meminfo names
     their_samples, our_samples = samples(their_text), samples(our_text)
 
     compared = 0
