@@ -55,8 +55,9 @@ def log_store_dir(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) 
     return path
 
 
-def base_settings(tmp_path: Path, prometheus_url: str, log_store: Path | None,
-                  extra: dict[str, Any] | None = None) -> ApiSettings:
+def base_settings(
+    tmp_path: Path, prometheus_url: str, log_store: Path | None, extra: dict[str, Any] | None = None
+) -> ApiSettings:
     values: dict[str, Any] = {
         "store_url": f"sqlite:///{tmp_path / 'api.db'}",
         "prometheus_url": prometheus_url,
@@ -77,8 +78,9 @@ def base_settings(tmp_path: Path, prometheus_url: str, log_store: Path | None,
 
 
 @pytest.fixture
-def make_client(tmp_path: Path, prometheus: RunningPrometheus, log_store_dir: Path
-                ) -> Iterator[Callable[..., TestClient]]:
+def make_client(
+    tmp_path: Path, prometheus: RunningPrometheus, log_store_dir: Path
+) -> Iterator[Callable[..., TestClient]]:
     """Build an app (overrides as create_app keyword arguments, settings overrides as ``settings=``)."""
     clients: list[TestClient] = []
 
@@ -103,15 +105,29 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 def register_demo(client: TestClient, s: Scenario) -> None:
     """Register the scenario's jobs: demo-fail (team-a, failed) and ok-job (team-b, succeeded)."""
     demo = {
-        "name": "llama-pretrain", "user": "alice", "tenant": "team-a", "scheduler": "slurm",
+        "name": "llama-pretrain",
+        "user": "alice",
+        "tenant": "team-a",
+        "scheduler": "slurm",
         "nodes": ["node1", "node2"],
         "gpus": [{"host": h, "gpu": g} for h in ("node1", "node2") for g in range(4)],
-        "started_at": s.demo_start, "ended_at": s.demo_end, "status": "failed", "exit_code": 1,
+        "started_at": s.demo_start,
+        "ended_at": s.demo_end,
+        "status": "failed",
+        "exit_code": 1,
     }
     response = client.put("/v1/jobs/demo-fail", json=demo, headers=auth(ADMIN))
     assert response.status_code in (200, 201), response.text
-    ok = {"name": "finetune", "user": "bob", "tenant": "team-b", "nodes": ["node3"],
-          "started_at": s.base, "ended_at": s.ok_end, "status": "succeeded", "exit_code": 0}
+    ok = {
+        "name": "finetune",
+        "user": "bob",
+        "tenant": "team-b",
+        "nodes": ["node3"],
+        "started_at": s.base,
+        "ended_at": s.ok_end,
+        "status": "succeeded",
+        "exit_code": 0,
+    }
     response = client.put("/v1/jobs/ok-job", json=ok, headers=auth(ADMIN))
     assert response.status_code in (200, 201), response.text
 
@@ -139,11 +155,31 @@ def postgres_server() -> Iterator[str]:
         os.chmod(root, 0o755)
         for path in (root, sockets):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                                 "--no-sync"]), check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     port = free_port()
-    proc = Proc(_as_postgres([str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-                              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]), root / "postgres.log")
+    proc = Proc(
+        _as_postgres(
+            [
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ]
+        ),
+        root / "postgres.log",
+    )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def ready() -> bool:

@@ -23,13 +23,15 @@ class SeriesBook:
     """Samples grouped by metric family and series, written in the order promtool wants."""
 
     samples: dict[str, dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
 
     def add(self, name: str, labels: Labels, t: float, value: float) -> None:
         self.samples[name][tuple(sorted(labels.items()))].append((t, value))
 
-    def add_range(self, name: str, labels: Labels, times: Iterable[float], value: Callable[[float], float | None]
-                  ) -> None:
+    def add_range(
+        self, name: str, labels: Labels, times: Iterable[float], value: Callable[[float], float | None]
+    ) -> None:
         for t in times:
             v = value(t)
             if v is not None:
@@ -54,7 +56,8 @@ class SeriesBook:
         tsdb.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             [require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb)],
-            capture_output=True, timeout=600,
+            capture_output=True,
+            timeout=600,
         )
         assert result.returncode == 0, f"promtool failed: {result.stderr.decode(errors='replace')[-2000:]}"
         source.unlink()
@@ -62,9 +65,14 @@ class SeriesBook:
 
 
 def gpu_labels(host: str, gpu: int) -> Labels:
-    return {"Hostname": host, "gpu": str(gpu), "UUID": f"GPU-{host}-{gpu:04d}",
-            "pci_bus_id": f"00000000:{0x18 + gpu * 0x1b:02X}:00.0", "device": f"nvidia{gpu}",
-            "modelName": "NVIDIA H100 80GB HBM3"}
+    return {
+        "Hostname": host,
+        "gpu": str(gpu),
+        "UUID": f"GPU-{host}-{gpu:04d}",
+        "pci_bus_id": f"00000000:{0x18 + gpu * 0x1B:02X}:00.0",
+        "device": f"nvidia{gpu}",
+        "modelName": "NVIDIA H100 80GB HBM3",
+    }
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,15 @@ def run_prometheus(tsdb: Path, workdir: Path) -> Iterator[RunningPrometheus]:
     config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
     port = free_port()
     proc = Proc(
-        [require_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=3650d",
-         "--query.max-samples=100000000", "--log.level=warn"],
+        [
+            require_binary("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tsdb}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=3650d",
+            "--query.max-samples=100000000",
+            "--log.level=warn",
+        ],
         workdir / "prometheus.log",
     )
     url = f"http://127.0.0.1:{port}"

@@ -60,37 +60,71 @@ def build_series(s: Scenario) -> SeriesBook:
     book = SeriesBook()
     t_all = _times(s.base - 600, s.ok_end + 600)
 
-    def gpu(host: str, index: int, job: str, start: float, end: float, util: float,
-            lost_at: float | None = None) -> None:
+    def gpu(
+        host: str, index: int, job: str, start: float, end: float, util: float, lost_at: float | None = None
+    ) -> None:
         labels = gpu_labels(host, index)
         info = {"Hostname": host, "gpu": str(index), "UUID": labels["UUID"], "job_id": job}
-        book.add_range("jobsight_gpu_job_info", info, t_all + _times(s.ok_end + 615, s.now + 3600) if job == "disc-1"
-                       else t_all, lambda t: 1.0 if start <= t <= end else None)
-        alive = (lambda t: lost_at is None or t < lost_at)
-        book.add_range("jobsight_gpu_info", {**labels, "driver_version": "550.54", "cuda_version": "12.4",
-                                             "backend": "test"}, t_all, lambda t: 1.0)
+        book.add_range(
+            "jobsight_gpu_job_info",
+            info,
+            t_all + _times(s.ok_end + 615, s.now + 3600) if job == "disc-1" else t_all,
+            lambda t: 1.0 if start <= t <= end else None,
+        )
+
+        def alive(t: float) -> bool:
+            return lost_at is None or t < lost_at
+
+        book.add_range(
+            "jobsight_gpu_info",
+            {**labels, "driver_version": "550.54", "cuda_version": "12.4", "backend": "test"},
+            t_all,
+            lambda t: 1.0,
+        )
         book.add_range("jobsight_gpu_up", labels, t_all, lambda t: 1.0 if alive(t) else 0.0)
-        book.add_range("DCGM_FI_DEV_GPU_UTIL", labels, t_all,
-                       lambda t: (util if start <= t <= end else 0.0) if alive(t) else None)
-        book.add_range("DCGM_FI_DEV_FB_USED", labels, t_all,
-                       lambda t: (40000.0 + 100 * index if start <= t <= end else 0.0) if alive(t) else None)
-        book.add_range("DCGM_FI_DEV_POWER_USAGE", labels, t_all,
-                       lambda t: (300.0 + index if start <= t <= end else 60.0) if alive(t) else None)
+        book.add_range(
+            "DCGM_FI_DEV_GPU_UTIL",
+            labels,
+            t_all,
+            lambda t: (util if start <= t <= end else 0.0) if alive(t) else None,
+        )
+        book.add_range(
+            "DCGM_FI_DEV_FB_USED",
+            labels,
+            t_all,
+            lambda t: (40000.0 + 100 * index if start <= t <= end else 0.0) if alive(t) else None,
+        )
+        book.add_range(
+            "DCGM_FI_DEV_POWER_USAGE",
+            labels,
+            t_all,
+            lambda t: (300.0 + index if start <= t <= end else 60.0) if alive(t) else None,
+        )
         book.add_range("DCGM_FI_DEV_GPU_TEMP", labels, t_all, lambda t: 60.0 if alive(t) else None)
         book.add_range("DCGM_FI_DEV_SM_CLOCK", labels, t_all, lambda t: 1980.0 if alive(t) else None)
         book.add_range("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", labels, t_all, lambda t: 0.5 if alive(t) else None)
         # mJ counter: 300 W while busy.
-        book.add_range("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", labels, t_all,
-                       lambda t: (t - t_all[0]) * 300_000.0 if alive(t) else None)
+        book.add_range(
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            labels,
+            t_all,
+            lambda t: (t - t_all[0]) * 300_000.0 if alive(t) else None,
+        )
         throttle = host == "node1" and index == 0
-        book.add_range("DCGM_FI_DEV_POWER_VIOLATION", labels, t_all,
-                       lambda t: (max(0.0, min(t, start + 600) - start) * 1e8 if throttle else 0.0)
-                       if alive(t) else None)
+        book.add_range(
+            "DCGM_FI_DEV_POWER_VIOLATION",
+            labels,
+            t_all,
+            lambda t: (
+                (max(0.0, min(t, start + 600) - start) * 1e8 if throttle else 0.0) if alive(t) else None
+            ),
+        )
         book.add_range("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", labels, t_all, lambda t: 0.0 if alive(t) else None)
         if lost_at is not None:
             xid_labels = {**labels, "xid": "79"}
-            book.add_range("jobsight_gpu_xid_errors_total", xid_labels, t_all,
-                           lambda t: 1.0 if t >= lost_at else None)
+            book.add_range(
+                "jobsight_gpu_xid_errors_total", xid_labels, t_all, lambda t: 1.0 if t >= lost_at else None
+            )
             book.add_range("DCGM_FI_DEV_XID_ERRORS", labels, t_all, lambda t: 79.0 if t >= lost_at else 0.0)
 
     for host, index in DEMO_GPUS:
@@ -103,50 +137,128 @@ def build_series(s: Scenario) -> SeriesBook:
 
     for host in ("node1", "node2", "node3"):
         port = {"Hostname": host, "device": "mlx5_0", "port": "1"}
-        book.add_range("node_infiniband_port_data_received_bytes_total", port, t_all, lambda t: (t - t_all[0]) * 1e9)
-        book.add_range("node_infiniband_port_data_transmitted_bytes_total", port, t_all,
-                       lambda t: (t - t_all[0]) * 2e9)
+        book.add_range(
+            "node_infiniband_port_data_received_bytes_total", port, t_all, lambda t: (t - t_all[0]) * 1e9
+        )
+        book.add_range(
+            "node_infiniband_port_data_transmitted_bytes_total", port, t_all, lambda t: (t - t_all[0]) * 2e9
+        )
         book.add_range("node_infiniband_link_downed_total", port, t_all, lambda t: 0.0)
         book.add_range("node_infiniband_symbol_error_total", port, t_all, lambda t: 0.0)
-        book.add_range("node_cpu_seconds_total", {"Hostname": host, "cpu": "0", "mode": "idle"}, t_all,
-                       lambda t: (t - t_all[0]) * 0.25)
+        book.add_range(
+            "node_cpu_seconds_total",
+            {"Hostname": host, "cpu": "0", "mode": "idle"},
+            t_all,
+            lambda t: (t - t_all[0]) * 0.25,
+        )
     for host in ("node1", "node2"):
         job = {"Hostname": host, "job_id": "demo-fail"}
-        book.add_range("jobsight_job_cpu_seconds_total", job, t_all,
-                       lambda t: max(0.0, min(t, s.demo_end) - s.demo_start) * 4.0)
-        book.add_range("jobsight_job_memory_rss_bytes", job, t_all,
-                       lambda t: 64 * 2**30 if s.demo_start <= t <= s.demo_end else None)
+        book.add_range(
+            "jobsight_job_cpu_seconds_total",
+            job,
+            t_all,
+            lambda t: max(0.0, min(t, s.demo_end) - s.demo_start) * 4.0,
+        )
+        book.add_range(
+            "jobsight_job_memory_rss_bytes",
+            job,
+            t_all,
+            lambda t: 64 * 2**30 if s.demo_start <= t <= s.demo_end else None,
+        )
     return book
 
 
 def demo_log_records(s: Scenario) -> list[LogRecord]:
-    nccl = ("[rank{r}]:[E ProcessGroupNCCL.cpp:607] [Rank {r}] Watchdog caught collective operation timeout: "
-            "WorkNCCL(SeqNum=7753, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600061 "
-            "milliseconds before timing out.")
+    nccl = (
+        "[rank{r}]:[E ProcessGroupNCCL.cpp:607] [Rank {r}] Watchdog caught collective operation timeout: "
+        "WorkNCCL(SeqNum=7753, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600061 "
+        "milliseconds before timing out."
+    )
     records = [
-        LogRecord(timestamp=s.base + 60, host="node1", job_id="demo-fail", path="/logs/demo-fail/rank0.log", offset=0,
-                  message="step 100 loss 2.31", rank=0, record_id="t-1"),
-        LogRecord(timestamp=s.xid_at + 2, host="node2", job_id=None, path="kmsg", offset=1001,
-                  message="NVRM: Xid (PCI:0000:69:00): 79, pid=4242, name=python, GPU has fallen off the bus.",
-                  source="kmsg", event_kind="gpu_xid", event_severity="critical",
-                  event_fields={"xid": "79", "pci": "0000:69:00"}, record_id="t-2"),
-        LogRecord(timestamp=s.nccl_at + 5, host="node1", job_id="demo-fail", path="/logs/demo-fail/rank0.log",
-                  offset=100, message=nccl.format(r=0), rank=0, event_kind="nccl_timeout", event_severity="error",
-                  record_id="t-3"),
-        LogRecord(timestamp=s.nccl_at, host="node1", job_id="demo-fail", path="/logs/demo-fail/rank1.log",
-                  offset=100, message=nccl.format(r=1), rank=1, event_kind="nccl_timeout", event_severity="error",
-                  record_id="t-4"),
-        LogRecord(timestamp=s.nccl_at + 9, host="node2", job_id="demo-fail", path="/logs/demo-fail/rank4.log",
-                  offset=100, message=nccl.format(r=4), rank=4, event_kind="nccl_timeout", event_severity="error",
-                  record_id="t-5"),
-        LogRecord(timestamp=s.demo_end - 30, host="node1", job_id="demo-fail", path="/logs/demo-fail/launcher.log",
-                  offset=10, message="torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
-                  event_kind="child_failed", event_severity="error", record_id="t-6"),
+        LogRecord(
+            timestamp=s.base + 60,
+            host="node1",
+            job_id="demo-fail",
+            path="/logs/demo-fail/rank0.log",
+            offset=0,
+            message="step 100 loss 2.31",
+            rank=0,
+            record_id="t-1",
+        ),
+        LogRecord(
+            timestamp=s.xid_at + 2,
+            host="node2",
+            job_id=None,
+            path="kmsg",
+            offset=1001,
+            message="NVRM: Xid (PCI:0000:69:00): 79, pid=4242, name=python, GPU has fallen off the bus.",
+            source="kmsg",
+            event_kind="gpu_xid",
+            event_severity="critical",
+            event_fields={"xid": "79", "pci": "0000:69:00"},
+            record_id="t-2",
+        ),
+        LogRecord(
+            timestamp=s.nccl_at + 5,
+            host="node1",
+            job_id="demo-fail",
+            path="/logs/demo-fail/rank0.log",
+            offset=100,
+            message=nccl.format(r=0),
+            rank=0,
+            event_kind="nccl_timeout",
+            event_severity="error",
+            record_id="t-3",
+        ),
+        LogRecord(
+            timestamp=s.nccl_at,
+            host="node1",
+            job_id="demo-fail",
+            path="/logs/demo-fail/rank1.log",
+            offset=100,
+            message=nccl.format(r=1),
+            rank=1,
+            event_kind="nccl_timeout",
+            event_severity="error",
+            record_id="t-4",
+        ),
+        LogRecord(
+            timestamp=s.nccl_at + 9,
+            host="node2",
+            job_id="demo-fail",
+            path="/logs/demo-fail/rank4.log",
+            offset=100,
+            message=nccl.format(r=4),
+            rank=4,
+            event_kind="nccl_timeout",
+            event_severity="error",
+            record_id="t-5",
+        ),
+        LogRecord(
+            timestamp=s.demo_end - 30,
+            host="node1",
+            job_id="demo-fail",
+            path="/logs/demo-fail/launcher.log",
+            offset=10,
+            message="torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+            event_kind="child_failed",
+            event_severity="error",
+            record_id="t-6",
+        ),
         # Another host's kernel log: must not appear in demo-fail's diagnosis.
-        LogRecord(timestamp=s.xid_at, host="node9", job_id=None, path="kmsg", offset=7,
-                  message="NVRM: Xid (PCI:0000:18:00): 48, pid=1, name=x, DBE", source="kmsg",
-                  event_kind="gpu_xid", event_severity="critical", event_fields={"xid": "48", "pci": "0000:18:00"},
-                  record_id="t-7"),
+        LogRecord(
+            timestamp=s.xid_at,
+            host="node9",
+            job_id=None,
+            path="kmsg",
+            offset=7,
+            message="NVRM: Xid (PCI:0000:18:00): 48, pid=1, name=x, DBE",
+            source="kmsg",
+            event_kind="gpu_xid",
+            event_severity="critical",
+            event_fields={"xid": "48", "pci": "0000:18:00"},
+            record_id="t-7",
+        ),
     ]
     return records
 

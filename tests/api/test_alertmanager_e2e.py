@@ -17,8 +17,15 @@ import yaml
 from tests.api.conftest import ADMIN, TEAM_A, WEBHOOK, auth
 from tests.api.promdata import RunningPrometheus
 from tests.api.scenario import Scenario
-from tests.support import Proc, free_port, jobsight_command, promtool_check_metrics, require_binary, wait_for_http
-from tests.support import wait_until
+from tests.support import (
+    Proc,
+    free_port,
+    jobsight_command,
+    promtool_check_metrics,
+    require_binary,
+    wait_for_http,
+    wait_until,
+)
 
 
 def iso(ts: float) -> str:
@@ -26,47 +33,102 @@ def iso(ts: float) -> str:
 
 
 @pytest.mark.e2e
-def test_alertmanager_webhook_to_failure_notification(spawn: Callable[..., Proc], tmp_path: Path,
-                                                      prometheus: RunningPrometheus, log_store_dir: Path,
-                                                      scenario: Scenario) -> None:
+def test_alertmanager_webhook_to_failure_notification(
+    spawn: Callable[..., Proc],
+    tmp_path: Path,
+    prometheus: RunningPrometheus,
+    log_store_dir: Path,
+    scenario: Scenario,
+) -> None:
     api_port, am_port = free_port(), free_port()
     outbox = tmp_path / "outbox.jsonl"
     config = tmp_path / "api.yaml"
-    config.write_text(yaml.safe_dump({
-        "store_url": f"sqlite:///{tmp_path / 'api.db'}", "prometheus_url": prometheus.url,
-        "log_store": str(log_store_dir), "grafana_url": "http://grafana.local:3000",
-        "alertmanager_url": f"http://127.0.0.1:{am_port}",
-        "tokens": [{"token": ADMIN, "tenant": "ops", "admin": True}, {"token": TEAM_A, "tenant": "team-a"}],
-        "webhook_token": WEBHOOK, "notify": {"team-a": [f"file://{outbox}"]},
-    }))
-    api = spawn(jobsight_command("api", "--config", str(config), "--listen", f"127.0.0.1:{api_port}"), name="api")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store_url": f"sqlite:///{tmp_path / 'api.db'}",
+                "prometheus_url": prometheus.url,
+                "log_store": str(log_store_dir),
+                "grafana_url": "http://grafana.local:3000",
+                "alertmanager_url": f"http://127.0.0.1:{am_port}",
+                "tokens": [
+                    {"token": ADMIN, "tenant": "ops", "admin": True},
+                    {"token": TEAM_A, "tenant": "team-a"},
+                ],
+                "webhook_token": WEBHOOK,
+                "notify": {"team-a": [f"file://{outbox}"]},
+            }
+        )
+    )
+    api = spawn(
+        jobsight_command("api", "--config", str(config), "--listen", f"127.0.0.1:{api_port}"), name="api"
+    )
     base = f"http://127.0.0.1:{api_port}"
     wait_for_http(f"{base}/healthz", proc=api)
     assert httpx.get(f"{base}/readyz").status_code == 200
 
     am_config = tmp_path / "alertmanager.yml"
-    am_config.write_text(yaml.safe_dump({
-        "route": {"receiver": "jobsight", "group_by": ["..."], "group_wait": "1s", "group_interval": "1s",
-                  "repeat_interval": "1h"},
-        "receivers": [{"name": "jobsight", "webhook_configs": [{
-            "url": f"{base}/v1/alerts/webhook", "send_resolved": True,
-            "http_config": {"authorization": {"type": "Bearer", "credentials": WEBHOOK}}}]}],
-    }))
-    am = spawn([require_binary("prometheus-alertmanager"), f"--config.file={am_config}",
-                f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
-                "--cluster.listen-address="], name="alertmanager")
+    am_config.write_text(
+        yaml.safe_dump(
+            {
+                "route": {
+                    "receiver": "jobsight",
+                    "group_by": ["..."],
+                    "group_wait": "1s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "jobsight",
+                        "webhook_configs": [
+                            {
+                                "url": f"{base}/v1/alerts/webhook",
+                                "send_resolved": True,
+                                "http_config": {"authorization": {"type": "Bearer", "credentials": WEBHOOK}},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    am = spawn(
+        [
+            require_binary("prometheus-alertmanager"),
+            f"--config.file={am_config}",
+            f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        ],
+        name="alertmanager",
+    )
     am_url = f"http://127.0.0.1:{am_port}"
     wait_for_http(f"{am_url}/-/ready", proc=am)
 
-    job = {"name": "llama-pretrain", "user": "alice", "nodes": ["node1", "node2"],
-           "gpus": [{"host": h, "gpu": g} for h in ("node1", "node2") for g in range(4)],
-           "started_at": iso(scenario.demo_start), "status": "running"}
+    job = {
+        "name": "llama-pretrain",
+        "user": "alice",
+        "nodes": ["node1", "node2"],
+        "gpus": [{"host": h, "gpu": g} for h in ("node1", "node2") for g in range(4)],
+        "started_at": iso(scenario.demo_start),
+        "status": "running",
+    }
     assert httpx.put(f"{base}/v1/jobs/demo-fail", json=job, headers=auth(TEAM_A)).status_code == 201
 
     # The GPU alert names a host and GPU, not a job: the API maps it to the job running there.
-    xid_alert = {"labels": {"alertname": "GPUXidError", "Hostname": "node2", "gpu": "3", "xid": "79",
-                            "UUID": "GPU-node2-0003", "severity": "critical"},
-                 "annotations": {"summary": "XID 79 on node2 GPU 3"}, "startsAt": iso(scenario.xid_at)}
+    xid_alert = {
+        "labels": {
+            "alertname": "GPUXidError",
+            "Hostname": "node2",
+            "gpu": "3",
+            "xid": "79",
+            "UUID": "GPU-node2-0003",
+            "severity": "critical",
+        },
+        "annotations": {"summary": "XID 79 on node2 GPU 3"},
+        "startsAt": iso(scenario.xid_at),
+    }
     assert httpx.post(f"{am_url}/api/v2/alerts", json=[xid_alert]).status_code == 200
 
     def job_alerts() -> list[dict[str, object]]:
@@ -78,12 +140,22 @@ def test_alertmanager_webhook_to_failure_notification(spawn: Callable[..., Proc]
     assert stored["job_ids"] == ["demo-fail"]
     assert stored["labels"]["Hostname"] == "node2"  # type: ignore[index]
 
-    failed = {"labels": {"alertname": "JobFailed", "job_id": "demo-fail", "tenant": "team-a",
-                         "severity": "critical"},
-              "annotations": {"summary": "job demo-fail exited with 1"}, "startsAt": iso(scenario.demo_end)}
+    failed = {
+        "labels": {
+            "alertname": "JobFailed",
+            "job_id": "demo-fail",
+            "tenant": "team-a",
+            "severity": "critical",
+        },
+        "annotations": {"summary": "job demo-fail exited with 1"},
+        "startsAt": iso(scenario.demo_end),
+    }
     assert httpx.post(f"{am_url}/api/v2/alerts", json=[failed]).status_code == 200
-    wait_until(lambda: outbox.exists() and outbox.read_text().strip(), timeout=60,
-               message="the failure notification in the outbox")
+    wait_until(
+        lambda: outbox.exists() and outbox.read_text().strip(),
+        timeout=60,
+        message="the failure notification in the outbox",
+    )
     (line,) = outbox.read_text().splitlines()
     note = json.loads(line)
     assert note["title"].startswith("jobsight: job demo-fail failed: XID 79 on node2 GPU 3")
@@ -95,7 +167,9 @@ def test_alertmanager_webhook_to_failure_notification(spawn: Callable[..., Proc]
 
     exposition = httpx.get(f"{base}/metrics").text
     assert 'jobsight_job_status{job_id="demo-fail",status="failed",tenant="team-a"} 1.0' in exposition
-    assert 'jobsight_api_requests_total{code="200",method="GET",route="/v1/jobs/{job_id}/alerts"}' in exposition
+    assert (
+        'jobsight_api_requests_total{code="200",method="GET",route="/v1/jobs/{job_id}/alerts"}' in exposition
+    )
     promtool_check_metrics(exposition)
 
     api.kill(signal.SIGTERM)

@@ -12,8 +12,14 @@ from tests.api.scenario import Scenario
 
 
 def test_every_v1_route_needs_a_token(client: TestClient) -> None:
-    for path in ("/v1/jobs", "/v1/jobs/x", "/v1/jobs/x/summary", "/v1/jobs/x/metrics?name=gpu_util",
-                 "/v1/catalog", "/v1/alerts"):
+    for path in (
+        "/v1/jobs",
+        "/v1/jobs/x",
+        "/v1/jobs/x/summary",
+        "/v1/jobs/x/metrics?name=gpu_util",
+        "/v1/catalog",
+        "/v1/alerts",
+    ):
         response = client.get(path)
         assert response.status_code == 401, path
         assert response.headers["www-authenticate"] == "Bearer"
@@ -22,8 +28,14 @@ def test_every_v1_route_needs_a_token(client: TestClient) -> None:
 
 
 def test_upsert_is_idempotent_and_scoped_to_the_tenant(client: TestClient) -> None:
-    body = {"name": "train", "user": "alice", "nodes": ["node1"], "status": "running",
-            "started_at": "2026-01-01T00:00:00Z", "labels": {"queue": "a100"}}
+    body = {
+        "name": "train",
+        "user": "alice",
+        "nodes": ["node1"],
+        "status": "running",
+        "started_at": "2026-01-01T00:00:00Z",
+        "labels": {"queue": "a100"},
+    }
     created = client.put("/v1/jobs/4711", json=body, headers=auth(TEAM_A))
     assert created.status_code == 201
     assert created.json()["tenant"] == "team-a" and created.json()["source"] == "registered"
@@ -40,7 +52,9 @@ def test_upsert_is_idempotent_and_scoped_to_the_tenant(client: TestClient) -> No
     # A tenant cannot register jobs for someone else; an admin can.
     forbidden = client.put("/v1/jobs/4712", json={**body, "tenant": "team-b"}, headers=auth(TEAM_A))
     assert forbidden.status_code == 403
-    assert client.put("/v1/jobs/4712", json={**body, "tenant": "team-b"}, headers=auth(ADMIN)).status_code == 201
+    assert (
+        client.put("/v1/jobs/4712", json={**body, "tenant": "team-b"}, headers=auth(ADMIN)).status_code == 201
+    )
     assert client.get("/v1/jobs/4712", headers=auth(TEAM_B)).status_code == 200
 
 
@@ -54,8 +68,11 @@ def test_admin_routes_refuse_tenants(client: TestClient) -> None:
 def test_list_filters_and_pages(client: TestClient) -> None:
     for i in range(5):
         status = "failed" if i == 2 else "running"
-        body = {"user": "alice" if i < 3 else "bob", "status": status,
-                "started_at": f"2026-01-0{i + 1}T00:00:00Z"}
+        body = {
+            "user": "alice" if i < 3 else "bob",
+            "status": status,
+            "started_at": f"2026-01-0{i + 1}T00:00:00Z",
+        }
         assert client.put(f"/v1/jobs/job-{i}", json=body, headers=auth(TEAM_A)).status_code == 201
     seen: list[str] = []
     cursor = None
@@ -73,7 +90,9 @@ def test_list_filters_and_pages(client: TestClient) -> None:
     assert [j["job_id"] for j in failed] == ["job-2"]
     bobs = client.get("/v1/jobs", params={"user": "bob"}, headers=auth(TEAM_A)).json()["jobs"]
     assert {j["job_id"] for j in bobs} == {"job-3", "job-4"}
-    late = client.get("/v1/jobs", params={"until": "2026-01-02T12:00:00Z"}, headers=auth(TEAM_A)).json()["jobs"]
+    late = client.get("/v1/jobs", params={"until": "2026-01-02T12:00:00Z"}, headers=auth(TEAM_A)).json()[
+        "jobs"
+    ]
     assert {j["job_id"] for j in late} == {"job-0", "job-1"}
     bad = client.get("/v1/jobs", params={"cursor": "not-a-cursor"}, headers=auth(TEAM_A))
     assert bad.status_code == 422 and "cursor" in bad.text
@@ -94,29 +113,45 @@ def test_discovered_jobs_are_listed_for_admins(client: TestClient, scenario: Sce
     assert client.get("/v1/jobs", headers=auth(TEAM_A)).json()["discovered"] == []
 
 
-@pytest.mark.parametrize("job_id", [
-    'x"} or vector(1) #', "a b", "../etc", "x" * 129, "-leading", "a\\b", "ünïcode", "a{b}",
-])
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        'x"} or vector(1) #',
+        "a b",
+        "../etc",
+        "x" * 129,
+        "-leading",
+        "a\\b",
+        "ünïcode",
+        "a{b}",
+    ],
+)
 def test_unsafe_job_ids_are_refused(client: TestClient, job_id: str) -> None:
     from urllib.parse import quote
 
     path = f"/v1/jobs/{quote(job_id, safe='')}"
-    for response in (client.get(path, headers=auth(ADMIN)),
-                     client.put(path, json={"status": "running"}, headers=auth(ADMIN)),
-                     client.get(f"{path}/metrics", params={"name": "gpu_util"}, headers=auth(ADMIN))):
+    for response in (
+        client.get(path, headers=auth(ADMIN)),
+        client.put(path, json={"status": "running"}, headers=auth(ADMIN)),
+        client.get(f"{path}/metrics", params={"name": "gpu_util"}, headers=auth(ADMIN)),
+    ):
         assert response.status_code in (404, 422), (job_id, response.status_code)
         assert response.status_code != 404 or "/" in job_id
     assert client.get("/v1/jobs", headers=auth(ADMIN)).status_code == 200
 
 
 def test_validation_errors_name_the_field(client: TestClient) -> None:
-    response = client.put("/v1/jobs/4711", json={"status": "exploded", "nodes": ["bad host"]},
-                          headers=auth(TEAM_A))
+    response = client.put(
+        "/v1/jobs/4711", json={"status": "exploded", "nodes": ["bad host"]}, headers=auth(TEAM_A)
+    )
     assert response.status_code == 422
     locations = {problem["loc"] for problem in response.json()["detail"]}
     assert {"body.status", "body.nodes.0"} <= locations
-    backwards = client.put("/v1/jobs/4711", json={"started_at": "2026-01-02T00:00:00Z",
-                                                  "ended_at": "2026-01-01T00:00:00Z"}, headers=auth(TEAM_A))
+    backwards = client.put(
+        "/v1/jobs/4711",
+        json={"started_at": "2026-01-02T00:00:00Z", "ended_at": "2026-01-01T00:00:00Z"},
+        headers=auth(TEAM_A),
+    )
     assert backwards.status_code == 422 and "ended_at is before started_at" in backwards.text
     unknown = client.put("/v1/jobs/4711", json={"colour": "blue"}, headers=auth(TEAM_A))
     assert unknown.status_code == 422 and "body.colour" in unknown.text
@@ -129,6 +164,8 @@ def test_body_size_is_limited(make_client: Callable[..., TestClient]) -> None:
     assert response.status_code == 413 and "2048" in response.json()["detail"]
     # Streaming bodies without a length are counted too.
     chunks = iter([b"{" + b" " * 1500, b" " * 1500 + b"}"])
-    streamed = client.put("/v1/jobs/4711", content=chunks, headers={**auth(TEAM_A), "content-type": "application/json"})
+    streamed = client.put(
+        "/v1/jobs/4711", content=chunks, headers={**auth(TEAM_A), "content-type": "application/json"}
+    )
     assert streamed.status_code == 413
     assert client.put("/v1/jobs/4711", json={"name": "small"}, headers=auth(TEAM_A)).status_code == 201

@@ -29,31 +29,44 @@ def test_logs_of_a_job_with_filters_and_pages(client: TestClient, scenario: Scen
     everything = client.get("/v1/jobs/demo-fail/logs", headers=auth(TEAM_A)).json()
     assert len(everything["records"]) == 5 and everything["next_cursor"] is None
     assert all(r["job_id"] == "demo-fail" for r in everything["records"])
-    timeouts = client.get("/v1/jobs/demo-fail/events", params={"kind": "nccl_timeout"}, headers=auth(TEAM_A)).json()
+    timeouts = client.get(
+        "/v1/jobs/demo-fail/events", params={"kind": "nccl_timeout"}, headers=auth(TEAM_A)
+    ).json()
     assert [r["rank"] for r in timeouts["records"]] == [1, 0, 4]  # oldest first
     rank4 = client.get("/v1/jobs/demo-fail/logs", params={"rank": 4}, headers=auth(TEAM_A)).json()["records"]
     assert [r["host"] for r in rank4] == ["node2"]
-    words = client.get("/v1/jobs/demo-fail/logs", params={"q": "loss"}, headers=auth(TEAM_A)).json()["records"]
+    words = client.get("/v1/jobs/demo-fail/logs", params={"q": "loss"}, headers=auth(TEAM_A)).json()[
+        "records"
+    ]
     assert [r["message"] for r in words] == ["step 100 loss 2.31"]
     # Query syntax in user text is only text.
-    tricky = client.get("/v1/jobs/demo-fail/logs", params={"q": 'loss" OR * NEAR(a b) -- ;'}, headers=auth(TEAM_A))
+    tricky = client.get(
+        "/v1/jobs/demo-fail/logs", params={"q": 'loss" OR * NEAR(a b) -- ;'}, headers=auth(TEAM_A)
+    )
     assert tricky.status_code == 200 and tricky.json()["records"] == []
     first = client.get("/v1/jobs/demo-fail/events", params={"limit": 2}, headers=auth(TEAM_A)).json()
-    second = client.get("/v1/jobs/demo-fail/events", params={"limit": 2, "cursor": first["next_cursor"]},
-                        headers=auth(TEAM_A)).json()
+    second = client.get(
+        "/v1/jobs/demo-fail/events", params={"limit": 2, "cursor": first["next_cursor"]}, headers=auth(TEAM_A)
+    ).json()
     assert len(first["records"]) == 2 and len(second["records"]) == 2
     assert {r["record_id"] for r in first["records"]}.isdisjoint(r["record_id"] for r in second["records"])
-    window = client.get("/v1/jobs/demo-fail/events", headers=auth(TEAM_A), params={
-        "since": datetime.fromtimestamp(scenario.nccl_at + 1, tz=UTC).isoformat(),
-        "until": datetime.fromtimestamp(scenario.nccl_at + 6, tz=UTC).isoformat()}).json()["records"]
+    window = client.get(
+        "/v1/jobs/demo-fail/events",
+        headers=auth(TEAM_A),
+        params={
+            "since": datetime.fromtimestamp(scenario.nccl_at + 1, tz=UTC).isoformat(),
+            "until": datetime.fromtimestamp(scenario.nccl_at + 6, tz=UTC).isoformat(),
+        },
+    ).json()["records"]
     assert [r["rank"] for r in window] == [0]
     assert client.get("/v1/jobs/demo-fail/logs", headers=auth(TEAM_B)).status_code == 404
     bad = client.get("/v1/jobs/demo-fail/logs", params={"cursor": "@@@"}, headers=auth(TEAM_A))
     assert bad.status_code == 422
 
 
-def test_log_store_missing_is_503(make_client: Callable[..., TestClient], tmp_path: Path, scenario: Scenario
-                                  ) -> None:
+def test_log_store_missing_is_503(
+    make_client: Callable[..., TestClient], tmp_path: Path, scenario: Scenario
+) -> None:
     client = make_client(settings={"log_store": str(tmp_path / "no-store-here")})
     register_demo(client, scenario)
     response = client.get("/v1/jobs/demo-fail/logs", headers=auth(TEAM_A))
@@ -63,8 +76,19 @@ def test_log_store_missing_is_503(make_client: Callable[..., TestClient], tmp_pa
     assert ready.status_code == 503 and "log store" in ready.json()["checks"]
     # Once the collector creates the store, the API picks it up without a restart.
     store = SQLiteLogStore(tmp_path / "no-store-here")
-    store.write([LogRecord(timestamp=scenario.base + 1, host="node1", job_id="demo-fail", path="/x", offset=0,
-                           message="hello", record_id="r1")])
+    store.write(
+        [
+            LogRecord(
+                timestamp=scenario.base + 1,
+                host="node1",
+                job_id="demo-fail",
+                path="/x",
+                offset=0,
+                message="hello",
+                record_id="r1",
+            )
+        ]
+    )
     store.close()
     records = client.get("/v1/jobs/demo-fail/logs", headers=auth(TEAM_A)).json()["records"]
     assert [r["message"] for r in records] == ["hello"]
@@ -89,8 +113,9 @@ def test_unconfigured_log_store(make_client: Callable[..., TestClient], scenario
 
 
 def test_query_is_structured_never_query_string() -> None:
-    query = build_query(job_id="4711", q='a OR b:* "c"', kind=None, rank=3, since=10.0, until=20.5,
-                        events_only=True)
+    query = build_query(
+        job_id="4711", q='a OR b:* "c"', kind=None, rank=3, since=10.0, until=20.5, events_only=True
+    )
     text = json.dumps(query)
     assert "query_string" not in text
     assert query["bool"]["must"] == [{"match": {"message": {"query": 'a OR b:* "c"', "operator": "and"}}}]
@@ -116,17 +141,24 @@ class _FakeElasticsearch(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.requests.append(("GET", self.path, None))
-        self._reply({"name": "fake", "cluster_name": "c", "version": {"number": "9.0.0"}, "tagline": "You Know"})
+        self._reply(
+            {"name": "fake", "cluster_name": "c", "version": {"number": "9.0.0"}, "tagline": "You Know"}
+        )
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
         self.requests.append(("POST", self.path, body))
         size = int(body.get("size", 10))
-        self._reply({"took": 1, "timed_out": False, "hits": {"total": {"value": len(self.hits)},
-                                                               "hits": self.hits[:size]}})
+        self._reply(
+            {
+                "took": 1,
+                "timed_out": False,
+                "hits": {"total": {"value": len(self.hits)}, "hits": self.hits[:size]},
+            }
+        )
 
     def log_message(self, *_: Any) -> None:
         return None
@@ -137,10 +169,20 @@ def fake_es() -> Iterator[str]:
     _FakeElasticsearch.requests = []
     t0 = 1_790_000_000_000
     _FakeElasticsearch.hits = [
-        {"_id": f"id{i}", "sort": [t0 + i, i], "_source": {
-            "@timestamp": datetime.fromtimestamp((t0 + i) / 1000, tz=UTC).isoformat().replace("+00:00", "Z"),
-            "message": f"line {i}", "host": {"name": "node1"}, "log": {"file": {"path": "/l"}, "offset": i},
-            "labels": {"job_id": "4711", "rank": "2"}, "event": {"kind": "nccl_timeout"}}}
+        {
+            "_id": f"id{i}",
+            "sort": [t0 + i, i],
+            "_source": {
+                "@timestamp": datetime.fromtimestamp((t0 + i) / 1000, tz=UTC)
+                .isoformat()
+                .replace("+00:00", "Z"),
+                "message": f"line {i}",
+                "host": {"name": "node1"},
+                "log": {"file": {"path": "/l"}, "offset": i},
+                "labels": {"job_id": "4711", "rank": "2"},
+                "event": {"kind": "nccl_timeout"},
+            },
+        }
         for i in range(3)
     ]
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _FakeElasticsearch)
@@ -158,11 +200,19 @@ def test_elasticsearch_adapter_at_the_http_boundary(fake_es: str) -> None:
     assert [r.message for r in page.records] == ["line 0", "line 1"]
     record = page.records[0]
     assert (record.host, record.job_id, record.rank, record.event_kind, record.path) == (
-        "node1", "4711", 2, "nccl_timeout", "/l")
+        "node1",
+        "4711",
+        2,
+        "nccl_timeout",
+        "/l",
+    )
     assert record.timestamp == pytest.approx(1_790_000_000.0)
     assert page.next_cursor is not None
     method, path, body = _FakeElasticsearch.requests[-1]
-    assert method == "POST" and path.split("?")[0] in ("/logs-jobsight-%2A/_search", "/logs-jobsight-*/_search")
+    assert method == "POST" and path.split("?")[0] in (
+        "/logs-jobsight-%2A/_search",
+        "/logs-jobsight-*/_search",
+    )
     assert body is not None and body["size"] == 3
     assert "query_string" not in json.dumps(body)
     assert body["query"]["bool"]["must"][0]["match"]["message"]["query"] == "timeout OR *"
@@ -191,10 +241,19 @@ def test_against_a_real_elasticsearch() -> None:
     es = Elasticsearch(url)
     try:
         # logs-*-* names are data streams in Elasticsearch's default templates: create-only writes.
-        es.index(index=index, refresh=True, op_type="create", document={
-            "@timestamp": "2026-01-01T00:00:00Z", "message": "NCCL watchdog timeout", "host": {"name": "n1"},
-            "log": {"file": {"path": "/p"}, "offset": 5}, "labels": {"job_id": "es-job", "rank": "1"},
-            "event": {"kind": "nccl_timeout"}})
+        es.index(
+            index=index,
+            refresh=True,
+            op_type="create",
+            document={
+                "@timestamp": "2026-01-01T00:00:00Z",
+                "message": "NCCL watchdog timeout",
+                "host": {"name": "n1"},
+                "log": {"file": {"path": "/p"}, "offset": 5},
+                "labels": {"job_id": "es-job", "rank": "1"},
+                "event": {"kind": "nccl_timeout"},
+            },
+        )
         source = ElasticsearchLogSource(es, index=index)
         page = source.search(job_id="es-job", q="watchdog", kind="nccl_timeout")
         assert [r.rank for r in page.records] == [1]

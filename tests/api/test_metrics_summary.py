@@ -21,15 +21,33 @@ def iso(ts: float) -> str:
 
 def test_catalog_lists_documented_names(client: TestClient) -> None:
     names = {entry["name"] for entry in client.get("/v1/catalog", headers=auth(TEAM_A)).json()}
-    assert {"gpu_util", "gpu_memory_used", "gpu_power", "gpu_temperature", "gpu_sm_clock", "gpu_tensor_active",
-            "rdma_rx_bytes", "rdma_tx_bytes", "node_cpu", "job_cpu", "job_memory"} == names
+    assert {
+        "gpu_util",
+        "gpu_memory_used",
+        "gpu_power",
+        "gpu_temperature",
+        "gpu_sm_clock",
+        "gpu_tensor_active",
+        "rdma_rx_bytes",
+        "rdma_tx_bytes",
+        "node_cpu",
+        "job_cpu",
+        "job_memory",
+    } == names
 
 
 def test_gpu_and_node_series_of_the_job(client: TestClient, scenario: Scenario) -> None:
     register_demo(client, scenario)
-    response = client.get("/v1/jobs/demo-fail/metrics", headers=auth(TEAM_A), params={
-        "name": ["gpu_util", "gpu_memory_used", "rdma_rx_bytes", "job_cpu"],
-        "start": iso(scenario.demo_start + 300), "end": iso(scenario.demo_start + 1200), "step": 60})
+    response = client.get(
+        "/v1/jobs/demo-fail/metrics",
+        headers=auth(TEAM_A),
+        params={
+            "name": ["gpu_util", "gpu_memory_used", "rdma_rx_bytes", "job_cpu"],
+            "start": iso(scenario.demo_start + 300),
+            "end": iso(scenario.demo_start + 1200),
+            "step": 60,
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["step_seconds"] == 60
@@ -50,15 +68,24 @@ def test_gpu_and_node_series_of_the_job(client: TestClient, scenario: Scenario) 
     assert set(cpu) == {"node1", "node2"} and all(math.isclose(v, 4.0, rel_tol=1e-6) for v in cpu.values())
 
 
-def test_default_window_is_the_job_and_step_respects_the_point_limit(client: TestClient, scenario: Scenario
-                                                                     ) -> None:
+def test_default_window_is_the_job_and_step_respects_the_point_limit(
+    client: TestClient, scenario: Scenario
+) -> None:
     register_demo(client, scenario)
     body = client.get("/v1/jobs/demo-fail/metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A)).json()
     assert body["start"] == iso(scenario.demo_start).replace("+00:00", "Z")
     assert body["end"] == iso(scenario.demo_end).replace("+00:00", "Z")
     # A 60-day window asked at 1 s would be 5 million points; the step is raised instead.
-    wide = client.get("/v1/jobs/demo-fail/metrics", headers=auth(TEAM_A), params={
-        "name": "gpu_util", "step": 1, "start": iso(scenario.demo_end - 60 * 86400), "end": iso(scenario.demo_end)})
+    wide = client.get(
+        "/v1/jobs/demo-fail/metrics",
+        headers=auth(TEAM_A),
+        params={
+            "name": "gpu_util",
+            "step": 1,
+            "start": iso(scenario.demo_end - 60 * 86400),
+            "end": iso(scenario.demo_end),
+        },
+    )
     assert wide.status_code == 200, wide.text
     step = wide.json()["step_seconds"]
     assert 60 * 86400 / step + 1 <= MAX_POINTS_PER_SERIES
@@ -71,8 +98,11 @@ def test_metric_names_and_windows_are_validated(client: TestClient, scenario: Sc
     for name in ['gpu_util"} or vector(1)', "DCGM_FI_DEV_GPU_UTIL", "up"]:
         response = client.get("/v1/jobs/demo-fail/metrics", params={"name": name}, headers=auth(TEAM_A))
         assert response.status_code == 422 and "unknown metric name" in response.text
-    backwards = client.get("/v1/jobs/demo-fail/metrics", headers=auth(TEAM_A), params={
-        "name": "gpu_util", "start": iso(scenario.demo_end), "end": iso(scenario.demo_start)})
+    backwards = client.get(
+        "/v1/jobs/demo-fail/metrics",
+        headers=auth(TEAM_A),
+        params={"name": "gpu_util", "start": iso(scenario.demo_end), "end": iso(scenario.demo_start)},
+    )
     assert backwards.status_code == 422 and "end must be after start" in backwards.text
     assert client.get("/v1/jobs/demo-fail/metrics", headers=auth(TEAM_A)).status_code == 422
 
@@ -80,9 +110,14 @@ def test_metric_names_and_windows_are_validated(client: TestClient, scenario: Sc
 def test_quotes_in_a_registered_id_cannot_escape_the_matcher(client: TestClient, scenario: Scenario) -> None:
     # The id charset has no quotes, so the escaped matcher is exercised with the characters it does allow:
     # a job whose id is a prefix/regex-looking string must only match itself.
-    assert client.put("/v1/jobs/demo-fail.", json={"status": "running", "started_at": scenario.demo_start,
-                                                   "ended_at": scenario.demo_end},
-                      headers=auth(TEAM_A)).status_code == 201
+    assert (
+        client.put(
+            "/v1/jobs/demo-fail.",
+            json={"status": "running", "started_at": scenario.demo_start, "ended_at": scenario.demo_end},
+            headers=auth(TEAM_A),
+        ).status_code
+        == 201
+    )
     body = client.get("/v1/jobs/demo-fail./metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A)).json()
     assert body["metrics"][0]["series"] == []
 
@@ -139,8 +174,9 @@ def test_summary_of_a_healthy_job_finds_the_straggler(client: TestClient, scenar
 
 
 def test_prometheus_down_is_503_naming_it(make_client: Callable[..., TestClient], scenario: Scenario) -> None:
-    client = make_client(settings={"prometheus_url": f"http://127.0.0.1:{free_port()}",
-                                   "dependency_timeout_seconds": 2.0})
+    client = make_client(
+        settings={"prometheus_url": f"http://127.0.0.1:{free_port()}", "dependency_timeout_seconds": 2.0}
+    )
     register_demo(client, scenario)
     for path in ("/v1/jobs/demo-fail/summary", "/v1/jobs/demo-fail/metrics?name=gpu_util"):
         response = client.get(path, headers=auth(TEAM_A))
@@ -161,7 +197,8 @@ def test_links_point_at_dashboards_and_routes(client: TestClient, scenario: Scen
     start_ms = int((scenario.demo_start - 300) * 1000)
     end_ms = int((scenario.demo_end + 300) * 1000)
     assert links["job_dashboard"] == (
-        f"http://grafana.example:3000/d/jobsight-job/jobsight-job?var-job_id=demo-fail&from={start_ms}&to={end_ms}")
+        f"http://grafana.example:3000/d/jobsight-job/jobsight-job?var-job_id=demo-fail&from={start_ms}&to={end_ms}"
+    )
     assert set(links["node_dashboards"]) == {"node1", "node2"}
     assert "var-Hostname=node2" in links["node_dashboards"]["node2"]
     assert len(links["gpu_dashboards"]) == 8 and "var-gpu=3" in links["gpu_dashboards"][-1]["url"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,23 +42,31 @@ def notifications(client: TestClient, job_id: str) -> list[dict[str, Any]]:
 NOTIFY = {"notify": {"team-a": ["json://127.0.0.1:9/unused"]}, "notify_retry_seconds": 0.05}
 
 
-def test_one_notification_per_failure_retried_until_delivered(make_client: Callable[..., TestClient],
-                                                              scenario: Scenario) -> None:
+def test_one_notification_per_failure_retried_until_delivered(
+    make_client: Callable[..., TestClient], scenario: Scenario
+) -> None:
     notifier = FlakyNotifier(failures=2)
     client = make_client(settings=NOTIFY, notifier=notifier)
     register_demo(client, scenario)
-    sent = wait_until(lambda: [n for n in notifications(client, "demo-fail") if n["status"] == "sent"],
-                      timeout=30, message="the notification to be sent")
+    sent = wait_until(
+        lambda: [n for n in notifications(client, "demo-fail") if n["status"] == "sent"],
+        timeout=30,
+        message="the notification to be sent",
+    )
     (note,) = sent
     assert note["attempts"] == 3 and note["targets"] == 1 and note["failure_seq"] == 1
     assert len(notifier.calls) == 3
     urls, title, body = notifier.calls[-1]
     assert urls == ["json://127.0.0.1:9/unused"]
     assert title.startswith("jobsight: job demo-fail failed: XID 79 on node2 GPU 3")
-    for text in ("Job demo-fail (llama-pretrain) of user alice failed.", "1. XID 79 on node2 GPU 3",
-                 "rank 1 on node1 timed out first", "Exit code: 1",
-                 "Dashboard: http://grafana.example:3000/d/jobsight-job/jobsight-job?var-job_id=demo-fail",
-                 "Logs: http://api.example:8000/v1/jobs/demo-fail/logs"):
+    for text in (
+        "Job demo-fail (llama-pretrain) of user alice failed.",
+        "1. XID 79 on node2 GPU 3",
+        "rank 1 on node1 timed out first",
+        "Exit code: 1",
+        "Dashboard: http://grafana.example:3000/d/jobsight-job/jobsight-job?var-job_id=demo-fail",
+        "Logs: http://api.example:8000/v1/jobs/demo-fail/logs",
+    ):
         assert text in body, text
     assert note["body"] == body
     # The same failure reported again is not notified again.
@@ -66,16 +74,21 @@ def test_one_notification_per_failure_retried_until_delivered(make_client: Calla
     assert len(notifications(client, "demo-fail")) == 1
     # The succeeded job never notifies.
     assert client.get("/v1/jobs/ok-job/notifications", headers=auth("admin-token-0123456789")).json() == {
-        "notifications": []}
+        "notifications": []
+    }
 
 
-def test_delivery_gives_up_after_the_limit_and_says_why(make_client: Callable[..., TestClient],
-                                                        scenario: Scenario) -> None:
+def test_delivery_gives_up_after_the_limit_and_says_why(
+    make_client: Callable[..., TestClient], scenario: Scenario
+) -> None:
     notifier = FlakyNotifier(failures=100)
     client = make_client(settings={**NOTIFY, "notify_max_attempts": 3}, notifier=notifier)
     register_demo(client, scenario)
-    (note,) = wait_until(lambda: [n for n in notifications(client, "demo-fail") if n["status"] == "failed"],
-                         timeout=30, message="delivery to be given up")
+    (note,) = wait_until(
+        lambda: [n for n in notifications(client, "demo-fail") if n["status"] == "failed"],
+        timeout=30,
+        message="delivery to be given up",
+    )
     assert note["attempts"] == 3 and note["last_error"] == "receiver refused" and len(notifier.calls) == 3
 
 
@@ -85,25 +98,49 @@ def test_tenant_without_targets_is_recorded_as_skipped(client: TestClient, scena
     assert note["status"] == "skipped" and note["targets"] == 0
 
 
-def test_job_failed_alert_marks_the_job_and_notifies(make_client: Callable[..., TestClient],
-                                                     scenario: Scenario) -> None:
+def test_job_failed_alert_marks_the_job_and_notifies(
+    make_client: Callable[..., TestClient], scenario: Scenario
+) -> None:
     notifier = FlakyNotifier(failures=0)
     client = make_client(settings=NOTIFY, notifier=notifier)
-    body = {"name": "llama", "user": "alice", "started_at": scenario.demo_start, "status": "running",
-            "nodes": ["node1", "node2"]}
+    body = {
+        "name": "llama",
+        "user": "alice",
+        "started_at": scenario.demo_start,
+        "status": "running",
+        "nodes": ["node1", "node2"],
+    }
     assert client.put("/v1/jobs/demo-fail", json=body, headers=auth(TEAM_A)).status_code == 201
-    payload = {"version": "4", "status": "firing", "receiver": "jobsight", "groupKey": "{}:{}", "alerts": [{
-        "status": "firing", "labels": {"alertname": "JobFailed", "job_id": "demo-fail", "tenant": "team-a",
-                                       "severity": "critical"},
-        "annotations": {"summary": "job demo-fail failed"},
-        "startsAt": datetime.fromtimestamp(scenario.demo_end, tz=UTC).isoformat(),
-        "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "aa"}]}
+    payload = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "jobsight",
+        "groupKey": "{}:{}",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {
+                    "alertname": "JobFailed",
+                    "job_id": "demo-fail",
+                    "tenant": "team-a",
+                    "severity": "critical",
+                },
+                "annotations": {"summary": "job demo-fail failed"},
+                "startsAt": datetime.fromtimestamp(scenario.demo_end, tz=UTC).isoformat(),
+                "endsAt": "0001-01-01T00:00:00Z",
+                "fingerprint": "aa",
+            }
+        ],
+    }
     assert client.post("/v1/alerts/webhook", json=payload, headers=auth(WEBHOOK)).status_code == 200
     job = client.get("/v1/jobs/demo-fail", headers=auth(TEAM_A)).json()
     assert job["status"] == "failed" and job["reason"] == "alert JobFailed: job demo-fail failed"
     assert datetime.fromisoformat(job["ended_at"]).timestamp() == scenario.demo_end
-    wait_until(lambda: notifications(client, "demo-fail")[0]["status"] == "sent", timeout=30,
-               message="the notification")
+    wait_until(
+        lambda: notifications(client, "demo-fail")[0]["status"] == "sent",
+        timeout=30,
+        message="the notification",
+    )
     # Alertmanager repeats the alert: still one notification.
     assert client.post("/v1/alerts/webhook", json=payload, headers=auth(WEBHOOK)).status_code == 200
     assert len(notifications(client, "demo-fail")) == 1 and len(notifier.calls) == 1
@@ -112,7 +149,7 @@ def test_job_failed_alert_marks_the_job_and_notifies(make_client: Callable[..., 
 class _Receiver(BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         self.received.append(json.loads(self.rfile.read(length)))
         self.send_response(200)
@@ -134,13 +171,17 @@ def receiver() -> Iterator[str]:
     server.server_close()
 
 
-def test_real_apprise_to_a_local_receiver_and_a_file(make_client: Callable[..., TestClient], scenario: Scenario,
-                                                     receiver: str, tmp_path: Path) -> None:
+def test_real_apprise_to_a_local_receiver_and_a_file(
+    make_client: Callable[..., TestClient], scenario: Scenario, receiver: str, tmp_path: Path
+) -> None:
     outbox = tmp_path / "notifications.jsonl"
     client = make_client(settings={"notify": {"team-a": [receiver, f"file://{outbox}"]}})
     register_demo(client, scenario)
-    wait_until(lambda: notifications(client, "demo-fail")[0]["status"] == "sent", timeout=30,
-               message="delivery through apprise")
+    wait_until(
+        lambda: notifications(client, "demo-fail")[0]["status"] == "sent",
+        timeout=30,
+        message="delivery through apprise",
+    )
     (posted,) = _Receiver.received
     assert "XID 79 on node2 GPU 3" in posted["title"] and "node2" in posted["message"]
     assert "var-job_id=demo-fail" in posted["message"]

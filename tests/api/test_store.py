@@ -42,9 +42,16 @@ def store(store_url: str, clock: Clock) -> Iterator[JobStore]:
 
 
 def job(job_id: str = "4711", **kw: object) -> Job:
-    values: dict[str, object] = {"tenant": "team-a", "name": "train", "user": "alice", "nodes": ["node1"],
-                                 "gpus": [{"host": "node1", "gpu": 0, "uuid": None}], "started_at": 100.0,
-                                 "status": "running", "labels": {"queue": "gpu"}}
+    values: dict[str, object] = {
+        "tenant": "team-a",
+        "name": "train",
+        "user": "alice",
+        "nodes": ["node1"],
+        "gpus": [{"host": "node1", "gpu": 0, "uuid": None}],
+        "started_at": 100.0,
+        "status": "running",
+        "labels": {"queue": "gpu"},
+    }
     values.update(kw)
     return Job(job_id=job_id, **values)  # type: ignore[arg-type]
 
@@ -89,7 +96,9 @@ def test_mark_failed_by_alert_only_once(store: JobStore) -> None:
 def test_notification_attempts_are_recorded(store: JobStore, clock: Clock) -> None:
     store.upsert_job(job(status="failed"), notify_targets=2)
     (note,) = store.due_notifications(clock.now)
-    store.finish_notification(note.id, ok=False, body="b", targets=2, error="refused", retry_at=clock.now + 30)
+    store.finish_notification(
+        note.id, ok=False, body="b", targets=2, error="refused", retry_at=clock.now + 30
+    )
     assert store.due_notifications(clock.now) == []
     assert store.next_notification_due() == clock.now + 30
     clock.now += 31
@@ -104,9 +113,16 @@ def test_notification_attempts_are_recorded(store: JobStore, clock: Clock) -> No
 def test_list_filters_and_keyset_pages(store: JobStore, clock: Clock) -> None:
     for i in range(7):
         clock.now += 1
-        store.upsert_job(job(f"j{i}", tenant="team-a" if i % 2 == 0 else "team-b", user=f"u{i % 3}",
-                             status="failed" if i == 3 else "running", started_at=100.0 + i,
-                             ended_at=200.0 + i if i < 3 else None))
+        store.upsert_job(
+            job(
+                f"j{i}",
+                tenant="team-a" if i % 2 == 0 else "team-b",
+                user=f"u{i % 3}",
+                status="failed" if i == 3 else "running",
+                started_at=100.0 + i,
+                ended_at=200.0 + i if i < 3 else None,
+            )
+        )
     everyone = store.list_jobs(limit=100)
     assert [j.job_id for j in everyone] == ["j6", "j5", "j4", "j3", "j2", "j1", "j0"]
     pages: list[str] = []
@@ -136,10 +152,17 @@ def test_jobs_on_host_at_a_time(store: JobStore) -> None:
 
 
 def alert(fp: str, status: str = "firing", jobs: list[str] | None = None, **labels: str) -> IncomingAlert:
-    return IncomingAlert(fingerprint=fp, alertname=labels.get("alertname", "GPUXidError"), status=status,
-                         labels={"alertname": "GPUXidError", **labels}, annotations={"summary": "s"},
-                         starts_at=1000.0, ends_at=None if status == "firing" else 2000.0, group_key="g",
-                         job_ids=jobs or [])
+    return IncomingAlert(
+        fingerprint=fp,
+        alertname=labels.get("alertname", "GPUXidError"),
+        status=status,
+        labels={"alertname": "GPUXidError", **labels},
+        annotations={"summary": "s"},
+        starts_at=1000.0,
+        ends_at=None if status == "firing" else 2000.0,
+        group_key="g",
+        job_ids=jobs or [],
+    )
 
 
 def test_alerts_are_upserted_and_mapped(store: JobStore) -> None:
@@ -156,8 +179,17 @@ def test_alerts_are_upserted_and_mapped(store: JobStore) -> None:
 
 
 def test_a_failing_batch_leaves_nothing_behind(store: JobStore) -> None:
-    broken = IncomingAlert(fingerprint="f9", alertname="X", status="firing", labels={"a": object()},  # type: ignore[dict-item]
-                           annotations={}, starts_at=1.0, ends_at=None, group_key=None, job_ids=[])
+    broken = IncomingAlert(
+        fingerprint="f9",
+        alertname="X",
+        status="firing",
+        labels={"a": object()},  # type: ignore[dict-item]
+        annotations={},
+        starts_at=1.0,
+        ends_at=None,
+        group_key=None,
+        job_ids=[],
+    )
     with pytest.raises(TypeError):
         store.record_alerts([alert("f8", jobs=["4711"]), broken])
     assert store.list_alerts() == []

@@ -24,16 +24,26 @@ from tests.api.scenario import Scenario
 from tests.support import free_port, jobsight_command, promtool_check_metrics, wait_until
 
 
-def test_requests_and_prometheus_calls_are_traced(make_client: Callable[..., TestClient], scenario: Scenario
-                                                  ) -> None:
+def test_requests_and_prometheus_calls_are_traced(
+    make_client: Callable[..., TestClient], scenario: Scenario
+) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     client = make_client(tracer_provider=provider)
     register_demo(client, scenario)
     exporter.clear()
-    assert client.get("/v1/jobs/demo-fail/metrics", params={"name": "gpu_util"}, headers={
-        **auth(TEAM_A), "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}).status_code == 200
+    assert (
+        client.get(
+            "/v1/jobs/demo-fail/metrics",
+            params={"name": "gpu_util"},
+            headers={
+                **auth(TEAM_A),
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            },
+        ).status_code
+        == 200
+    )
     spans = exporter.get_finished_spans()
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
     assert server.name == "GET /v1/jobs/{job_id}/metrics"
@@ -48,7 +58,7 @@ def test_requests_and_prometheus_calls_are_traced(make_client: Callable[..., Tes
 class _OtlpReceiver(BaseHTTPRequestHandler):
     paths: list[str] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.paths.append(self.path)
         self.send_response(200)
@@ -70,9 +80,9 @@ def otlp_receiver() -> Iterator[str]:
     server.server_close()
 
 
-def test_spans_are_exported_over_otlp_only_when_configured(make_client: Callable[..., TestClient],
-                                                           otlp_receiver: str, monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_spans_are_exported_over_otlp_only_when_configured(
+    make_client: Callable[..., TestClient], otlp_receiver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     quiet = make_client()
     quiet.get("/healthz")
     quiet.__exit__(None, None, None)
@@ -100,11 +110,17 @@ def test_metrics_exposition(client: TestClient, scenario: Scenario) -> None:
 
 def test_settings_from_yaml_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "api.yaml"
-    config.write_text(yaml.safe_dump({
-        "listen": "127.0.0.1:9000", "prometheus_url": "http://prom:9090",
-        "tokens": [{"token": "t" * 20, "tenant": "a"}], "tensorboard": {"max_instances": 2},
-        "notify": {"a": ["json://x"]},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "127.0.0.1:9000",
+                "prometheus_url": "http://prom:9090",
+                "tokens": [{"token": "t" * 20, "tenant": "a"}],
+                "tensorboard": {"max_instances": 2},
+                "notify": {"a": ["json://x"]},
+            }
+        )
+    )
     monkeypatch.setenv("JOBSIGHT_API_PROMETHEUS_URL", "http://other:9090")
     monkeypatch.setenv("JOBSIGHT_API_TENSORBOARD__IDLE_SECONDS", "60")
     settings = load_settings(config, listen="0.0.0.0:8080")
@@ -114,12 +130,18 @@ def test_settings_from_yaml_and_environment(tmp_path: Path, monkeypatch: pytest.
     assert settings.tokens[0].tenant == "a" and settings.notify == {"a": ["json://x"]}
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ({"store_url": "mysql://x"}, "store_url"),
-    ({"tokens": [{"token": "short", "tenant": "a"}]}, "tokens.0.token"),
-    ({"tokens": [{"token": "x" * 20, "tenant": "a"}, {"token": "x" * 20, "tenant": "b"}]}, "listed twice"),
-    ({"colour": "blue"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"store_url": "mysql://x"}, "store_url"),
+        ({"tokens": [{"token": "short", "tenant": "a"}]}, "tokens.0.token"),
+        (
+            {"tokens": [{"token": "x" * 20, "tenant": "a"}, {"token": "x" * 20, "tenant": "b"}]},
+            "listed twice",
+        ),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
 def test_bad_settings_name_the_field(tmp_path: Path, content: dict[str, Any], message: str) -> None:
     config = tmp_path / "api.yaml"
     config.write_text(yaml.safe_dump(content))
@@ -131,9 +153,12 @@ def test_bad_settings_name_the_field(tmp_path: Path, content: dict[str, Any], me
 def test_cli_exits_2_on_a_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "api.yaml"
     config.write_text("prometheus_url: [not, a, url]\n")
-    result = subprocess.run(jobsight_command("api", "--config", str(config)), capture_output=True, timeout=120)
+    result = subprocess.run(
+        jobsight_command("api", "--config", str(config)), capture_output=True, timeout=120
+    )
     assert result.returncode == 2
     assert b"prometheus_url" in result.stderr
-    missing = subprocess.run(jobsight_command("api", "--config", str(tmp_path / "nope.yaml")),
-                             capture_output=True, timeout=120)
+    missing = subprocess.run(
+        jobsight_command("api", "--config", str(tmp_path / "nope.yaml")), capture_output=True, timeout=120
+    )
     assert missing.returncode == 2 and b"cannot read config" in missing.stderr

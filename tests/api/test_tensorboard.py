@@ -30,7 +30,9 @@ def write_runs(logdir: Path) -> None:
     # A classic (TF1-style) simple_value scalar, as older frameworks write it.
     classic = EventFileWriter(str(logdir / "eval"))
     for step in (0, 10):
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="loss", simple_value=1.5 - step / 100)])
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag="loss", simple_value=1.5 - step / 100)]
+        )
         classic.add_event(event_pb2.Event(wall_time=1_700_000_100 + step, step=step, summary=summary))
     classic.close()
 
@@ -41,7 +43,13 @@ def test_read_scalars_from_both_writer_kinds(tmp_path: Path) -> None:
     assert tags == ["loss", "lr"]
     by_run = {r.run: r for r in runs}
     assert set(by_run) == {"train", "eval"}
-    assert [(s, v) for s, _, v in by_run["train"].points] == [(0, 2.0), (1, 1.75), (2, 1.5), (3, 1.25), (4, 1.0)]
+    assert [(s, v) for s, _, v in by_run["train"].points] == [
+        (0, 2.0),
+        (1, 1.75),
+        (2, 1.5),
+        (3, 1.25),
+        (4, 1.0),
+    ]
     assert [s for s, _, _ in by_run["eval"].points] == [0, 10]
     assert by_run["eval"].points[1][2] == pytest.approx(1.4)
 
@@ -50,14 +58,22 @@ def test_scalars_route(make_client: Callable[..., TestClient], tmp_path: Path) -
     logdir = tmp_path / "tb" / "job-1"
     write_runs(logdir)
     client = make_client(settings={"tensorboard": {"allowed_roots": [str(tmp_path / "tb")]}})
-    assert client.put("/v1/jobs/job-1", json={"tensorboard_logdir": str(logdir)}, headers=auth(TEAM_A)).status_code == 201
+    assert (
+        client.put(
+            "/v1/jobs/job-1", json={"tensorboard_logdir": str(logdir)}, headers=auth(TEAM_A)
+        ).status_code
+        == 201
+    )
     body = client.get("/v1/jobs/job-1/scalars", params={"tag": "lr"}, headers=auth(TEAM_A)).json()
     assert body["tags"] == ["loss", "lr"]
     (series,) = body["series"]
     assert series["run"] == "train" and [p["value"] for p in series["points"]] == pytest.approx([0.001] * 5)
     everything = client.get("/v1/jobs/job-1/scalars", headers=auth(TEAM_A)).json()
-    assert {(s["run"], s["tag"]) for s in everything["series"]} == {("train", "loss"), ("train", "lr"),
-                                                                      ("eval", "loss")}
+    assert {(s["run"], s["tag"]) for s in everything["series"]} == {
+        ("train", "loss"),
+        ("train", "lr"),
+        ("eval", "loss"),
+    }
     assert client.get("/v1/jobs/job-1/scalars", headers=auth(TEAM_B)).status_code == 404
     # Paths outside the allowed roots are refused, and so are relative ones.
     for bad in ("/etc", str(tmp_path), "relative/dir", str(tmp_path / "tb" / ".." / "elsewhere")):
@@ -88,7 +104,7 @@ def test_manager_reuses_bounds_and_stops_idle(manager: TensorBoardManager, tmp_p
     url0, _ = manager.ensure(dirs[0])
     assert wait_until(lambda: answer(url0) == str(dirs[0]), timeout=30, message="first instance")
     assert manager.ensure(dirs[0])[0] == url0  # reused, same port
-    clock = manager.clock_state  # type: ignore[attr-defined]
+    clock = manager.clock_state
     clock["now"] = 10.0
     url1, _ = manager.ensure(dirs[1])
     clock["now"] = 20.0
@@ -126,8 +142,11 @@ def test_real_tensorboard_for_a_job(make_client: Callable[..., TestClient], tmp_
         return bool(body["state"] == "running")
 
     wait_until(running, timeout=120, interval=0.5, message="TensorBoard to start")
-    tags = wait_until(lambda: httpx.get(f"{url}data/plugin/scalars/tags", timeout=5).json(), timeout=60,
-                      message="TensorBoard to load the event files")
+    tags = wait_until(
+        lambda: httpx.get(f"{url}data/plugin/scalars/tags", timeout=5).json(),
+        timeout=60,
+        message="TensorBoard to load the event files",
+    )
     assert "loss" in tags["train"] and "loss" in tags["eval"]
     client.__exit__(None, None, None)  # app shutdown stops the TensorBoard
     wait_until(lambda: not _answers(url), timeout=30, message="TensorBoard to stop with the app")

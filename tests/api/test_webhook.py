@@ -17,36 +17,65 @@ def iso(ts: float) -> str:
 
 
 def payload(*alerts: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"version": "4", "groupKey": "{}:{alertname=\"x\"}", "truncatedAlerts": 0, "status": "firing",
-            "receiver": "jobsight", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-            "externalURL": "http://am:9093", "alerts": list(alerts), **extra}
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="x"}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "jobsight",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am:9093",
+        "alerts": list(alerts),
+        **extra,
+    }
 
 
 def alert(labels: dict[str, str], starts: float, status: str = "firing", **extra: Any) -> dict[str, Any]:
-    return {"status": status, "labels": labels, "annotations": {"summary": "s"}, "startsAt": iso(starts),
-            "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else iso(starts + 60),
-            "generatorURL": "http://prom/graph", "fingerprint": f"fp-{sorted(labels.items())}"[:60], **extra}
+    return {
+        "status": status,
+        "labels": labels,
+        "annotations": {"summary": "s"},
+        "startsAt": iso(starts),
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else iso(starts + 60),
+        "generatorURL": "http://prom/graph",
+        "fingerprint": f"fp-{sorted(labels.items())}"[:60],
+        **extra,
+    }
 
 
 def test_webhook_token_is_separate(client: TestClient) -> None:
     body = payload()
     assert client.post("/v1/alerts/webhook", json=body).status_code == 401
     assert client.post("/v1/alerts/webhook", json=body, headers=auth(ADMIN)).status_code == 401
-    assert client.post("/v1/alerts/webhook", json=body, headers=auth("wrong-webhook-token-xyz")).status_code == 401
+    assert (
+        client.post("/v1/alerts/webhook", json=body, headers=auth("wrong-webhook-token-xyz")).status_code
+        == 401
+    )
     assert client.post("/v1/alerts/webhook", json=body, headers=auth(WEBHOOK)).status_code == 200
     # The webhook token opens nothing else.
     assert client.get("/v1/jobs", headers=auth(WEBHOOK)).status_code == 401
 
 
 def test_bad_payloads_are_422_and_store_nothing(client: TestClient) -> None:
-    for bad in ({"version": "3", "status": "firing", "alerts": []}, {"version": "4", "status": "firing"},
-                payload({"status": "firing", "labels": {}}),
-                payload({"status": "weird", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"}),
-                payload(alert({"alertname": "A"}, 1e9), alert({"alertname": "B"}, 1e9, startsAt="yesterday"))):
+    for bad in (
+        {"version": "3", "status": "firing", "alerts": []},
+        {"version": "4", "status": "firing"},
+        payload({"status": "firing", "labels": {}}),
+        payload({"status": "weird", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"}),
+        payload(alert({"alertname": "A"}, 1e9), alert({"alertname": "B"}, 1e9, startsAt="yesterday")),
+    ):
         response = client.post("/v1/alerts/webhook", json=bad, headers=auth(WEBHOOK))
         assert response.status_code == 422, bad
-    assert client.post("/v1/alerts/webhook", content=b"{not json", headers={
-        **auth(WEBHOOK), "content-type": "application/json"}).status_code == 422
+    assert (
+        client.post(
+            "/v1/alerts/webhook",
+            content=b"{not json",
+            headers={**auth(WEBHOOK), "content-type": "application/json"},
+        ).status_code
+        == 422
+    )
     assert client.get("/v1/alerts", headers=auth(ADMIN)).json()["alerts"] == []
 
 
@@ -55,8 +84,11 @@ def test_alerts_map_to_jobs(client: TestClient, scenario: Scenario) -> None:
     body = payload(
         alert({"alertname": "JobStalled", "job_id": "ok-job", "severity": "warning"}, scenario.base + 60),
         # Host and GPU, while demo-fail ran there: the registry and jobsight_gpu_job_info agree.
-        alert({"alertname": "GPUXidError", "Hostname": "node2", "gpu": "3", "xid": "79"}, scenario.xid_at,
-              someFutureField={"x": 1}),
+        alert(
+            {"alertname": "GPUXidError", "Hostname": "node2", "gpu": "3", "xid": "79"},
+            scenario.xid_at,
+            someFutureField={"x": 1},
+        ),
         # Host only: every job on that host at that time.
         alert({"alertname": "NodeMemoryPressure", "Hostname": "node3"}, scenario.base + 120),
         # A host after every job there ended: stored, mapped to nothing.
@@ -73,11 +105,18 @@ def test_alerts_map_to_jobs(client: TestClient, scenario: Scenario) -> None:
     assert mapped == [[], [], ["demo-fail"], ["ok-job"], ["ok-job"]]
     demo = client.get("/v1/jobs/demo-fail/alerts", headers=auth(TEAM_A)).json()["alerts"]
     assert [a["alertname"] for a in demo] == ["GPUXidError"]
-    assert [a["alertname"] for a in client.get("/v1/jobs/ok-job/alerts", headers=auth(TEAM_B)).json()["alerts"]] \
-        == ["NodeMemoryPressure", "JobStalled"]
+    assert [
+        a["alertname"] for a in client.get("/v1/jobs/ok-job/alerts", headers=auth(TEAM_B)).json()["alerts"]
+    ] == ["NodeMemoryPressure", "JobStalled"]
     # Resolution updates the same alert instead of adding one.
-    resolved = payload(alert({"alertname": "GPUXidError", "Hostname": "node2", "gpu": "3", "xid": "79"},
-                             scenario.xid_at, status="resolved"), status="resolved")
+    resolved = payload(
+        alert(
+            {"alertname": "GPUXidError", "Hostname": "node2", "gpu": "3", "xid": "79"},
+            scenario.xid_at,
+            status="resolved",
+        ),
+        status="resolved",
+    )
     assert client.post("/v1/alerts/webhook", json=resolved, headers=auth(WEBHOOK)).status_code == 200
     (again,) = client.get("/v1/jobs/demo-fail/alerts", headers=auth(TEAM_A)).json()["alerts"]
     assert again["status"] == "resolved" and again["ends_at"] is not None
