@@ -66,4 +66,3 @@ def test_exporter_serves_this_host(spawn: Callable[..., Proc]) -> None:
                  "jobs"):
         assert f'node_scrape_collector_success{{collector="{name}"}} 1.0' in exposition, name
     assert "node_memory_MemAvailable_bytes " in exposition
-    assert 'node_filesystem_avail_bytes{device="' in exposition
