@@ -137,6 +137,50 @@ def measure_exporter(flags: Sequence[str], scrapes: int, idle_s: float,
         exporter.stop()
 
 
+# A server process like the exporter's (wsgiref + ThreadingMixIn, as jobsight.serving uses) that
+# answers every request with the same bytes: the floor a render cache would bring a scrape to.
+_FIXED_BODY_SERVER = """
+import sys
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+class Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+body = b"x" * int(sys.argv[2])
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
+    return [body]
+make_server("127.0.0.1", int(sys.argv[1]), app, server_class=Server, handler_class=Quiet).serve_forever()
+"""
+
+
+def measure_fixed_body(size: int, scrapes: int) -> dict[str, float]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _FIXED_BODY_SERVER, str(port), str(size)],
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("fixed-body server did not start") from None
+                time.sleep(0.05)
+        with httpx.Client(timeout=10, headers=PLAIN_HEADERS) as client:
+            for _ in range(20):
+                client.get(url)
+            latencies = time_calls(lambda: client.get(url), scrapes)
+        return {"p50": statistics.median(latencies), "p99": percentile(latencies, 99)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
 def time_calls(fn: Callable[[], object], runs: int) -> list[float]:
     out = []
     for _ in range(runs):
@@ -283,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, r in rows:
         print(f"| {name} | {ms(r['p50'])} | {ms(r['p99'])} | {ms(r['cpu_per_scrape'])} | "
               f"{ms(r['background_cpu_per_s'])} | {int(r['series'])} | {int(r['bytes'])} |")
+    floor = measure_fixed_body(int(rows[1][1]["bytes"]), args.scrapes)
+    print(f"| HTTP floor: same server classes answering with fixed {int(rows[1][1]['bytes'])} bytes "
+          f"| {ms(floor['p50'])} | {ms(floor['p99'])} | | | | |")
     parts = in_process_breakdown(args.gpus, 200)
     print(f"| in-process, no HTTP: collector builds families | {ms(parts['collect'])} | | | | | |")
     print(f"| in-process, no HTTP: prometheus_client renders text | {ms(parts['text'])} | | | | | |")
