@@ -5,8 +5,8 @@ suite stays fast; Prometheus and the log store are the real ones of the session.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
