@@ -58,7 +58,7 @@ def run_collector(config_path: Path, listen_override: str | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    store = SQLiteLogStore(config.store.path)
+    store = SQLiteLogStore(config.store.path, synchronous=config.store.synchronous)
     es: ElasticsearchSink | None = None
     try:
         if config.elasticsearch is not None:

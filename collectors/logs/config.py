@@ -128,6 +128,7 @@ class StoreConfig(_Strict):
     retention_days: float | None = Field(default=30.0, gt=0)
     max_bytes: int | None = Field(default=None, ge=1024 * 1024)
     keep_records: bool = True  # false: with elasticsearch, keep only the checkpoints here
+    synchronous: Literal["normal", "full"] = "normal"
 
 
 class ElasticsearchConfig(_Strict):

@@ -128,6 +128,11 @@ class RuleSet:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
+        literals = sorted({s for rule in self.rules for s in rule.contains}, key=len, reverse=True)
+        # One regex over every rule's `contains` strings: a line that has none of them (the 99 %)
+        # costs one search (about 1 µs) instead of a substring scan per rule.
+        self._prefilter = re.compile("|".join(re.escape(s) for s in literals)) if literals else None
+        self._unfiltered = any(not rule.contains for rule in self.rules)
 
     @classmethod
     def build(cls, files: Iterable[Path | str] = (), use_defaults: bool = True,
@@ -146,6 +151,8 @@ class RuleSet:
         return cls([rule for rule in rules if rule.kind not in disabled])
 
     def match(self, message: str, source: str = "file", rank: int | None = None) -> EventMatch | None:
+        if not self._unfiltered and (self._prefilter is None or self._prefilter.search(message) is None):
+            return None
         for rule in self.rules:
             if rule.contains and not any(s in message for s in rule.contains):
                 continue
