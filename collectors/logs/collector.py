@@ -135,6 +135,7 @@ class LogCollector:
             return
         if self._batch.started is None:
             self._batch.started = self.monotonic()
+            self.stats.pending_since = self._batch.started
         self._batch.records.extend(records)
         self._batch.size += sum(len(r.message) for r in records)
         self._batch.by_input[source] = self._batch.by_input.get(source, 0) + len(records)
@@ -189,8 +190,7 @@ class LogCollector:
         self.healthy = True
         self.last_error = ""
         now = self.clock()
-        if self._batch.started is not None:
-            self.stats.delivery_lag = max(0.0, self.monotonic() - self._batch.started)
+        self.stats.pending_since = None
         self.stats.last_commit = now
         if keep and records:
             self.stats.add(self.stats.duplicates, STORE_SINK, len(records) - inserted)

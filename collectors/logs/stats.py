@@ -39,8 +39,15 @@ class LogStats:
     lost: dict[tuple[str, str], int] = field(default_factory=dict)
     files_open: dict[str, int] = field(default_factory=dict)
     backlog_bytes: float = 0.0
-    delivery_lag: float | None = None
+    monotonic: Callable[[], float] = time.monotonic
+    pending_since: float | None = None  # monotonic time the oldest uncommitted record was read
     last_commit: float | None = None
+
+    def delivery_lag(self) -> float:
+        """Age of the oldest record read but not yet committed; 0 when everything read is
+        delivered. Grows while a sink is down, which is what an alert wants to see."""
+        since = self.pending_since
+        return 0.0 if since is None else max(0.0, self.monotonic() - since)
 
     def add(self, table: dict[str, int], key: str, value: int = 1) -> None:
         with self.lock:
@@ -126,11 +133,9 @@ class LogMetrics:
             yield GaugeMetricFamily("jobsight_log_backlog_bytes",
                                     "Bytes in tailed files not yet delivered (file size minus checkpoint).",
                                     value=s.backlog_bytes)
-            if s.delivery_lag is not None:
-                yield GaugeMetricFamily("jobsight_log_delivery_lag_seconds",
-                                        "Seconds from reading the oldest record of the last batch "
-                                        "to its commit.",
-                                        value=s.delivery_lag)
+            yield GaugeMetricFamily("jobsight_log_delivery_lag_seconds",
+                                    "Age of the oldest record read but not yet delivered (0 when none).",
+                                    value=s.delivery_lag())
             if s.last_commit is not None:
                 yield GaugeMetricFamily("jobsight_log_last_commit_timestamp_seconds",
                                         "When the last batch was committed (unix seconds).",

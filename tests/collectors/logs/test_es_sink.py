@@ -194,14 +194,16 @@ def test_collector_waits_with_input_unread_until_elasticsearch_answers(fake: Fak
     h.collector.stats = stats
     fake.drop_requests = 3
     fake.fail_requests = [503, 503]
-    fake.observer = lambda: sum(stats.records_read.values())
+    fake.observer = lambda: (sum(stats.records_read.values()), stats.pending_since is not None)
     h.pump_until(lambda: len(fake.docs) == 200, message="all lines in elasticsearch")
     h.settle()
     assert len(fake.docs) == 200 and len(h.messages()) == 200  # the store keeps them too by default
     assert stats.sink_errors["elasticsearch"] == 5
     # The first batch was retried five times and nothing more was read meanwhile (backpressure).
     first = fake.observations[:6]
-    assert len(set(first)) == 1 and 0 < first[0] < 200
+    assert len(set(first)) == 1 and 0 < first[0][0] < 200
+    assert first[0][1]  # the delivery lag is counting while the batch waits
+    assert stats.delivery_lag() == 0.0
     docs = list(fake.docs.values())
     assert {d["labels"]["job_id"] for d in docs} == {"job-1"}
     h.close()
