@@ -78,16 +78,19 @@ class KmsgReader:
         self.key = f"kmsg:{name}"
         self.boot_id = self._boot_id()
         self.next_seq = 0
+        # Whether next_seq is a position we hold (a checkpoint of this boot, or a record read):
+        # only then is a gap before the next record a loss.
+        self.positioned = False
         saved = checkpoints.get(self.key)
         if saved is not None:
             try:
                 value = json.loads(saved)
                 if value.get("boot_id") == self.boot_id:
                     self.next_seq = int(value["seq"])
+                    self.positioned = True
             except (ValueError, KeyError, TypeError):
                 log.warning("%s: ignoring unreadable checkpoint %r", name, saved[:80])
         self.committed_seq = self.next_seq
-        self.last_seen = self.next_seq
         job_id = config.job_id
         if job_id is None and config.job_map_dir:
             jobs = set(JobMapDir(config.job_map_dir).read().by_key.values())
@@ -152,9 +155,10 @@ class KmsgReader:
             seq, line = parsed
             if seq < self.next_seq:
                 continue  # already delivered before a restart
-            if seq > self.last_seen + 1 and self.last_seen >= self.next_seq and self.is_device:
-                self.stats.add2(self.stats.lost, (self.name, "kmsg_overwritten"), seq - self.last_seen - 1)
-            self.last_seen = seq
+            if self.positioned and seq > self.next_seq:
+                # Overwritten in the ring buffer before we read them (EPIPE on the device).
+                self.stats.add2(self.stats.lost, (self.name, "kmsg_overwritten"), seq - self.next_seq)
+            self.positioned = True
             self.next_seq = seq + 1
             out.extend(self.pipeline.feed_line(line))
         out.extend(self.pipeline.expire())

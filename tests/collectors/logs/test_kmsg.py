@@ -83,3 +83,15 @@ def test_new_boot_starts_a_new_identity(tmp_path: Path) -> None:
     h2.pump_until(lambda: len(h2.records()) == 10, message="records of the second boot")
     assert len({r.record_id for r in h2.records()}) == 10
     h2.close()
+
+
+def test_gap_after_the_checkpoint_is_counted_as_lost(tmp_path: Path) -> None:
+    h = kmsg_harness(tmp_path)
+    h.pump_until(lambda: len(h.records()) == 5)
+    # The first start begins at the oldest record (seq 1000): nothing before it counts as lost.
+    assert ("kmsg", "kmsg_overwritten") not in h.stats.lost
+    with open(tmp_path / "kmsg", "a") as fh:
+        fh.write("6,1010,5000500,-;after three records were overwritten\n")
+    h.pump_until(lambda: len(h.records()) == 6)
+    assert h.stats.lost[("kmsg", "kmsg_overwritten")] == 3
+    h.close()
