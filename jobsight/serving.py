@@ -81,16 +81,21 @@ class CollectorSet:
         self.collectors = dict(collectors)
         self.prefix = prefix
         self.clock = clock
+        # node_exporter's HELP texts say "node_exporter: ..."; keep them identical.
+        self.help_prefix = "node_exporter" if prefix == "node" else prefix
+        # Collectors whose last run failed: a failure is logged with its traceback when it
+        # starts, not on every scrape (a kernel without PSI would otherwise log every 15 s).
+        self._failing: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
         duration = GaugeMetricFamily(
             f"{self.prefix}_scrape_collector_duration_seconds",
-            f"{self.prefix}: duration of a collector scrape.",
+            f"{self.help_prefix}: Duration of a collector scrape.",
             labels=["collector"],
         )
         success = GaugeMetricFamily(
             f"{self.prefix}_scrape_collector_success",
-            f"{self.prefix}: whether a collector succeeded.",
+            f"{self.help_prefix}: Whether a collector succeeded.",
             labels=["collector"],
         )
         for name, collector in self.collectors.items():
@@ -101,9 +106,15 @@ class CollectorSet:
                 families = list(collector.collect())
                 ok = 1.0
             except Exception:
-                log.exception("collector %s failed", name)
+                if name not in self._failing:
+                    log.exception("collector %s failed (logged again only after it recovers)", name)
+                    self._failing.add(name)
                 families = []
                 ok = 0.0
+            else:
+                if name in self._failing:
+                    log.info("collector %s recovered", name)
+                    self._failing.discard(name)
             yield from families
             duration.add_metric([name], self.clock() - start)
             success.add_metric([name], ok)

@@ -98,3 +98,25 @@ def test_metrics_server_reports_a_taken_port() -> None:
             MetricsServer(CollectorRegistry(auto_describe=False), ListenAddress("127.0.0.1", first.address.port))  # noqa: E501
     finally:
         first.stop()
+
+
+def test_collector_failure_is_logged_once_until_it_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky:
+        broken = True
+
+        def collect(self) -> Iterator[Metric]:
+            if self.broken:
+                raise OSError("no PSI on this kernel")
+            yield GaugeMetricFamily("flaky_value", "A value.", value=1)
+
+    flaky = Flaky()
+    collector_set = CollectorSet({"flaky": flaky})
+    for _ in range(3):
+        list(collector_set.collect())
+    assert sum("collector flaky failed" in r.getMessage() for r in caplog.records) == 1
+    flaky.broken = False
+    list(collector_set.collect())
+    assert any("collector flaky recovered" in r.getMessage() for r in caplog.records)
+    flaky.broken = True
+    list(collector_set.collect())
+    assert sum("collector flaky failed" in r.getMessage() for r in caplog.records) == 2
