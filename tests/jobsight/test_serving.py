@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -109,6 +110,7 @@ def test_collector_failure_is_logged_once_until_it_recovers(caplog: pytest.LogCa
                 raise OSError("no PSI on this kernel")
             yield GaugeMetricFamily("flaky_value", "A value.", value=1)
 
+    caplog.set_level(logging.INFO, logger="jobsight.serving")
     flaky = Flaky()
     collector_set = CollectorSet({"flaky": flaky})
     for _ in range(3):
