@@ -1,16 +1,73 @@
-"""Placeholder: this component's command line is being written."""
+"""``jobsight agent``: the GPU, RDMA and node collectors of one host, served on one port.
+
+One process per node (a DaemonSet or a Slurm node service) instead of three. Each exporter keeps
+its own flags and its own self metrics (``jobsight_scrape_collector_*{collector="gpu"|"rdma"}``,
+``node_scrape_collector_*{collector=...}``); each can be switched off. A wiring module: it imports
+the exporters' command-line modules to start them.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+DEFAULT_LISTEN = ":9400"
+EXPORTERS = ("gpu", "rdma", "node")
+
+
+def _exporter_clis() -> dict[str, Any]:
+    from exporters.gpu import cli as gpu_cli
+    from exporters.node import cli as node_cli
+    from exporters.rdma import cli as rdma_cli
+
+    return {"gpu": gpu_cli, "rdma": rdma_cli, "node": node_cli}
+
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("agent", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "agent",
+        help="serve the GPU, RDMA and node collectors of this host on one port",
+        description="One process per node: the GPU (NVML or simulated), RDMA (sysfs) and node "
+        "(procfs/sysfs, per-job accounting) collectors on one /metrics endpoint. Flags shared by "
+        "several exporters (--path.sysfs, --path.procfs) apply to all of them.",
+        # Exporters sharing a flag (same dest, same default) define it once each; the last wins.
+        conflict_handler="resolve",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="web_listen_address",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to serve /metrics and /healthz on (default: {DEFAULT_LISTEN})",
+    )
+    for name in EXPORTERS:
+        parser.add_argument(
+            f"--collector.{name}",
+            dest=f"agent_{name}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"serve the {name} exporter's metrics (default: enabled)",
+        )
+    for name, cli in _exporter_clis().items():
+        cli.add_arguments(parser.add_argument_group(f"{name} exporter"))
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("jobsight: agent is not available in this build yet")
-    return 1
+    from jobsight.errors import ConfigError
+    from jobsight.serving import ExporterParts, parse_listen_address, serve_parts
+
+    listen = parse_listen_address(args.web_listen_address)
+    enabled = [name for name in EXPORTERS if getattr(args, f"agent_{name}")]
+    if not enabled:
+        raise ConfigError("every collector is switched off: enable at least one of --collector.gpu/rdma/node")
+    clis = _exporter_clis()
+    parts: list[ExporterParts] = []
+    try:
+        for name in enabled:
+            parts.append(clis[name].build(args))
+    except BaseException:
+        for part in parts:
+            part.close()
+        raise
+    return serve_parts(parts, listen)

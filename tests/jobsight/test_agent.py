@@ -1,0 +1,84 @@
+"""`jobsight agent`: the GPU, RDMA and node collectors of one host on one port, as a process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.exporters.gpu.test_collector import PROMTOOL_ALLOW
+from tests.support import FIXTURES, Proc, free_port, jobsight_command, promtool_check_metrics, wait_for_http
+
+RDMA_SYSFS = FIXTURES / "rdma" / "good" / "sys"
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_agent_serves_gpu_rdma_and_node_collectors_on_one_port(spawn: Callable[..., Proc]) -> None:
+    port = free_port()
+    proc = spawn(
+        jobsight_command(
+            "agent", "--web.listen-address", f"127.0.0.1:{port}", "--simulate", "4", "--hostname", "nodeA",
+            "--path.sysfs", str(RDMA_SYSFS), "--no-collector.filesystem",
+        ),
+        name="agent",
+    )
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = _samples(text)
+    names = {name for name, _ in samples}
+    gpus = {dict(labels)["gpu"] for name, labels in samples if name == "DCGM_FI_DEV_GPU_UTIL"}
+    assert gpus == {"0", "1", "2", "3"}
+    hosts = {dict(labels)["Hostname"] for name, labels in samples if name == "DCGM_FI_DEV_GPU_UTIL"}
+    assert hosts == {"nodeA"}
+    assert "node_infiniband_port_data_received_bytes_total" in names
+    assert "node_cpu_seconds_total" in names
+    # each exporter keeps its own self metrics
+    assert samples[("jobsight_scrape_collector_success", (("collector", "gpu"),))] == 1.0
+    assert samples[("jobsight_scrape_collector_success", (("collector", "rdma"),))] == 1.0
+    assert samples[("node_scrape_collector_success", (("collector", "cpu"),))] == 1.0
+    assert ("node_scrape_collector_success", (("collector", "filesystem"),)) not in samples
+    promtool_check_metrics(text, allow=[*PROMTOOL_ALLOW, "node_memory_"])
+
+
+def test_agent_collectors_can_be_switched_off(spawn: Callable[..., Proc]) -> None:
+    port = free_port()
+    proc = spawn(
+        jobsight_command(
+            "agent", "--web.listen-address", f"127.0.0.1:{port}", "--no-collector.gpu", "--no-collector.node",
+            "--path.sysfs", str(RDMA_SYSFS),
+        ),
+        name="agent",
+    )
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    names = {name for name, _ in _samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)}
+    assert "node_infiniband_port_data_received_bytes_total" in names
+    assert not any(name.startswith(("DCGM_", "jobsight_gpu_", "node_cpu", "node_scrape")) for name in names)
+
+
+def test_agent_with_every_collector_off_is_a_usage_error(spawn: Callable[..., Proc]) -> None:
+    proc = spawn(
+        jobsight_command("agent", "--no-collector.gpu", "--no-collector.node", "--no-collector.rdma"),
+        name="agent",
+    )
+    assert proc.popen.wait(timeout=60) == 2
+    assert "every collector is switched off" in proc.output()
+
+
+def test_agent_without_nvml_says_so_and_exits_3(spawn: Callable[..., Proc]) -> None:
+    """No GPU here: asking for the real GPU collector fails clearly instead of serving nothing."""
+    proc = spawn(
+        jobsight_command(
+            "agent", "--web.listen-address", f"127.0.0.1:{free_port()}", "--path.sysfs", str(RDMA_SYSFS)
+        ),
+        name="agent",
+    )
+    assert proc.popen.wait(timeout=60) == 3
+    assert "NVML" in proc.output()
