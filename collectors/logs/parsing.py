@@ -80,11 +80,10 @@ class TimestampParser:
 
 
 def detect_level(text: str) -> str | None:
-    head = text[:96]
-    found = _LEVEL_RE.search(head)
+    found = _LEVEL_RE.search(text, 0, 96)
     if found is not None:
         return _LEVELS[found.group(1)]
-    glog = _GLOG_RE.match(head)
+    glog = _GLOG_RE.match(text)
     if glog is not None:
         return _LEVELS[glog.group(1)]
     return None
@@ -133,7 +132,7 @@ class TextDecoder:
     def plain(self, text: str, offset: int, end: int, truncated: bool = False,
               stream: str | None = None, timestamp: float | None = None) -> Line:
         rank = None
-        if self.rank_re is not None and "[rank" in text[:64]:
+        if self.rank_re is not None and text.find("[rank", 0, 64) >= 0:
             found = self.rank_re.match(text)
             if found is not None:
                 rank = int(found.group("rank"))

