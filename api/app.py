@@ -382,10 +382,9 @@ def create_app(
                                          description=f"one or more of: {', '.join(CATALOG)}")],
         start: UtcDatetime | None = None, end: UtcDatetime | None = None,
         step: Annotated[float | None, Query(gt=0, le=86400, description="seconds; raised if needed")] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         job, _ = service.visible_job(job_id, who)
-        result = service.metrics(job, name, start, end, step)
-        return JSONResponse(_jsonable(result))
+        return Response(service.metrics_json(job, name, start, end, step), media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}/summary", response_model=SummaryResponse, tags=["jobs"],
              responses=ERROR_RESPONSES)
@@ -553,13 +552,3 @@ def _decode_job_cursor(cursor: str) -> tuple[float, str]:
         return float(created_at), str(job_id)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise InvalidInput("cursor is not one this API returned") from exc
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    return value

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from api.cache import ResultCache
 from api.catalog import CATALOG, rate_window
 from api.diagnosis import diagnose
 from api.links import build_links
@@ -111,6 +112,7 @@ class JobService:
         self.executor = executor
         self.clock = clock
         self.facts = JobFacts(prometheus, logs, executor, clock)
+        self.cache = ResultCache(settings.query_cache_seconds, settings.query_cache_entries)
         self.api_url = settings.public_url or f"http://{settings.listen}"
 
     # -- visibility ---------------------------------------------------------------------------
@@ -198,6 +200,29 @@ class JobService:
 
     # -- metrics --------------------------------------------------------------------------------
 
+    def settled(self, end_ts: float) -> bool:
+        """Prometheus data up to ``end_ts`` will not change any more."""
+        return end_ts <= self.clock() - self.settings.query_settle_seconds
+
+    def metrics_json(self, job: Job, names: Sequence[str], start: datetime | None, end: datetime | None,
+                     step: float | None) -> bytes:
+        """The metrics answer, encoded; reused from the cache when its window is settled."""
+        unknown = [name for name in names if name not in CATALOG]
+        if unknown:
+            raise InvalidInput(f"unknown metric name(s) {', '.join(sorted(set(unknown)))}; "
+                               f"known: {', '.join(sorted(CATALOG))}")
+        start_ts, end_ts = self.window(job, start, end)
+        chosen = choose_step(start_ts, end_ts, step)
+        unique = tuple(dict.fromkeys(names))
+
+        def compute() -> bytes:
+            body = self.metrics(job, unique, iso(start_ts), iso(end_ts), chosen)
+            return json.dumps(_jsonable(body), separators=(",", ":")).encode()
+
+        if not self.settled(end_ts):
+            return compute()
+        return self.cache.get_or_compute(("metrics", job.job_id, unique, start_ts, end_ts, chosen), compute)
+
     def metrics(self, job: Job, names: Sequence[str], start: datetime | None, end: datetime | None,
                 step: float | None) -> dict[str, Any]:
         unknown = [name for name in names if name not in CATALOG]
@@ -244,11 +269,19 @@ class JobService:
         missing: list[str] = []
         hosts, _ = self.hosts_and_gpus(job)
 
-        prom_future = self.executor.submit(self.facts.prometheus_facts, job.job_id, start_ts, end_ts)
+        def prometheus_facts() -> PromFacts:
+            if not self.settled(end_ts):
+                return self.facts.prometheus_facts(job.job_id, start_ts, end_ts)
+            return self.cache.get_or_compute(
+                ("facts", job.job_id, start_ts, end_ts),
+                lambda: self.facts.prometheus_facts(job.job_id, start_ts, end_ts))
+
         alerts = self.store.list_alerts(job_id=job.job_id, limit=500)
         facts = PromFacts()
         try:
-            facts = prom_future.result()
+            # In this thread, not the query pool: the facts fan out into that pool, and a task
+            # that waits on tasks of its own bounded pool deadlocks under load.
+            facts = prometheus_facts()
         except DependencyUnavailable as exc:
             if strict:
                 raise
@@ -381,6 +414,16 @@ class JobService:
             self.store.finish_notification(notification.id, ok=True, body=body, targets=len(urls), error=None,
                                            retry_at=None)
         return len(due)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
 
 
 __all__ = ["Caller", "Forbidden", "JobService", "NotFound", "duration"]

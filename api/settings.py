@@ -69,6 +69,11 @@ class ApiSettings(BaseSettings):
     notify_max_attempts: int = Field(default=5, ge=1, le=100)
     notify_retry_seconds: float = Field(default=10.0, gt=0)
     notify_delay_seconds: float = Field(default=0.0, ge=0, description="wait before a first delivery")
+    query_cache_seconds: float = Field(
+        default=300.0, ge=0, description="how long answers about settled windows are reused; 0 disables")
+    query_cache_entries: int = Field(default=256, ge=0)
+    query_settle_seconds: float = Field(
+        default=300.0, ge=0, description="a window that ended at least this long ago is settled")
     dependency_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
