@@ -538,7 +538,9 @@ class FileTailer:
         for tracked in list(self.tracked.values()):
             if tracked.finished:
                 continue
+            at_eof = False
             if total < budget:
+                requested = min(budget - total, READ_CHUNK)
                 try:
                     records, nread = tracked.read(budget - total, now)
                 except Replaced:
@@ -549,7 +551,11 @@ class FileTailer:
                     continue
                 out.extend(records)
                 total += nread
-            out.extend(tracked.pipeline.expire())
+                at_eof = nread < requested
+            if at_eof:
+                # The flush timeout counts only once we have caught up with the file: a block whose
+                # next lines are already written but not read yet (we are behind) must not be cut.
+                out.extend(tracked.pipeline.expire())
             if total >= budget:
                 continue
             if tracked.rotated_at is not None:

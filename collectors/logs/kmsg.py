@@ -109,6 +109,7 @@ class KmsgReader:
         self.is_device = False
         self.file_pos = 0
         self.buf = b""
+        self._at_eof = False
         self._warned = False
 
     def _boot_id(self) -> str:
@@ -161,17 +162,20 @@ class KmsgReader:
             self.positioned = True
             self.next_seq = seq + 1
             out.extend(self.pipeline.feed_line(line))
-        out.extend(self.pipeline.expire())
+        if self._at_eof:
+            out.extend(self.pipeline.expire())  # only once caught up: see FileTailer.poll
         return out, nbytes
 
     def _read_device(self, budget: int) -> list[bytes]:
         assert self.fd is not None
         out: list[bytes] = []
         total = 0
+        self._at_eof = False
         while total < budget and len(out) < _MAX_RECORDS_PER_POLL:
             try:
                 raw = os.read(self.fd, 8192)
             except BlockingIOError:
+                self._at_eof = True
                 break
             except OSError as exc:
                 if exc.errno == errno.EPIPE:
@@ -186,7 +190,9 @@ class KmsgReader:
 
     def _read_file(self, budget: int) -> list[bytes]:
         assert self.fd is not None
-        data = os.pread(self.fd, min(budget, 1024 * 1024), self.file_pos)
+        requested = min(budget, 1024 * 1024)
+        data = os.pread(self.fd, requested, self.file_pos)
+        self._at_eof = len(data) < requested
         if not data:
             return []
         self.file_pos += len(data)
