@@ -47,12 +47,14 @@ EVENT_LINES = [
 ]
 
 
-def generate(directory: Path, total: int, files: int, seed: int = 7) -> tuple[int, int]:
-    """Write ``total`` lines over ``files`` job logs; returns (lines, bytes)."""
+def generate(directory: Path, total: int, files: int, seed: int = 7) -> tuple[int, int, int]:
+    """Write ``total`` lines over ``files`` job logs; returns (lines, bytes, records expected:
+    each five-line traceback is one record)."""
     rng = random.Random(seed)
     per_file = total // files
     written_lines = 0
     written_bytes = 0
+    tracebacks = 0
     for f in range(files):
         job = directory / f"{4711 + f}"
         job.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,7 @@ def generate(directory: Path, total: int, files: int, seed: int = 7) -> tuple[in
                         f'[rank{r}]:   File "/workspace/train.py", line 120, in main',
                         f"[rank{r}]: ValueError: bad batch {n}"]
                 n += 5
+                tracebacks += 1
             elif roll < 0.25:
                 when = f"2026-11-29T05:{sec // 60 % 60:02d}:{sec % 60:02d}.{n % 1000:03d}Z"
                 text = f"step {n} loss {rng.random():.4f} tokens/s {rng.randint(1000, 9000)}"
@@ -93,12 +96,12 @@ def generate(directory: Path, total: int, files: int, seed: int = 7) -> tuple[in
         sink.close()
         written_lines += n
         written_bytes += len(data)
-    return written_lines, written_bytes
+    return written_lines, written_bytes, written_lines - 4 * tracebacks
 
 
 def run(lines: int, files: int, workdir: Path) -> dict[str, float]:
     logs = workdir / "jobs"
-    total_lines, total_bytes = generate(logs, lines, files)
+    total_lines, total_bytes, expected_records = generate(logs, lines, files)
     config = parse_model(CollectorConfig, {
         "sources": [{"type": "file", "paths": [f"{logs}/*/*.log"],
                      "job_id_pattern": f"{logs}/(?P<job_id>[^/]+)/", "multiline": {"flush_timeout": 0.2}}],
@@ -144,7 +147,7 @@ def run(lines: int, files: int, workdir: Path) -> dict[str, float]:
     store.close()
     again.close()
     return {"store_cpu_s": store_cpu, "maxrss_mib": maxrss_mib, "lines": total_lines, "bytes": total_bytes,
-            "records": records, "events": events, "wall_s": wall,
+            "records": records, "expected_records": expected_records, "events": events, "wall_s": wall,
             "cpu_s": cpu, "lines_per_s": total_lines / wall, "mib_per_s": total_bytes / wall / 2**20}
 
 
@@ -165,7 +168,8 @@ def main() -> int:
     print(f"command: .venv/bin/python benchmarks/logs_throughput.py --lines {args.lines} "
           f"--files {args.files}")
     print(f"input: {result['lines']:.0f} lines, {result['bytes'] / 2**20:.1f} MiB in {args.files} files "
-          f"-> {result['records']:.0f} records ({result['events']:.0f} events)")
+          f"-> {result['records']:.0f} records ({result['events']:.0f} events; "
+          f"{result['expected_records']:.0f} expected)")
     print(f"wall: {result['wall_s']:.2f} s, cpu: {result['cpu_s']:.2f} s")
     print(f"throughput: {result['lines_per_s']:,.0f} lines/s, {result['mib_per_s']:.1f} MiB/s")
     print(f"per CPU second: {result['lines'] / result['cpu_s']:,.0f} lines/s")
@@ -175,7 +179,7 @@ def main() -> int:
           f"(read, decode, multiline, rules, batching): {result['cpu_s'] - result['store_cpu_s']:.2f} cpu s")
     print(f"ratio vs Vector's published ~{VECTOR_EVENTS_PER_VCPU:,} events/s per vCPU: "
           f"{result['lines_per_s'] / VECTOR_EVENTS_PER_VCPU:.2f}x")
-    return 0
+    return 0 if result["records"] == result["expected_records"] else 1
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ an indented continuation.
 A line continues the open block when:
 - the block is inside a traceback and has not reached the exception line yet (everything until a
   non-indented ``pkg.ExcType: message`` line belongs to it);
-- the block has seen a traceback and the line is blank, a chained-exception sentence, or a new
-  ``Traceback (most recent call last):``;
+- the block has seen a traceback and the line is blank, a chained-exception sentence, or the
+  ``Traceback (most recent call last):`` that follows such a sentence;
 - the line matches a continuation pattern: indented text, the CUDA/NCCL hint lines, C++ frames,
   the ``=====``/``-----`` rules and headings of torchrun's ChildFailedError report, and the NVRM
   "fallen off the bus" sentence the driver splits over three kernel lines.
@@ -85,6 +85,7 @@ class _Group:
     last_seen: float
     in_traceback: bool = False
     traceback_seen: bool = False
+    chained: bool = False  # saw "During handling of the above exception ..." : a Traceback follows
     truncated: bool = False
     levels: list[str] = field(default_factory=list)
 
@@ -163,11 +164,19 @@ class Multiline:
                 group.in_traceback = False
             return True
         if group.traceback_seen:
-            if not text.strip() or _CHAINED.match(text):
+            if not text.strip():
+                return True
+            if _CHAINED.match(text):
+                group.chained = True
                 return True
             if _TRACEBACK_START.match(text):
-                group.in_traceback = True
-                return True
+                # Only a chained exception continues the block; a second traceback of the same rank
+                # right after the first is a new record.
+                if group.chained:
+                    group.chained = False
+                    group.in_traceback = True
+                    return True
+                return False
         elif _TRACEBACK_START.match(text):
             return False
         return self._continuation.match(text) is not None

@@ -217,3 +217,14 @@ def test_user_continuation_pattern() -> None:
     out, _ml = run(["ERROR request failed", "... caused by: timeout", "next"],
                   extra_patterns=[r"\.\.\. caused by:"])
     assert [b.lines for b in out] == [2]
+
+
+def test_consecutive_tracebacks_of_one_rank_are_separate_records() -> None:
+    one = ["[rank2]: Traceback (most recent call last):", '[rank2]:   File "a.py", line 1, in f',
+           "[rank2]: ValueError: first"]
+    two = ["[rank2]: Traceback (most recent call last):", '[rank2]:   File "a.py", line 2, in g',
+           "[rank2]: KeyError: second"]
+    out, ml = run(one + two)
+    out += ml.finish()
+    assert [b.lines for b in out] == [3, 3]
+    assert out[1].text.endswith("KeyError: second") and out[1].rank == 2
