@@ -194,16 +194,18 @@ def test_collector_waits_with_input_unread_until_elasticsearch_answers(fake: Fak
     h.collector.stats = stats
     fake.drop_requests = 3
     fake.fail_requests = [503, 503]
-    fake.observer = lambda: (sum(stats.records_read.values()), stats.pending_since is not None)
+    fake.observer = lambda: (sum(stats.records_read.values()), stats.pending_since is not None,
+                             h.collector.health()[0])
     h.pump_until(lambda: len(fake.docs) == 200, message="all lines in elasticsearch")
     h.settle()
     assert len(fake.docs) == 200 and len(h.messages()) == 200  # the store keeps them too by default
     assert stats.sink_errors["elasticsearch"] == 5
     # The first batch was retried five times and nothing more was read meanwhile (backpressure).
     first = fake.observations[:6]
-    assert len(set(first)) == 1 and 0 < first[0][0] < 200
+    assert len({o[:2] for o in first}) == 1 and 0 < first[0][0] < 200
     assert first[0][1]  # the delivery lag is counting while the batch waits
-    assert stats.delivery_lag() == 0.0
+    assert first[1][2] is False  # /healthz says 503 while deliveries fail ...
+    assert stats.delivery_lag() == 0.0 and h.collector.health() == (True, "ok")  # ... and 200 after
     docs = list(fake.docs.values())
     assert {d["labels"]["job_id"] for d in docs} == {"job-1"}
     h.close()

@@ -305,3 +305,38 @@ def test_cri_source_with_pod_metadata(tmp_path: Path) -> None:
                                   "container": "pytorch"}
     assert second.stream == "stdout" and second.timestamp == 1795928401.0
     h.close()
+
+
+def test_job_from_the_job_map_when_the_node_runs_one_job(tmp_path: Path) -> None:
+    jobmap = tmp_path / "jobmap"
+    jobmap.mkdir()
+    for gpu in ("0", "1"):
+        (jobmap / gpu).write_text("777 1000\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write(logs / "worker.log", "hello")
+    h = Harness(tmp_path, [file_source([f"{logs}/*.log"], job_id_patterns=[r"/nomatch/(?P<job_id>\d+)/"],
+                                       job_map_dir=str(jobmap))])
+    h.pump_until(lambda: len(h.messages()) == 1)
+    assert h.records()[0].job_id == "777"
+    h.close()
+
+
+def test_docker_json_file_source(tmp_path: Path) -> None:
+    import json
+
+    container = tmp_path / "containers" / ("c" * 64)
+    container.mkdir(parents=True)
+    entries = [{"log": "x" * 100, "stream": "stdout", "time": "2026-11-29T05:00:00Z"},
+               {"log": "y\n", "stream": "stdout", "time": "2026-11-29T05:00:00.1Z"},
+               {"log": "RuntimeError: CUDA error: an illegal memory access was encountered\n",
+                "stream": "stderr", "time": "2026-11-29T05:00:01Z"}]
+    write(container / f"{'c' * 64}-json.log", *(json.dumps(e) for e in entries))
+    h = Harness(tmp_path, [{"type": "docker", "paths": [f"{tmp_path}/containers/*/*-json.log"],
+                            "job_id": "job-9", "rotate_wait": 0, "multiline": {"flush_timeout": 0.1}}])
+    h.pump_until(lambda: len(h.messages()) == 2)
+    first, second = sorted(h.records(), key=lambda r: r.offset)
+    assert first.message == "x" * 100 + "y" and first.offset == 0 and first.source == "docker"
+    assert second.event_kind == "cuda_illegal_access" and second.stream == "stderr"
+    assert first.timestamp == 1795928400.0
+    h.close()
