@@ -81,11 +81,12 @@ class LogCollector:
         self.inputs: list[Input] = []
         for index, source in enumerate(config.sources):
             name = source_name(source, index)
+            source_host = source.host or host
             if isinstance(source, KmsgSource):
-                self.inputs.append(KmsgReader(name, source, host=host, rules=rules, stats=stats,
+                self.inputs.append(KmsgReader(name, source, host=source_host, rules=rules, stats=stats,
                                               checkpoints=checkpoints, clock=clock, monotonic=monotonic))
             else:
-                self.inputs.append(FileTailer(name, source, host=host, rules=rules, stats=stats,
+                self.inputs.append(FileTailer(name, source, host=source_host, rules=rules, stats=stats,
                                               checkpoints=checkpoints, clock=clock, monotonic=monotonic))
         self._batch = _Batch([])
         self._last_scan = -1e18

@@ -40,6 +40,9 @@ class MultilineConfig(_Strict):
 
 class _SourceBase(_Strict):
     name: str | None = None
+    # The host stamped on this source's records, when it is not the collector's own: a collector
+    # reading another node's logs (a shared filesystem, or the simulated cluster of `jobsight up`).
+    host: str | None = Field(default=None, min_length=1, max_length=253)
     job_id: str | None = None  # every record of this source belongs to this job
     job_id_pattern: str | None = None
     job_id_patterns: list[str] | None = None

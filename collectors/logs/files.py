@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
 READ_CHUNK = 256 * 1024
+FORGET_AFTER_S = 24 * 3600.0  # a checkpoint whose file is gone this long is dropped
 _ROTATED_SEPARATORS = (".", "-", "_")
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
@@ -219,6 +220,7 @@ class FileTailer:
         checkpoints: dict[str, str],
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        forget_after: float = FORGET_AFTER_S,
     ) -> None:
         self.name = name
         self.config = config
@@ -243,6 +245,8 @@ class FileTailer:
         self.dirty: set[str] = set()  # identities whose checkpoint changed outside of reading
         self.removed: set[str] = set()
         self._warned: set[str] = set()
+        self._unseen_since: dict[str, float] = {}
+        self.forget_after = forget_after
 
     # ---- discovery ---------------------------------------------------------------------------
 
@@ -287,8 +291,29 @@ class FileTailer:
         for ckpt in list(self.known.values()):
             if not ckpt.done and ckpt.identity not in self.by_identity:
                 self._find_orphan(ckpt)
+        self._prune(seen, now)
         self.stats.files_open[self.name] = len(self.tracked)
         return out
+
+    def _prune(self, seen: set[tuple[int, int]], now: float) -> None:
+        """Forget checkpoints whose file has not been seen for ``forget_after`` seconds: finished
+        files that were deleted, and unfinished ones whose file vanished (counted as lost). Should
+        such a file come back, its records get the same ids again, so the store still keeps one
+        copy of each line."""
+        for ckpt in list(self.known.values()):
+            identity = ckpt.identity
+            if identity in self.by_identity or (ckpt.dev, ckpt.ino) in seen:
+                self._unseen_since.pop(identity, None)
+                continue
+            since = self._unseen_since.setdefault(identity, now)
+            if now - since < self.forget_after:
+                continue
+            if not ckpt.done:
+                self.stats.add2(self.stats.lost, (self.name, "vanished"))
+                log.warning("%s: %s vanished before it was read to the end (offset %d)", self.name,
+                            ckpt.path, ckpt.offset)
+            self._unseen_since.pop(identity, None)
+            self._forget(ckpt)
 
     def _was_truncated(self, tracked: TrackedFile, size: int) -> bool:
         if tracked.finished:

@@ -340,3 +340,34 @@ def test_docker_json_file_source(tmp_path: Path) -> None:
     assert second.event_kind == "cuda_illegal_access" and second.stream == "stderr"
     assert first.timestamp == 1795928400.0
     h.close()
+
+
+def test_checkpoints_of_vanished_files_are_forgotten(tmp_path: Path, jobs: Path) -> None:
+    from collectors.logs.config import FileSource
+    from collectors.logs.files import FileTailer
+    from collectors.logs.rules import RuleSet
+    from collectors.logs.stats import LogStats
+
+    done_log = jobs / "4711" / "train.log"
+    write(done_log, *lines("d", 0, 3))
+    h = Harness(tmp_path, [source(jobs)])
+    h.pump_until(lambda: len(h.messages()) == 3)
+    h.collector.close()
+    saved = h.store.checkpoints()
+    assert len(saved) == 1
+    done_log.unlink()
+    now = [1000.0]
+    config = FileSource.model_validate(source(jobs))
+    stats = LogStats()
+    tailer = FileTailer("file", config, host="node1", rules=RuleSet.build(), stats=stats, checkpoints=saved,
+                        monotonic=lambda: now[0], forget_after=60)
+    tailer.scan()
+    assert tailer.pending_checkpoints() == ({}, [])
+    now[0] += 61
+    tailer.scan()
+    updates, removed = tailer.pending_checkpoints()
+    assert updates == {} and removed == list(saved)
+    assert stats.lost[("file", "vanished")] == 1  # it was not finished: its unread rest is gone
+    h.store.write([], updates, removed)
+    assert h.store.checkpoints() == {}
+    h.close()
