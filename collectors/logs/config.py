@@ -107,7 +107,10 @@ class FileSource(_FileLike):
 
 class CriSource(_FileLike):
     type: Literal["cri"]
-    paths: list[str] = Field(default_factory=lambda: ["/var/log/pods/*/*/*.log"], min_length=1)
+    # The kubelet renames 0.log to 0.log.<YYYYMMDD-HHMMSS> and gzips it at the next rotation: glob
+    # the uncompressed rotated name too, so a rotation while the collector is down loses nothing.
+    paths: list[str] = Field(
+        default_factory=lambda: ["/var/log/pods/*/*/*.log", "/var/log/pods/*/*/*.log.2*"], min_length=1)
 
 
 class DockerSource(_FileLike):
