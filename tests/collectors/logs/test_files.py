@@ -371,3 +371,32 @@ def test_checkpoints_of_vanished_files_are_forgotten(tmp_path: Path, jobs: Path)
     h.store.write([], updates, removed)
     assert h.store.checkpoints() == {}
     h.close()
+
+
+def test_kubelet_rotation_while_stopped(tmp_path: Path) -> None:
+    uid = "0f0e0d0c-1111-2222-3333-444455556666"
+    container = tmp_path / "pods" / f"ml_trainer-0_{uid}" / "pytorch"
+    container.mkdir(parents=True)
+    live = container / "0.log"
+
+    def cri(start: int, count: int) -> list[str]:
+        return [f"2026-11-29T05:00:{i % 60:02d}.000000001Z stdout F step {i}"
+                for i in range(start, start + count)]
+
+    write(live, *cri(0, 10))
+    pods = f"{tmp_path}/pods/*/*"
+    src = {"type": "cri", "paths": [f"{pods}/*.log", f"{pods}/*.log.2*"], "rotate_wait": 0,
+           "job_id_pattern": r"/pods/[^/_]+_[^/_]+_(?P<job_id>[0-9a-f-]{36})/",
+           "multiline": {"flush_timeout": 0.1}}
+    h = Harness(tmp_path, [src])
+    h.pump_until(lambda: len(h.messages()) == 10)
+    h.collector.close()
+    write(live, *cri(10, 5))
+    os.rename(live, container / "0.log.20261129-050000")
+    write(live, *cri(15, 5))
+    h.restart()
+    h.pump_until(lambda: len(h.messages()) == 20, message="20 records")
+    h.settle()
+    assert sorted(once(h)) == sorted(f"step {i}" for i in range(20))
+    assert {r.job_id for r in h.records()} == {uid}
+    h.close()
