@@ -5,26 +5,33 @@
   ``<prefix>_scrape_collector_duration_seconds{collector}`` and
   ``<prefix>_scrape_collector_success{collector}`` (node_exporter's names with prefix ``node``).
   One failing collector never fails the scrape: its families are left out and success is 0.
-- :class:`MetricsServer` serves a registry at ``/metrics`` and a health callback at ``/healthz``.
+- :class:`MetricsServer` serves a registry at ``/metrics`` and a health callback at ``/healthz``,
+  over HTTP/1.1 with keep-alive, rendering with :class:`jobsight.exposition.Renderer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import TCPServer, ThreadingMixIn
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import gzip_accepted
 
 from jobsight.errors import ConfigError
+from jobsight.exposition import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -122,30 +129,151 @@ class CollectorSet:
         yield success
 
 
-def _gzip_level1(
-    app: Callable[..., Iterable[bytes]], environ: dict[str, Any], start_response: Callable[..., Any]
-) -> Iterable[bytes]:
-    captured: dict[str, Any] = {}
+# prometheus_client gzips at level 9, a few ms per scrape of a large exposition; level 1 costs a
+# fraction of that for nearly the same size on text this repetitive.
+GZIP_LEVEL = 1
+# HTTP/1.1 keep-alive: Prometheus keeps its scrape connection open between scrapes (its client
+# drops idle connections after 5 minutes), so each scrape saves a TCP handshake and a thread start.
+# A connection holds a handler thread while idle, so only KEEPALIVE_CONNECTIONS connections at a
+# time may stay open (a few Prometheus replicas and a curl or two fit); any more get one response
+# with "Connection: close", which is how every connection was served before keep-alive.
+KEEPALIVE_CONNECTIONS = 16
+# An idle keep-alive connection is closed after this long: longer than any usual scrape interval
+# (so Prometheus reuses it), short enough that abandoned connections give their thread back.
+KEEPALIVE_IDLE_TIMEOUT_S = 120.0
+# stop() waits this long for request threads to finish a response in progress.
+STOP_GRACE_S = 5.0
 
-    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        captured["status"], captured["headers"] = status, headers
-
-    body = b"".join(app(environ, capture))
-    headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
-    if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")) and captured["status"].startswith("200"):
-        body = gzip.compress(body, compresslevel=1)
-        headers.append(("Content-Encoding", "gzip"))
-    headers.append(("Content-Length", str(len(body))))
-    start_response(captured["status"], headers)
-    return [body]
+_ALLOW = "OPTIONS, GET, HEAD"
+Headers = list[tuple[str, str]]
+Response = tuple[int, Headers, bytes]
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+class _HTTPServer(ThreadingMixIn, HTTPServer):
+    """One thread per connection, as before; tracks connections so keep-alive stays bounded and
+    stop() can close idle ones instead of leaving their threads blocked in a read."""
+
     daemon_threads = True
     allow_reuse_address = True
 
+    def __init__(
+        self,
+        address: tuple[str, int],
+        route: Callable[[str, str, Message], Response],
+        keepalive_connections: int,
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.route = route
+        self.keepalive_connections = keepalive_connections
+        self.closing = False
+        self._changed = threading.Condition()
+        self._connections: dict[socket.socket, bool] = {}  # connection -> may it stay open
+        super().__init__(address, _Handler)
 
-class _QuietHandler(WSGIRequestHandler):
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind also resolves the host's FQDN (a DNS query at startup) for a
+        # SERVER_NAME nothing here uses.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints these to stderr; a scraper hanging up mid-response is routine.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s went away", client_address)
+        else:
+            log.exception("error serving %s", client_address)
+
+    def open_connection(self, connection: socket.socket) -> bool:
+        """Track ``connection``; True if it may be kept alive between requests."""
+        with self._changed:
+            keep = not self.closing and sum(self._connections.values()) < self.keepalive_connections
+            self._connections[connection] = keep
+            return keep
+
+    def close_connection(self, connection: socket.socket) -> None:
+        with self._changed:
+            self._connections.pop(connection, None)
+            self._changed.notify_all()
+
+    def close_all(self, grace_s: float) -> bool:
+        """Stop keep-alive, wake connections waiting for a next request, and wait up to
+        ``grace_s`` for their threads to finish. True if every connection closed in time."""
+        with self._changed:
+            self.closing = True
+            for connection in self._connections:
+                # SHUT_RD ends a read waiting for the next request (it sees EOF) but lets a
+                # response being written complete; the handler then closes the connection.
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RD)
+            return self._changed.wait_for(lambda: not self._connections, timeout=grace_s)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # StreamRequestHandler puts this timeout on the socket: an idle keep-alive connection, or a
+    # client that stops sending half-way through its request, ends after it.
+    timeout = KEEPALIVE_IDLE_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body are two writes: without TCP_NODELAY, Nagle's algorithm plus the
+        # client's delayed ACK can hold the body back ~40 ms on a reused connection.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server = cast(_HTTPServer, self.server)
+        self._keep_alive = self._server.open_connection(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._server.close_connection(self.connection)
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def do_OPTIONS(self) -> None:
+        self._respond(send_body=True)
+
+    def do_POST(self) -> None:
+        self._respond(send_body=True)
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def _respond(self, send_body: bool) -> None:
+        try:
+            status, headers, body = self._server.route(self.command, self.path, self.headers)
+        except Exception:
+            log.exception("error answering %s %s", self.command, self.path)
+            status, headers = 500, [("Content-Type", "text/plain; charset=utf-8")]
+            body = b"internal error, see the exporter's log\n"
+        # A request body is never read: close rather than parse it as the next request. HTTP/1.0
+        # clients get one response per connection, as they expect by default.
+        has_body = self.headers.get("Content-Length", "0").strip() not in ("", "0") or (
+            "Transfer-Encoding" in self.headers
+        )
+        keep = (
+            self._keep_alive
+            and not self._server.closing
+            and not has_body
+            and self.request_version == "HTTP/1.1"
+            and status < 500
+        )
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        if not keep:
+            self.send_header("Connection", "close")  # also sets self.close_connection
+        self.end_headers()
+        if send_body and body:
+            self.wfile.write(body)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
 
@@ -174,7 +302,8 @@ class ExporterParts:
 class MetricsServer:
     """Serves ``registry`` at ``/metrics`` and ``health()`` at ``/healthz`` on a background thread.
 
-    Bind to port 0 to get a free port; :attr:`address` then holds the real one.
+    Bind to port 0 to get a free port; :attr:`address` then holds the real one. Connections are
+    kept alive (HTTP/1.1) for up to ``keepalive_connections`` clients at a time.
     """
 
     def __init__(
@@ -182,33 +311,15 @@ class MetricsServer:
         registry: CollectorRegistry,
         listen: ListenAddress,
         health: HealthCheck = _always_healthy,
+        keepalive_connections: int = KEEPALIVE_CONNECTIONS,
     ) -> None:
         self.registry = registry
         self.health = health
-        # prometheus_client gzips at level 9, a few ms per scrape of a large exposition; level 1
-        # costs a fraction of that for nearly the same size on text this repetitive.
-        metrics_app = make_wsgi_app(registry, disable_compression=True)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "/")
-            if path == "/healthz":
-                ok, message = self.health()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-                return [message.encode() + b"\n"]
-            if path == "/metrics":
-                return _gzip_level1(metrics_app, environ, start_response)
-            if path == "/":
-                start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-                return [b'<html><body><a href="/metrics">/metrics</a> <a href="/healthz">/healthz</a>'
-                        b"</body></html>\n"]
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"not found: try /metrics or /healthz\n"]
-
+        # Renders what prometheus_client would, byte for byte, several times faster: it keeps the
+        # formatted name{labels} of each series between scrapes (jobsight/exposition.py).
+        self.renderer = Renderer()
         try:
-            self._server = make_server(
-                listen.host, listen.port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-            )
+            self._server = _HTTPServer((listen.host, listen.port), self._route, keepalive_connections)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
         host, port = self._server.server_address[:2]
@@ -224,7 +335,55 @@ class MetricsServer:
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join(timeout=5)
+        if not self._server.close_all(STOP_GRACE_S):
+            log.warning("metrics server stopped with requests still running after %.0f s", STOP_GRACE_S)
         self._server.server_close()
+
+    def _route(self, method: str, target: str, headers: Message) -> Response:
+        path, _, query = target.partition("?")
+        if path == "/metrics":
+            if method == "OPTIONS":
+                return 200, [("Allow", _ALLOW)], b""
+            if method not in ("GET", "HEAD"):
+                return 405, [("Allow", _ALLOW), ("Content-Type", "text/plain; charset=utf-8")], (
+                    f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS, GET or HEAD\n".encode()
+                )
+            return self._metrics(query, headers)
+        if method not in ("GET", "HEAD"):
+            return 405, [("Allow", "GET, HEAD"), ("Content-Type", "text/plain; charset=utf-8")], (
+                b"method not allowed\n"
+            )
+        if path == "/healthz":
+            ok, message = self.health()
+            text_plain = [("Content-Type", "text/plain; charset=utf-8")]
+            return 200 if ok else 503, text_plain, message.encode() + b"\n"
+        if path == "/":
+            return 200, [("Content-Type", "text/html; charset=utf-8")], (
+                b'<html><body><a href="/metrics">/metrics</a> <a href="/healthz">/healthz</a>'
+                b"</body></html>\n"
+            )
+        return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found: try /metrics or /healthz\n"
+
+    def _metrics(self, query: str, headers: Message) -> Response:
+        # The format is what prometheus_client's make_wsgi_app negotiates: OpenMetrics when the
+        # Accept header asks for it (Prometheus does, by default), text 0.0.4 otherwise.
+        # node_exporter answers text even when OpenMetrics is preferred, and with this renderer
+        # the two cost about the same, but switching would change what Prometheus stores from an
+        # exporter already in use: in text, counters' _created samples become separate gauge
+        # families (new series on every counter), exemplars and units are dropped, and the
+        # OpenMetrics "# EOF" that lets Prometheus reject a truncated body is gone. So keep
+        # prometheus_client's choice, and one function (Renderer.encoder_for) makes it.
+        encoder, content_type = self.renderer.encoder_for(headers.get("Accept"))
+        target: Collector = self.registry
+        params = parse_qs(query)
+        if "name[]" in params:  # prometheus_client's filter, e.g. /metrics?name[]=up
+            target = self.registry.restricted_registry(params["name[]"])
+        body = encoder(target)
+        out_headers: Headers = [("Content-Type", content_type)]
+        if gzip_accepted(headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            out_headers.append(("Content-Encoding", "gzip"))
+        return 200, out_headers, body
 
 
 def serve_parts(parts: list[ExporterParts], listen: ListenAddress) -> int:
