@@ -292,6 +292,8 @@ class FileTailer:
             if not ckpt.done and ckpt.identity not in self.by_identity:
                 self._find_orphan(ckpt)
         self._prune(seen, now)
+        # Files skipped for good (binary, read-out copies) stay skipped only while they exist.
+        self.ignored = {key: value for key, value in self.ignored.items() if key in seen}
         self.stats.files_open[self.name] = len(self.tracked)
         return out
 
