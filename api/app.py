@@ -206,7 +206,7 @@ def create_app(
         tb_settings.command, host=tb_settings.host, public_host=tb_settings.public_host,
         max_instances=tb_settings.max_instances, idle_seconds=tb_settings.idle_seconds,
     )
-    executor = ContextExecutor(max_workers=32, thread_name_prefix="jobsight-api-query")
+    executor = ContextExecutor(max_workers=settings.query_workers, thread_name_prefix="jobsight-api-query")
     service = JobService(settings, store, prometheus, logs, notifier or AppriseNotifier(), tensorboard,
                          executor, clock)
     maintenance = _Maintenance(service)

@@ -74,6 +74,7 @@ class ApiSettings(BaseSettings):
     query_cache_entries: int = Field(default=256, ge=0)
     query_settle_seconds: float = Field(
         default=300.0, ge=0, description="a window that ended at least this long ago is settled")
+    query_workers: int = Field(default=32, ge=1, le=256, description="parallel Prometheus queries")
     dependency_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 

@@ -4,6 +4,7 @@ diagnosed as XID 79 on node2 GPU 3."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -205,3 +206,29 @@ def test_links_point_at_dashboards_and_routes(client: TestClient, scenario: Scen
     assert links["logs"] == "http://api.example:8000/v1/jobs/demo-fail/logs"
     assert links["alertmanager"].startswith("http://alertmanager.example:9093/#/alerts?filter=")
     assert links["tensorboard"] is None
+
+
+def test_concurrent_summaries_do_not_exhaust_the_query_pool(
+    make_client: Callable[..., TestClient], scenario: Scenario
+) -> None:
+    # More simultaneous summaries than query workers: a summary that waited on pool tasks from
+    # inside the pool would deadlock here.
+    client = make_client(settings={"query_workers": 2, "query_cache_seconds": 0})
+    register_demo(client, scenario)
+    codes: list[int] = []
+
+    def one() -> None:
+        codes.append(client.get("/v1/jobs/demo-fail/summary", headers=auth(TEAM_A)).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert codes == [200] * 6
+
+
+def test_openapi_docs_are_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/jobs/{job_id}/summary" in paths and "/v1/alerts/webhook" in paths
