@@ -225,7 +225,7 @@ class FileTailer:
         self.name = name
         self.config = config
         self.kind = config.type
-        self.host = host
+        self.host = config.host or host
         self.rules = rules
         self.stats = stats
         self.clock = clock

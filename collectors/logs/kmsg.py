@@ -96,8 +96,8 @@ class KmsgReader:
             jobs = set(JobMapDir(config.job_map_dir).read().by_key.values())
             job_id = jobs.pop() if len(jobs) == 1 else None
         ml = config.multiline
-        ctx = RecordContext(host=host, path="kmsg", identity=f"kmsg-{self.boot_id}", source="kmsg",
-                            job_id=job_id)
+        ctx = RecordContext(host=config.host or host, path="kmsg", identity=f"kmsg-{self.boot_id}",
+                            source="kmsg", job_id=job_id)
         self.pipeline = Pipeline(
             ctx, _NoDecoder(),
             Multiline(enabled=ml.enabled, max_lines=ml.max_lines, max_bytes=ml.max_bytes,

@@ -400,3 +400,12 @@ def test_kubelet_rotation_while_stopped(tmp_path: Path) -> None:
     assert sorted(once(h)) == sorted(f"step {i}" for i in range(20))
     assert {r.job_id for r in h.records()} == {uid}
     h.close()
+
+
+def test_source_host_overrides_the_collector_host(tmp_path: Path, jobs: Path) -> None:
+    write(jobs / "4711" / "train.log", "from node7")
+    h = Harness(tmp_path, [source(jobs, host="node7")])
+    h.pump_until(lambda: len(h.messages()) == 1)
+    record = h.records()[0]
+    assert record.host == "node7" and record.record_id.startswith("node7:")
+    h.close()
