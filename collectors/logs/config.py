@@ -40,7 +40,6 @@ class MultilineConfig(_Strict):
 
 class _SourceBase(_Strict):
     name: str | None = None
-    host: str | None = None  # host name for this source's records (default: the collector's `host`)
     # The host stamped on this source's records, when it is not the collector's own: a collector
     # reading another node's logs (a shared filesystem, or the simulated cluster of `jobsight up`).
     host: str | None = Field(default=None, min_length=1, max_length=253)
