@@ -71,7 +71,11 @@ def build() -> Board:
         .annotation(
             prometheus_annotation(
                 "Log events",
-                f"increase(jobsight_log_events_total{{{JOB}}}[1m]) > 0",
+                # A kind's first events create its series at their count, where increase() sees 0:
+                # a series that did not exist a minute ago counts as new events too.
+                f"(increase(jobsight_log_events_total{{{JOB}}}[1m]) > 0)"
+                f" or (jobsight_log_events_total{{{JOB}}}"
+                f" unless jobsight_log_events_total{{{JOB}}} offset 1m)",
                 "purple",
             )
         )
