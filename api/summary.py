@@ -110,33 +110,43 @@ class JobFacts:
         on_gpu = f"* on(Hostname, gpu) group_left() {gpus_of_job}"
         on_node = f"* on(Hostname) group_left() {nodes_of_job}"
 
-        def per_gpu(expr: str, agg: str = "max") -> str:
-            return f"{agg} by (Hostname, gpu) (({expr}) {on_gpu})"
+        def tagged(parts: dict[str, str]) -> str:
+            """One query for several statistics: each part gets a ``stat`` label, so Prometheus
+            evaluates the job join once per query instead of once per statistic."""
+            return " or ".join(f'label_replace({expr}, "stat", "{name}", "", "")'
+                               for name, expr in parts.items())
 
-        def per_node(counter: str) -> str:
-            return f"sum by (Hostname) (increase({counter}[{window}])) {on_node}"
-
+        gpu_stats = {
+            "util_mean": f"avg_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])",
+            "util_max": f"max_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])",
+            "mem_max": f"max_over_time(DCGM_FI_DEV_FB_USED[{window}])",
+            "energy": f"increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[{window}])",
+            "power_mean": f"avg_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])",
+            "power_max": f"max_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])",
+            "power_violation": f"increase(DCGM_FI_DEV_POWER_VIOLATION[{window}])",
+            "thermal_violation": f"increase(DCGM_FI_DEV_THERMAL_VIOLATION[{window}])",
+            "idle": f"avg_over_time((DCGM_FI_DEV_GPU_UTIL < bool {IDLE_UTIL_PERCENT:g})"
+                    f"[{window}:{duration(step)}])",
+            "ecc": f"increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL[{window}])",
+        }
+        node_stats = {
+            name: f"sum by (Hostname) (increase({counter}[{window}]))"
+            for name, counter in (("rx", "node_infiniband_port_data_received_bytes_total"),
+                                  ("tx", "node_infiniband_port_data_transmitted_bytes_total"),
+                                  ("link_downed", "node_infiniband_link_downed_total"),
+                                  ("symbol_errors", "node_infiniband_symbol_error_total"))
+        }
+        job_stats = {
+            "job_cpu": f"sum by (Hostname) (increase(jobsight_job_cpu_seconds_total{{{job}}}[{window}]))",
+            "job_mem": f"sum by (Hostname) (max_over_time(jobsight_job_memory_rss_bytes{{{job}}}[{window}]))",
+        }
         instant = {
             "info": f"max by (Hostname, gpu, UUID) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))",
             "pci": f"max by (Hostname, gpu, pci_bus_id) "
                    f"(max_over_time(jobsight_gpu_info[{window}]) {on_gpu})",
-            "util_mean": per_gpu(f"avg_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])"),
-            "util_max": per_gpu(f"max_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])"),
-            "mem_max": per_gpu(f"max_over_time(DCGM_FI_DEV_FB_USED[{window}])"),
-            "energy": per_gpu(f"increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[{window}])"),
-            "power_mean": per_gpu(f"avg_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])"),
-            "power_max": per_gpu(f"max_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])"),
-            "power_violation": per_gpu(f"increase(DCGM_FI_DEV_POWER_VIOLATION[{window}])"),
-            "thermal_violation": per_gpu(f"increase(DCGM_FI_DEV_THERMAL_VIOLATION[{window}])"),
-            "idle": per_gpu(f"avg_over_time((DCGM_FI_DEV_GPU_UTIL < bool {IDLE_UTIL_PERCENT:g})"
-                            f"[{window}:{duration(step)}])"),
-            "ecc": per_gpu(f"increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL[{window}])"),
-            "rx": per_node("node_infiniband_port_data_received_bytes_total"),
-            "tx": per_node("node_infiniband_port_data_transmitted_bytes_total"),
-            "link_downed": per_node("node_infiniband_link_downed_total"),
-            "symbol_errors": per_node("node_infiniband_symbol_error_total"),
-            "job_cpu": f"sum by (Hostname) (increase(jobsight_job_cpu_seconds_total{{{job}}}[{window}]))",
-            "job_mem": f"sum by (Hostname) (max_over_time(jobsight_job_memory_rss_bytes{{{job}}}[{window}]))",
+            "gpu_stats": f"max by (Hostname, gpu, stat) (({tagged(gpu_stats)}) {on_gpu})",
+            "node_stats": f"max by (Hostname, stat) (({tagged(node_stats)}) {on_node})",
+            "job_stats": tagged(job_stats),
         }
         short = duration(max(2 * step, 120.0))
         gpus_now = f"max by (Hostname, gpu) (max_over_time(jobsight_gpu_job_info{{{job}}}[{short}]))"
@@ -155,6 +165,13 @@ class JobFacts:
             for name, q in ranged.items()
         })
         results = {name: future.result() for name, future in futures.items()}
+        for combined in ("gpu_stats", "node_stats", "job_stats"):
+            for name in {**gpu_stats, **node_stats, **job_stats}:
+                results.setdefault(name, [])
+            for sample in results.pop(combined):
+                stat = sample.labels.pop("stat", None)
+                if stat is not None:
+                    results[stat].append(sample)
         return self._assemble(results, range_start, step)
 
     def _assemble(self, r: dict[str, Any], start: float, step: float) -> PromFacts:
