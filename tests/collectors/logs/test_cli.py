@@ -82,9 +82,10 @@ def test_collector_process_metrics_sigterm_and_export(tmp_path: Path,
     )
     port = free_port()
     config = tmp_path / "collector.yaml"
-    config.write_text(MINIMAL.replace("/data/jobs", str(jobs)).replace("/var/lib/jobsight/logs",
-                                                                        str(tmp_path / "store"))
-                      + f"listen: 127.0.0.1:{port}\npoll_interval: 0.05\nglob_interval: 0.2\n")
+    text = MINIMAL.replace("/data/jobs", str(jobs)).replace("/var/lib/jobsight/logs", str(tmp_path / "store"))
+    # A long flush timeout holds the last line deterministically: SIGTERM must not emit it.
+    text = text.replace("store:", "    multiline: {flush_timeout: 600}\nstore:")
+    config.write_text(text + f"listen: 127.0.0.1:{port}\npoll_interval: 0.05\nglob_interval: 0.2\n")
     proc = spawn(jobsight_command("collector", "logs", "--config", str(config)), name="collector")
     wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
 
@@ -112,7 +113,7 @@ def test_collector_process_metrics_sigterm_and_export(tmp_path: Path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 4  # the last line is held until more arrives or the flush timeout passed
+    assert len(rows) == 4  # the last line is held (an open block) and SIGTERM does not emit it
     by_message = {row["message"].split("\n")[0]: row for row in rows}
     xid = by_message["NVRM: Xid (PCI:0000:cb:00): 109, pid=1797828, name=pt_main_thread, Ch 00000008"]
     assert xid["event_kind"] == "gpu_xid" and xid["event_fields"]["xid"] == "109"
