@@ -78,7 +78,8 @@ def test_collector_process_metrics_sigterm_and_export(tmp_path: Path,
         "[rank3]: Traceback (most recent call last):\n"
         '[rank3]:   File "train.py", line 3, in <module>\n'
         "[rank3]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 3 has\n"
-        "INFO step 2\n"
+        "[rank3]: INFO step 2\n"  # ends rank 3's traceback (blocks are kept per rank) ...
+        "INFO step 3\n"  # ... and this one ends the Xid line's; both are held as open blocks
     )
     port = free_port()
     config = tmp_path / "collector.yaml"
@@ -113,7 +114,7 @@ def test_collector_process_metrics_sigterm_and_export(tmp_path: Path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 4  # the last line is held (an open block) and SIGTERM does not emit it
+    assert len(rows) == 3  # the two last lines are open blocks: SIGTERM does not emit them
     by_message = {row["message"].split("\n")[0]: row for row in rows}
     xid = by_message["NVRM: Xid (PCI:0000:cb:00): 109, pid=1797828, name=pt_main_thread, Ch 00000008"]
     assert xid["event_kind"] == "gpu_xid" and xid["event_fields"]["xid"] == "109"
