@@ -5,7 +5,7 @@ A rules file is YAML with a top-level ``rules`` list; each rule has ``kind``, ``
 groups become fields), optional ``extract`` (more regexes whose named groups are added when they
 match), optional ``contains`` (substrings: the regexes run only when one occurs, which keeps the
 cost per line low) and optional ``sources`` (file|cri|docker|kmsg). The defaults ship as package
-data (``rules/default.yaml``); user files are tried first, so a user rule can override a default.
+data (``default_rules.yaml``: a plain file in the package, so setuptools ships it); user files are tried first, so a user rule can override a default.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Rule:
 
 
 def default_rules_text() -> str:
-    return resources.files("collectors.logs").joinpath("rules/default.yaml").read_text(encoding="utf-8")
+    return resources.files("collectors.logs").joinpath("default_rules.yaml").read_text(encoding="utf-8")
 
 
 def load_rules_file(path: Path | str) -> list[Rule]:
