@@ -5,7 +5,8 @@ A rules file is YAML with a top-level ``rules`` list; each rule has ``kind``, ``
 groups become fields), optional ``extract`` (more regexes whose named groups are added when they
 match), optional ``contains`` (substrings: the regexes run only when one occurs, which keeps the
 cost per line low) and optional ``sources`` (file|cri|docker|kmsg). The defaults ship as package
-data (``default_rules.yaml``: a plain file in the package, so setuptools ships it); user files are tried first, so a user rule can override a default.
+data (``default_rules.yaml``, next to this module, where the ``*.yaml`` package-data glob of
+pyproject.toml includes it); user files are tried first, so a user rule can override a default.
 """
 
 from __future__ import annotations
