@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from collectors.logs.config import ElasticsearchConfig
 from collectors.logs.es import ElasticsearchSink, Stopped, data_stream_name, to_ecs
 from collectors.logs.stats import LogStats
 from jobsight.errors import DependencyUnavailable
-from jobsight.logstore import LogRecord
+from jobsight.logstore import LogRecord, SQLiteLogStore
 from tests.collectors.logs.fake_es import FakeElasticsearch
 from tests.collectors.logs.harness import Harness, file_source
+from tests.support import Proc, free_port, jobsight_command, wait_until
 
 
 def record(i: int, job: str = "4711", kind: str | None = None) -> LogRecord:
@@ -163,8 +165,6 @@ def test_failed_request_raises_dependency_unavailable(fake: FakeElasticsearch, t
 
 
 def test_unreachable_cluster_is_dependency_unavailable(tmp_path: Path) -> None:
-    from tests.support import free_port
-
     sink = sink_for(f"http://127.0.0.1:{free_port()}", tmp_path, LogStats())
     with pytest.raises(DependencyUnavailable, match="elasticsearch"):
         sink.setup()
@@ -221,3 +221,37 @@ def test_ecs_document_of_a_container_record() -> None:
     assert doc["container"] == {"name": "c"} and doc["labels"] == {"source": "cri", "stream": "stderr"}
     assert doc["data_stream"] == {"type": "logs", "dataset": "jobsight", "namespace": "prod"}
     assert "event" not in doc and doc["@timestamp"] == "1970-01-01T00:00:00.500000Z"
+
+
+def test_collector_process_with_elasticsearch_sink(fake: FakeElasticsearch, tmp_path: Path,
+                                                   spawn: Callable[..., Proc]) -> None:
+    logs = tmp_path / "jobs" / "4711"
+    logs.mkdir(parents=True)
+    lines = [f"step {i}" for i in range(30)] + ["RuntimeError: CUDA error: out of memory", "step 30"]
+    (logs / "train.log").write_text("\n".join(lines) + "\n")
+    fake.fail_requests = [503]  # the first bulk request fails: the batch is retried
+    config = tmp_path / "collector.yaml"
+    config.write_text(
+        "sources:\n"
+        "  - type: file\n"
+        f'    paths: ["{tmp_path}/jobs/*/*.log"]\n'
+        f'    job_id_pattern: "{tmp_path}/jobs/(?P<job_id>[^/]+)/"\n'
+        "    multiline: {flush_timeout: 0.2}\n"
+        f"store: {{path: {tmp_path / 'store'}, keep_records: false}}\n"
+        f"elasticsearch: {{hosts: ['{fake.url}'], namespace: prod, backoff_initial: 0.05}}\n"
+        f"listen: 127.0.0.1:{free_port()}\n"
+        "poll_interval: 0.05\nretry_initial: 0.05\n"
+    )
+    proc = spawn(jobsight_command("collector", "logs", "--config", str(config)), name="collector-es")
+    wait_until(lambda: len(fake.docs) == 32 or not proc.alive(), timeout=30, message="32 documents")
+    assert proc.alive(), proc.output()
+    assert set(fake.index_of.values()) == {"logs-jobsight-prod"}
+    assert "jobsight-logs" in fake.templates and "jobsight-logs" in fake.policies
+    oom = [d for d in fake.docs.values() if d.get("event", {}).get("kind") == "cuda_oom"]
+    assert len(oom) == 1 and oom[0]["labels"]["job_id"] == "4711"
+    proc.kill(signal.SIGTERM)
+    assert proc.popen.wait(timeout=30) == 0, proc.output()
+    # keep_records: false keeps only the offsets in the local store.
+    store = SQLiteLogStore(tmp_path / "store", read_only=True)
+    assert store.stats().records == 0 and len(store.checkpoints()) == 1
+    store.close()
