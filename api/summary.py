@@ -24,6 +24,8 @@ from jobsight.logstore import LogRecord
 IDLE_UTIL_PERCENT = 5.0
 STRAGGLER_RATIO = 0.5
 STRAGGLER_MIN_MEDIAN = 10.0
+# Range queries that time faults name GPUs one by one; beyond this many the rest go untimed.
+MAX_TIMED_GPUS = 64
 HOST_EVENT_KINDS = ("gpu_xid", "gpu_fallen_off_bus", "ecc_error", "ib_link_down", "kernel_oom_kill")
 MAX_EVENTS = 1000
 
@@ -148,22 +150,13 @@ class JobFacts:
             "node_stats": f"max by (Hostname, stat) (({tagged(node_stats)}) {on_node})",
             "job_stats": tagged(job_stats),
         }
-        short = duration(max(2 * step, 120.0))
-        gpus_now = f"max by (Hostname, gpu) (max_over_time(jobsight_gpu_job_info{{{job}}}[{short}]))"
-        join_now = f"on(Hostname, gpu) group_left() {gpus_now}"
-        ranged = {
-            "xid_t": f"max by (Hostname, gpu, xid) (jobsight_gpu_xid_errors_total * {join_now})",
-            "ecc_t": f"max by (Hostname, gpu) (DCGM_FI_DEV_ECC_DBE_VOL_TOTAL * {join_now})",
-            "up_t": f"min by (Hostname, gpu) (jobsight_gpu_up * {join_now})",
-        }
+        instant["xid_any"] = (f"max by (Hostname, gpu, xid) "
+                              f"(max_over_time(jobsight_gpu_xid_errors_total[{window}]) {on_gpu})")
+        gpu_stats["up_min"] = f"min_over_time(jobsight_gpu_up[{window}])"
+        instant["gpu_stats"] = f"max by (Hostname, gpu, stat) (({tagged(gpu_stats)}) {on_gpu})"
         futures: dict[str, Future[Any]] = {
             name: self._executor.submit(self._prom.query, q, end) for name, q in instant.items()
         }
-        range_start = start - step
-        futures.update({
-            name: self._executor.submit(self._prom.query_range, q, range_start, end, step)
-            for name, q in ranged.items()
-        })
         results = {name: future.result() for name, future in futures.items()}
         for combined in ("gpu_stats", "node_stats", "job_stats"):
             for name in {**gpu_stats, **node_stats, **job_stats}:
@@ -172,6 +165,33 @@ class JobFacts:
                 stat = sample.labels.pop("stat", None)
                 if stat is not None:
                     results[stat].append(sample)
+
+        # When did things happen? Range queries only for the GPUs where the instant answers show
+        # an XID, an ECC error or a lost GPU, selected by exact matchers (no join per step): a
+        # healthy job costs none of them.
+        def devices(samples: list[Sample], when: Callable[[Sample], bool]) -> list[tuple[str, str]]:
+            return sorted({(x.labels["Hostname"], x.labels["gpu"]) for x in samples
+                           if "Hostname" in x.labels and "gpu" in x.labels and when(x)})[:MAX_TIMED_GPUS]
+
+        def selector(metric: str, gpus: list[tuple[str, str]]) -> str:
+            return " or ".join(f"{metric}{{{matcher('Hostname', h)}, {matcher('gpu', g)}}}" for h, g in gpus)
+
+        wanted = {
+            "xid_t": ("max by (Hostname, gpu, xid)", "jobsight_gpu_xid_errors_total",
+                      devices(results["xid_any"], lambda x: x.value > 0)),
+            "ecc_t": ("max by (Hostname, gpu)", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+                      devices(results["ecc"], lambda x: x.value > 0)),
+            "up_t": ("min by (Hostname, gpu)", "jobsight_gpu_up",
+                     devices(results["up_min"], lambda x: x.value == 0)),
+        }
+        range_start = start - step
+        ranged = {
+            name: self._executor.submit(self._prom.query_range, f"{agg} ({selector(metric, gpus)})",
+                                        range_start, end, step)
+            for name, (agg, metric, gpus) in wanted.items() if gpus
+        }
+        for name in wanted:
+            results[name] = ranged[name].result() if name in ranged else []
         return self._assemble(results, range_start, step)
 
     def _assemble(self, r: dict[str, Any], start: float, step: float) -> PromFacts:

@@ -44,6 +44,7 @@ DEMO_GPUS = [("node1", g) for g in range(4)] + [("node2", g) for g in range(4)]
 OK_GPUS = [("node3", 0), ("node3", 1)]
 DISC_GPUS = [("node4", 0)]
 BROKEN = ("node2", 3)
+ECC_GPU = ("node3", 0)  # two double-bit ECC errors 30 minutes into ok-job
 
 
 def make_scenario(now: float) -> Scenario:
@@ -119,7 +120,13 @@ def build_series(s: Scenario) -> SeriesBook:
                 (max(0.0, min(t, start + 600) - start) * 1e8 if throttle else 0.0) if alive(t) else None
             ),
         )
-        book.add_range("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", labels, t_all, lambda t: 0.0 if alive(t) else None)
+        ecc_at = s.base + 30 * 60 if (host, index) == ECC_GPU else None
+        book.add_range(
+            "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+            labels,
+            t_all,
+            lambda t: (2.0 if ecc_at is not None and t >= ecc_at else 0.0) if alive(t) else None,
+        )
         if lost_at is not None:
             xid_labels = {**labels, "xid": "79"}
             book.add_range(

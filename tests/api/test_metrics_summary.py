@@ -232,3 +232,15 @@ def test_openapi_docs_are_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/jobs/{job_id}/summary" in paths and "/v1/alerts/webhook" in paths
+
+
+def test_ecc_errors_are_counted_and_timed(client: TestClient, scenario: Scenario) -> None:
+    register_demo(client, scenario)
+    body = client.get("/v1/jobs/ok-job/summary", headers=auth(TEAM_B)).json()
+    gpus = {(g["host"], g["gpu"]): g for g in body["gpus"]}
+    assert gpus[("node3", 0)]["ecc_dbe_errors"] == 2 and gpus[("node3", 1)]["ecc_dbe_errors"] == 0
+    assert body["overall"]["ecc_dbe_errors"] == 2
+    facts = client.app.state.service.facts.prometheus_facts("ok-job", scenario.base, scenario.ok_end)  # type: ignore[attr-defined]
+    (ecc,) = [f for f in facts.findings if f.kind == "ecc_error"]
+    assert (ecc.host, ecc.gpu) == ("node3", 0)
+    assert scenario.base + 30 * 60 <= ecc.time <= scenario.base + 31 * 60
