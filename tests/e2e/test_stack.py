@@ -129,7 +129,12 @@ def test_jobsight_up_demo_end_to_end(tmp_path: Path, spawn: Callable[..., Proc])
             for uid, (title, expr) in queries:
                 # Over the test's time range, as Grafana asks: the failed job's process series
                 # ended with it, its events are a burst, yet the dashboard shows them.
-                params = {"query": expr, "start": started, "end": time.time(), "step": 2}
+                params: dict[str, str | float] = {
+                    "query": expr,
+                    "start": started,
+                    "end": time.time(),
+                    "step": 2,
+                }
                 body = client.get(f"{prom}/api/v1/query_range", params=params).json()
                 if body.get("status") != "success" or not body["data"]["result"]:
                     empty.append(f"{uid} / {title}: {expr}")
