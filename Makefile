@@ -50,8 +50,10 @@ test: setup
 	$(BIN)/mypy jobsight exporters collectors api dashboards alerts tests benchmarks
 	$(BIN)/pytest
 
+BENCHMARKS := gpu_scrape.py node_exporters.py rdma_exporter.py logs_throughput.py api_load.py fault_to_notification.py
+
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(BENCHMARKS); do echo "== benchmarks/$$b"; $(BIN)/python benchmarks/$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
