@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.annotations import GrafanaAnnotator, JobAnnotator, NoAnnotations
 from api.catalog import CATALOG
 from api.db import open_database
 from api.logsource import LogSource, UnconfiguredLogSource, open_log_source
@@ -185,6 +186,7 @@ def create_app(
     http_client: httpx.Client | None = None,
     tracer_provider: TracerProvider | None = None,
     environ: dict[str, str] | None = None,
+    annotator: JobAnnotator | None = None,
 ) -> FastAPI:
     provider = tracer_provider or make_tracer_provider(os.environ if environ is None else environ)
     tracer = provider.get_tracer("jobsight.api")
@@ -207,8 +209,11 @@ def create_app(
         max_instances=tb_settings.max_instances, idle_seconds=tb_settings.idle_seconds,
     )
     executor = ContextExecutor(max_workers=settings.query_workers, thread_name_prefix="jobsight-api-query")
+    if annotator is None:
+        annotator = (GrafanaAnnotator(settings.grafana_url, settings.grafana_token, timeout=timeout)
+                     if settings.grafana_url and settings.grafana_token else NoAnnotations())
     service = JobService(settings, store, prometheus, logs, notifier or AppriseNotifier(), tensorboard,
-                         executor, clock)
+                         executor, clock, annotator=annotator)
     maintenance = _Maintenance(service)
     registry = CollectorRegistry()
     request_metrics = RequestMetrics(registry)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from api.annotations import JobAnnotator, NoAnnotations
 from api.cache import ResultCache
 from api.catalog import CATALOG, rate_window
 from api.diagnosis import diagnose
@@ -102,8 +103,9 @@ def alert_out(alert: Alert) -> dict[str, Any]:
 class JobService:
     def __init__(self, settings: ApiSettings, store: JobStore, prometheus: PrometheusClient, logs: LogSource,
                  notifier: Notifier, tensorboard: TensorBoardManager, executor: Executor,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, annotator: JobAnnotator | None = None) -> None:
         self.settings = settings
+        self.annotator: JobAnnotator = annotator or NoAnnotations()
         self.store = store
         self.prometheus = prometheus
         self.logs = logs
@@ -171,6 +173,12 @@ class JobService:
             labels=dict(body.labels),
         )
         result = self.store.upsert_job(job, notify_targets=len(self.settings.notify.get(tenant, [])))
+        if result.created:
+            started = result.job.started_at or self.clock()
+            name = f" ({result.job.name})" if result.job.name else ""
+            # Off the request path: Grafana being slow or down must not slow job registration.
+            self.executor.submit(self.annotator.annotate, job_id, f"job {job_id}{name} started",
+                                 int(started * 1000), ["started"])
         return result.job, result.created
 
     def hosts_and_gpus(self, job: Job) -> tuple[list[str], list[tuple[str, int]]]:
@@ -413,6 +421,9 @@ class JobService:
                 continue
             self.store.finish_notification(notification.id, ok=True, body=body, targets=len(urls), error=None,
                                            retry_at=None)
+            # Once per failure, like the notification; this loop already runs off the request path.
+            failed_at = self._failed_at(job) or self.clock()
+            self.annotator.annotate(job.job_id, title, int(failed_at * 1000), ["failed"])
         return len(due)
 
 

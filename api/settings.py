@@ -61,6 +61,10 @@ class ApiSettings(BaseSettings):
     )
     log_index: str = "logs-jobsight-*"
     grafana_url: str | None = None
+    grafana_token: str | None = Field(
+        default=None, min_length=1,
+        description="service-account token: with grafana_url, job start and failure annotations are written",
+    )
     public_url: str | None = Field(default=None, description="this API's own external URL, used in links")
     tensorboard: TensorBoardConfig = Field(default_factory=lambda: TensorBoardConfig())
     tokens: list[TokenConfig] = Field(default_factory=list)

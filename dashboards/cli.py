@@ -67,10 +67,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from dashboards.grafana import make_client
     from dashboards.push import push_dashboards
     from dashboards.render import COMMITTED_DIR, load_committed
     from jobsight.errors import ConfigError
+    from jobsight.grafana import make_client
 
     token = args.token or os.environ.get(TOKEN_ENV, "")
     if not token:

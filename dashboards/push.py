@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from dashboards.grafana import call
 from dashboards.panels import DATASOURCE_UID
+from jobsight.grafana import call
 
 DEFAULT_FOLDER = "jobsight"
 

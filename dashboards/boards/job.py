@@ -60,7 +60,7 @@ def build() -> Board:
             )
         )
         .annotation(
-            # Start/end/failure annotations written through dashboards.annotations.annotate_job().
+            # Start/end/failure annotations written through jobsight.grafana.annotate_job() (the API does it).
             db.AnnotationQuery()
             .name("Job lifecycle")
             .datasource(GRAFANA_ANNOTATIONS)

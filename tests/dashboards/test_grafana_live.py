@@ -10,10 +10,9 @@ import uuid
 
 import pytest
 
-from dashboards.annotations import annotate_job
-from dashboards.grafana import make_client
 from dashboards.push import push_dashboards
 from dashboards.render import load_committed
+from jobsight.grafana import annotate_job, make_client
 
 
 @pytest.mark.grafana

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from dashboards.annotations import annotate_job
-from dashboards.grafana import make_client
 from dashboards.push import push_dashboards
 from dashboards.render import load_committed
 from jobsight.errors import ConfigError, DependencyUnavailable, InvalidInput
+from jobsight.grafana import annotate_job, make_client
 from tests.dashboards.fake_grafana import FakeGrafana
 from tests.support import REPO_ROOT, free_port, jobsight_command
 
