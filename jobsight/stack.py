@@ -90,6 +90,13 @@ def register(subparsers: Any) -> None:
         help="Grafana the job links point to (push dashboards there with "
         "`jobsight dashboards push`; default: http://localhost:3000)",
     )
+    parser.add_argument(
+        "--grafana-token",
+        default=os.environ.get("JOBSIGHT_GRAFANA_TOKEN"),
+        metavar="TOKEN",
+        help="Grafana service-account token: the API then annotates job start and failure there "
+        "(default: $JOBSIGHT_GRAFANA_TOKEN)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         fault_after=args.fault_after,
         scrape_interval=args.scrape_interval,
         grafana_url=args.grafana_url.rstrip("/"),
+        grafana_token=args.grafana_token,
     ).run()
 
 
@@ -163,6 +171,7 @@ class Stack:
         fault_after: float = 20.0,
         scrape_interval: float = 5.0,
         grafana_url: str = "http://localhost:3000",
+        grafana_token: str | None = None,
     ) -> None:
         self.state = state_dir
         self.hardware = hardware
@@ -171,6 +180,7 @@ class Stack:
         self.fault_after = fault_after
         self.scrape_interval = scrape_interval
         self.grafana_url = grafana_url
+        self.grafana_token = grafana_token
         self._stop = threading.Event()
 
     # --- the whole run -------------------------------------------------------------------------
@@ -340,6 +350,8 @@ class Stack:
             "notify_delay_seconds": 5,
             "tensorboard": {"allowed_roots": [str(self.state / "jobs")]},
         }
+        if self.grafana_token:
+            api_config["grafana_token"] = self.grafana_token
         _write_yaml(api_dir / "api.yaml", api_config, private=True)
 
         sources: list[dict[str, Any]] = []
