@@ -1,18 +1,23 @@
 """Helpers shared by the test suites: free ports, waiting on a condition with a deadline,
-processes that are always cleaned up, and promtool. Real parts, no sleeping-and-hoping."""
+processes that are always cleaned up, promtool, and small in-test HTTP servers. Real parts, no
+sleeping-and-hoping."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -143,3 +148,94 @@ def promtool_check_metrics(exposition: str, allow: Iterable[str] = ()) -> list[s
     # promtool exits 3 for lint findings only, 1 for a parse failure.
     assert result.returncode == 3 and not problems, f"promtool check metrics failed:\n{output}"
     return lines
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request a :class:`RecordingHTTPServer` received: ``path`` as sent (query included),
+    header names lower-cased, the raw body."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a :class:`RecordingHTTPServer` answers. An error status with neither body nor content
+    type is sent as the standard error page (``send_error``)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = None
+
+
+class RecordingHTTPServer:
+    """A real HTTP server on 127.0.0.1 (a free port) that serves in a thread while used as a
+    context manager. Every request with one of ``methods`` is recorded (unless ``record`` is
+    false) and answered with ``respond(request)``, by default an empty 200; other methods get 501.
+    ``respond`` runs under :attr:`lock`, together with the recording, so it may update state."""
+
+    def __init__(
+        self,
+        respond: Callable[[RecordedRequest], Reply] | None = None,
+        *,
+        methods: Iterable[str] = ("GET", "POST"),
+        record: bool = True,
+    ) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.lock = threading.Lock()
+        self._respond = respond or (lambda request: Reply())
+        self._record = record
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                owner._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        for method in methods:
+            setattr(Handler, f"do_{method}", Handler._handle)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def snapshot(self) -> list[RecordedRequest]:
+        """The requests recorded so far, in arrival order."""
+        with self.lock:
+            return list(self.requests)
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        request = RecordedRequest(handler.command, handler.path, headers, body)
+        with self.lock:
+            if self._record:
+                self.requests.append(request)
+            reply = self._respond(request)
+        if reply.status >= 400 and not reply.body and reply.content_type is None:
+            handler.send_error(reply.status)
+            return
+        handler.send_response(reply.status)
+        if reply.content_type is not None:
+            handler.send_header("Content-Type", reply.content_type)
+        handler.send_header("Content-Length", str(len(reply.body)))
+        handler.end_headers()
+        handler.wfile.write(reply.body)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
@@ -21,50 +19,38 @@ from alerts.config import (
     write_alertmanager_config,
 )
 from tests.alerts.webhook_server import RecordingServer
-from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
+from tests.support import (
+    Proc,
+    RecordedRequest,
+    RecordingHTTPServer,
+    Reply,
+    free_port,
+    require_binary,
+    wait_for_http,
+    wait_until,
+)
 
 GPU = 'gpu="3",UUID="GPU-3",pci_bus_id="00000000:5D:00.0",device="nvidia3",modelName="H100"'
 
 
-class FaultyGpuExporter:
+class FaultyGpuExporter(RecordingHTTPServer):
     """/metrics of one GPU in the GPU exporter's names; :meth:`inject` makes it report XID 79
     (a new xid series, as the exporter creates it on the first event) and lose the GPU."""
 
     def __init__(self) -> None:
         self.faulted = threading.Event()
-        exporter = self
+        super().__init__(self._metrics, methods=("GET",), record=False)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                lines = [
-                    "# TYPE jobsight_gpu_up gauge",
-                    f"jobsight_gpu_up{{{GPU}}} {0 if exporter.faulted.is_set() else 1}",
-                    "# TYPE jobsight_gpu_xid_errors_total counter",
-                ]
-                if exporter.faulted.is_set():
-                    lines.append(f'jobsight_gpu_xid_errors_total{{{GPU},xid="79"}} 1')
-                body = ("\n".join(lines) + "\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FaultyGpuExporter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+    def _metrics(self, request: RecordedRequest) -> Reply:
+        lines = [
+            "# TYPE jobsight_gpu_up gauge",
+            f"jobsight_gpu_up{{{GPU}}} {0 if self.faulted.is_set() else 1}",
+            "# TYPE jobsight_gpu_xid_errors_total counter",
+        ]
+        if self.faulted.is_set():
+            lines.append(f'jobsight_gpu_xid_errors_total{{{GPU},xid="79"}} 1')
+        body = ("\n".join(lines) + "\n").encode()
+        return Reply(body=body, content_type="text/plain; version=0.0.4")
 
 
 def test_injected_xid_reaches_the_webhook_through_prometheus_and_alertmanager(

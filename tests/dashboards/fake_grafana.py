@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.support import RecordedRequest, RecordingHTTPServer, Reply
 
 
 @dataclass(frozen=True)
@@ -20,57 +20,42 @@ class Request:
     body: Any
 
 
+def _request(recorded: RecordedRequest) -> Request:
+    body = json.loads(recorded.body) if recorded.body else None
+    return Request(recorded.method, urlsplit(recorded.path).path, recorded.headers, body)
+
+
 class FakeGrafana:
     def __init__(self, token: str) -> None:
         self.token = token
-        self.requests: list[Request] = []
         self.folders: list[dict[str, Any]] = []
         self.dashboards: dict[str, dict[str, Any]] = {}
         self.annotations: list[dict[str, Any]] = []
         self.fail_with: int | None = None
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                path = urlsplit(self.path).path
-                with fake._lock:
-                    fake.requests.append(
-                        Request(self.command, path, {k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    status, answer = fake._answer(self.command, path, self.headers.get("Authorization"), body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = _handle
-            do_POST = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._http = RecordingHTTPServer(self._reply)
+        self.url = self._http.url
 
     def __enter__(self) -> FakeGrafana:
-        self._thread.start()
+        self._http.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._http.__exit__(*exc)
+
+    @property
+    def requests(self) -> list[Request]:
+        """The requests so far, with the path without its query and the JSON body decoded."""
+        return [_request(r) for r in self._http.snapshot()]
 
     def calls(self) -> list[tuple[str, str]]:
-        with self._lock:
-            return [(r.method, r.path) for r in self.requests]
+        return [(r.method, r.path) for r in self.requests]
+
+    def _reply(self, recorded: RecordedRequest) -> Reply:
+        request = _request(recorded)
+        status, answer = self._answer(
+            request.method, request.path, recorded.headers.get("authorization"), request.body
+        )
+        return Reply(status, json.dumps(answer).encode(), "application/json")
 
     def _answer(self, method: str, path: str, authorization: str | None, body: Any) -> tuple[int, Any]:
         if authorization != f"Bearer {self.token}":

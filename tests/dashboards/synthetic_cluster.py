@@ -8,11 +8,10 @@ after an XID 79. Job 4711 is registered as failed."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tests.support import RecordedRequest, RecordingHTTPServer, Reply
 
 HOSTS = {"node1": 8, "node2": 4}
 
@@ -169,37 +168,16 @@ def exposition(host: str, now: float, start: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-class SyntheticCluster:
+class SyntheticCluster(RecordingHTTPServer):
     """Serves ``/metrics/<host>`` on 127.0.0.1; use as a context manager."""
 
     def __init__(self) -> None:
-        start = time.time()
+        self._start = time.time()
+        super().__init__(self._metrics, methods=("GET",), record=False)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                host = self.path.rsplit("/", 1)[-1]
-                if host not in HOSTS:
-                    self.send_error(404)
-                    return
-                body = exposition(host, time.time(), start).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> SyntheticCluster:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+    def _metrics(self, request: RecordedRequest) -> Reply:
+        host = request.path.rsplit("/", 1)[-1]
+        if host not in HOSTS:
+            return Reply(404)
+        body = exposition(host, time.time(), self._start).encode()
+        return Reply(body=body, content_type="text/plain; version=0.0.4")
