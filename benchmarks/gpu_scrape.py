@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,8 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: import the checkout
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+from benchmarks.common import cpu_seconds, free_port, percentile, timed_get  # noqa: E402
 
 # nvidia-smi fields matching what one exporter read gives.
 SMI_FIELDS = (
@@ -42,22 +42,6 @@ SMI_FIELDS = (
     "ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total,"
     "encoder.stats.averageFps,pcie.link.gen.current"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class Exporter:
@@ -115,9 +99,8 @@ def measure_exporter(flags: Sequence[str], scrapes: int, idle_s: float,
             size = 0
             cpu0, t0 = cpu_seconds(exporter.proc.pid), time.monotonic()
             for _ in range(scrapes):
-                start = time.perf_counter()
-                response = client.get(exporter.url)
-                latencies.append(time.perf_counter() - start)
+                response, latency = timed_get(client, exporter.url)
+                latencies.append(latency)
                 size = len(response.content)
             wall = time.monotonic() - t0
             cpu = cpu_seconds(exporter.proc.pid) - cpu0
@@ -126,7 +109,7 @@ def measure_exporter(flags: Sequence[str], scrapes: int, idle_s: float,
                      if line.startswith("jobsight_gpu_collect_duration_seconds{"))
         return {
             "p50": statistics.median(latencies),
-            "p99": percentile(latencies, 99),
+            "p99": percentile(latencies, 0.99),
             "cpu_per_scrape": max(0.0, cpu - background_cpu_per_s * wall) / scrapes,
             "background_cpu_per_s": background_cpu_per_s,
             "bytes": float(size),
@@ -175,7 +158,7 @@ def measure_fixed_body(size: int, scrapes: int) -> dict[str, float]:
             for _ in range(20):
                 client.get(url)
             latencies = time_calls(lambda: client.get(url), scrapes)
-        return {"p50": statistics.median(latencies), "p99": percentile(latencies, 99)}
+        return {"p50": statistics.median(latencies), "p99": percentile(latencies, 0.99)}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)

@@ -23,7 +23,6 @@ import datetime
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,10 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: import the checkout
+
+from benchmarks.common import ScrapeTarget, cpu_seconds, free_port, percentile, timed_get  # noqa: E402
+
 SHARED = ("cpu", "diskstats", "filesystem", "loadavg", "meminfo", "netdev", "pressure", "stat", "uname",
           "vmstat")
 # Upstream node_exporter's default; Debian's build excludes more (/run, /mnt, /media). Both get this.
@@ -42,55 +45,14 @@ MOUNT_POINTS_EXCLUDE = (
     r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
 )
 HEADERS = {"Accept": "text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "Accept-Encoding": "gzip"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
-class Server:
-    name: str
-    argv: list[str]
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
+class Server(ScrapeTarget):
     times: list[float] = field(default_factory=list)
     cpu_start: float = 0.0
     cpu_end: float = 0.0
     samples: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-
-
-def wait_ready(client: httpx.Client, server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert server.proc is not None
-        if server.proc.poll() is not None:
-            raise SystemExit(f"{server.name} exited with {server.proc.returncode}")
-        try:
-            if client.get(server.url, headers=HEADERS).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{server.name} did not answer within {timeout}s")
-        time.sleep(0.1)
 
 
 def main() -> int:
@@ -120,7 +82,7 @@ def main() -> int:
     try:
         with httpx.Client(timeout=30) as client:
             for server in servers:
-                wait_ready(client, server)
+                server.wait_ready(client, HEADERS)
                 for _ in range(args.warmup):
                     client.get(server.url, headers=HEADERS)
             for server in servers:
@@ -128,9 +90,8 @@ def main() -> int:
                 server.cpu_start = cpu_seconds(server.proc.pid)
             for _ in range(args.scrapes):
                 for server in servers:
-                    start = time.perf_counter()
-                    response = client.get(server.url, headers=HEADERS)
-                    server.times.append(time.perf_counter() - start)
+                    response, wall = timed_get(client, server.url, HEADERS)
+                    server.times.append(wall)
                     response.raise_for_status()
                     server.samples = sum(1 for line in response.text.splitlines() if line and line[0] != "#")
             for server in servers:
@@ -138,9 +99,7 @@ def main() -> int:
                 server.cpu_end = cpu_seconds(server.proc.pid)
     finally:
         for server in servers:
-            if server.proc is not None and server.proc.poll() is None:
-                server.proc.terminate()
-                server.proc.wait(timeout=10)
+            server.stop()
 
     def row(label: str, fn: str) -> str:
         values = {}
@@ -148,7 +107,7 @@ def main() -> int:
             if fn == "median":
                 values[server.name] = statistics.median(server.times) * 1000
             elif fn == "p99":
-                values[server.name] = p99(server.times) * 1000
+                values[server.name] = percentile(server.times, 0.99) * 1000
             else:
                 values[server.name] = (server.cpu_end - server.cpu_start) / args.scrapes * 1000
         ratio = values[ours.name] / values[theirs.name]
@@ -178,7 +137,6 @@ def jobs_scaling(pids: int) -> None:
     """CPU per scrape of the jobs collector on a generated procfs with ``pids`` processes."""
     import tempfile
 
-    sys.path.insert(0, str(REPO_ROOT))
     from exporters.node.jobs import JobsCollector
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +178,6 @@ def breakdown(iterations: int) -> None:
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    sys.path.insert(0, str(REPO_ROOT))
     from exporters.node import cli
     from jobsight.serving import CollectorSet
 

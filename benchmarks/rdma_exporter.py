@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,63 +29,34 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    CLK_TCK,
+    ScrapeTarget,
+    cpu_seconds,
+    free_port,
+    percentile,
+    timed_get,
+)
 from exporters.rdma.simulate import advance, write_fabric  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 HEADERS = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "gzip"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    # Fields after the ")" of the command name: utime and stime are fields 14 and 15 of stat.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 @dataclass
-class Target:
-    name: str
-    argv: list[str]
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
+class Target(ScrapeTarget):
     walls: list[float] = field(default_factory=list)
     cpu: float = 0.0
     samples: int = 0
     size: int = 0
     headers: dict[str, str] = field(default_factory=lambda: dict(HEADERS))
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
-
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait_ready(self, client: httpx.Client, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.proc.returncode}: {' '.join(self.argv)}")
-            try:
-                if client.get(self.url, headers=self.headers).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"{self.name} did not answer on {self.url} within {timeout}s")
 
     def scrape(self, client: httpx.Client, record: bool) -> None:
         assert self.proc is not None
         cpu_before = cpu_seconds(self.proc.pid)
-        start = time.perf_counter()
-        response = client.get(self.url, headers=self.headers)
-        wall = time.perf_counter() - start
+        response, wall = timed_get(client, self.url, self.headers)
         cpu_after = cpu_seconds(self.proc.pid)
         response.raise_for_status()
         if record:
@@ -94,21 +64,6 @@ class Target:
             self.cpu += cpu_after - cpu_before
             self.samples = sum(1 for line in response.text.splitlines() if line.startswith("node_infiniband"))
             self.size = response.num_bytes_downloaded  # on the wire, compressed or not
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 @dataclass(frozen=True)
@@ -164,7 +119,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> tuple[Target, 
                 for target in targets:
                     target.start()
                 for target in targets:
-                    target.wait_ready(client)
+                    target.wait_ready(client, target.headers)
                 for round_number in range(args.warmup + args.scrapes):
                     order = targets if round_number % 2 == 0 else targets[::-1]
                     for target in order:
