@@ -184,15 +184,19 @@ class JobFacts:
             "up_t": ("min by (Hostname, gpu)", "jobsight_gpu_up",
                      devices(results["up_min"], lambda x: x.value == 0)),
         }
-        range_start = start - step
+        # Event times need a fine step: with the statistics' step (15 s or more) the XID of a
+        # short job can fall after the last point of its window and be missed. These are a few
+        # series selected exactly, so up to ~1000 points each cost little.
+        timed_step = max(1.0, (end - start) / 1000)
+        range_start = start - timed_step
         ranged = {
             name: self._executor.submit(self._prom.query_range, f"{agg} ({selector(metric, gpus)})",
-                                        range_start, end, step)
+                                        range_start, end, timed_step)
             for name, (agg, metric, gpus) in wanted.items() if gpus
         }
         for name in wanted:
             results[name] = ranged[name].result() if name in ranged else []
-        return self._assemble(results, range_start, step)
+        return self._assemble(results, range_start, timed_step)
 
     def _assemble(self, r: dict[str, Any], start: float, step: float) -> PromFacts:
         facts = PromFacts()

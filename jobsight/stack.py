@@ -224,6 +224,8 @@ class Stack:
             print('2 simulated RoCE ports each; every GPU series carries backend="simulated".')
             print("=" * 78)
             write_cluster(paths)
+            if self.demo_enabled:
+                self._reset_demo_state()
 
         self._write_configs(nodes, ports, urls, agents, keys, simulated)
 
@@ -288,6 +290,15 @@ class Stack:
                     "stop it first or use --state-dir"
                 )
         pid_file.write_text(f"{os.getpid()}\n")
+
+    def _reset_demo_state(self) -> None:
+        """The demo's jobs have fixed ids: a second run starts from empty stores, or its summary
+        would mix in the first run's logs, alerts and series. Tokens are kept."""
+        for sub in ("jobs", "logstore", "prometheus/data", "alertmanager/data"):
+            shutil.rmtree(self.state / sub, ignore_errors=True)
+        for pattern in ("api/jobs.db*", "notifications.jsonl", "fault_injected_at"):
+            for path in self.state.glob(pattern):
+                path.unlink(missing_ok=True)
 
     def _ports(self, agents: int) -> Any:
         from jobsight.stackconfig import Ports

@@ -117,6 +117,10 @@ def test_jobsight_up_demo_end_to_end(tmp_path: Path, spawn: Callable[..., Proc])
         first = json.dumps(causes[0])
         assert "79" in first and "node2" in first, causes
         assert causes[0].get("gpu") in (3, "3") or "GPU 3" in first, causes[0]
+        # the XID counter, born during the job, is counted from Prometheus too
+        lost = [g for g in summary["gpus"] if (g["host"], g["gpu"]) == ("node2", 3)]
+        assert lost and [x["xid"] for x in lost[0]["xids"]] == [79], lost
+        assert summary["overall"]["xid_count"] >= 1, summary["overall"]
 
         # 5. every dashboard query returns data
         queries = [
