@@ -131,6 +131,18 @@ def require_binary(name: str) -> str:
     return path
 
 
+def nvml_loads() -> bool:
+    """Whether the real NVML initialises on this machine (an NVIDIA driver is there)."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
 def promtool_check_metrics(exposition: str, allow: Iterable[str] = ()) -> list[str]:
     """Run ``promtool check metrics`` on ``exposition``. Parse errors always fail; lint problems
     fail unless a line contains one of ``allow`` (e.g. DCGM's camelCase label names, which we keep

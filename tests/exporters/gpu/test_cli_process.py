@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -22,6 +21,7 @@ from tests.support import (
     Proc,
     free_port,
     jobsight_command,
+    nvml_loads,
     promtool_check_metrics,
     wait_for_http,
     wait_until,
@@ -139,16 +139,7 @@ def test_bad_flags_and_scenarios_exit_2(flags: list[str], message: str) -> None:
     assert message in result.stderr
 
 
-def _nvml_loads() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-@pytest.mark.skipif(_nvml_loads(), reason="NVML works on this machine")
+@pytest.mark.skipif(nvml_loads(), reason="NVML works on this machine")
 def test_no_nvml_exits_3_with_one_clear_line() -> None:
     port = free_port()
     result = subprocess.run(jobsight_command("exporter", "gpu", "--web.listen-address", f"127.0.0.1:{port}"),

@@ -10,6 +10,7 @@ from exporters.gpu.model import XidEvent
 from exporters.gpu.nvml import NvmlBackend
 from jobsight.errors import BackendUnavailable, DeviceLost
 from tests.exporters.gpu.fake_nvml import GIB, MIB, FakeNvml, two_gpus
+from tests.support import nvml_loads
 
 
 def open_backend(fake: FakeNvml) -> NvmlBackend:
@@ -223,16 +224,7 @@ def test_unusable_nvml_is_backend_unavailable(error: type[Exception], expected: 
     assert "\n" not in str(info.value)  # one clear line
 
 
-def _real_nvml_loads() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-@pytest.mark.skipif(_real_nvml_loads(), reason="NVML works on this machine")
+@pytest.mark.skipif(nvml_loads(), reason="NVML works on this machine")
 def test_real_pynvml_without_a_driver_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="--simulate"):
         NvmlBackend().open()
