@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -178,12 +178,13 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class Reply:
-    """What a :class:`RecordingHTTPServer` answers. An error status with neither body nor content
-    type is sent as the standard error page (``send_error``)."""
+    """What a :class:`RecordingHTTPServer` answers (``headers``: any others to send). An error
+    status with neither body nor content type is sent as the standard error page (``send_error``)."""
 
     status: int = 200
     body: bytes = b""
     content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class RecordingHTTPServer:
@@ -248,6 +249,8 @@ class RecordingHTTPServer:
         handler.send_response(reply.status)
         if reply.content_type is not None:
             handler.send_header("Content-Type", reply.content_type)
+        for name, value in reply.headers.items():
+            handler.send_header(name, value)
         handler.send_header("Content-Length", str(len(reply.body)))
         handler.end_headers()
         handler.wfile.write(reply.body)

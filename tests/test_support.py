@@ -11,10 +11,11 @@ def test_recording_http_server_records_and_answers() -> None:
     def respond(request: RecordedRequest) -> Reply:
         if request.path.startswith("/missing"):
             return Reply(404)
-        return Reply(201, b'{"ok": true}', "application/json")
+        return Reply(201, b'{"ok": true}', "application/json", {"X-Product": "fake"})
 
     with RecordingHTTPServer(respond, methods=("POST",)) as server:
         answer = httpx.post(f"{server.url}/hook?x=1", json={"a": 1}, headers={"X-Token": "t"})
+        assert answer.headers["x-product"] == "fake"
         assert (answer.status_code, answer.headers["content-type"], answer.json()) == (
             201,
             "application/json",

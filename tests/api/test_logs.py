@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.logstore import LogRecord, SQLiteLogStore
 from tests.api.conftest import TEAM_A, TEAM_B, auth, register_demo
 from tests.api.scenario import Scenario
-from tests.support import free_port
+from tests.support import RecordedRequest, RecordingHTTPServer, Reply, free_port
 
 
 def test_logs_of_a_job_with_filters_and_pages(client: TestClient, scenario: Scenario) -> None:
@@ -126,49 +124,11 @@ def test_query_is_structured_never_query_string() -> None:
     assert {"range": {"@timestamp": {"gte": 10000, "lt": 20500, "format": "epoch_millis"}}} in filters
 
 
-class _FakeElasticsearch(BaseHTTPRequestHandler):
-    """Answers like Elasticsearch 8/9 at the HTTP level and remembers what it was asked."""
-
-    requests: list[tuple[str, str, dict[str, Any] | None]] = []
-    hits: list[dict[str, Any]] = []
-
-    def _reply(self, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("X-Elastic-Product", "Elasticsearch")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self.requests.append(("GET", self.path, None))
-        self._reply(
-            {"name": "fake", "cluster_name": "c", "version": {"number": "9.0.0"}, "tagline": "You Know"}
-        )
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = json.loads(self.rfile.read(length) or b"{}")
-        self.requests.append(("POST", self.path, body))
-        size = int(body.get("size", 10))
-        self._reply(
-            {
-                "took": 1,
-                "timed_out": False,
-                "hits": {"total": {"value": len(self.hits)}, "hits": self.hits[:size]},
-            }
-        )
-
-    def log_message(self, *_: Any) -> None:
-        return None
-
-
 @pytest.fixture
-def fake_es() -> Iterator[str]:
-    _FakeElasticsearch.requests = []
+def fake_es() -> Iterator[RecordingHTTPServer]:
+    """Answers like Elasticsearch 8/9 at the HTTP level and remembers what it was asked."""
     t0 = 1_790_000_000_000
-    _FakeElasticsearch.hits = [
+    hits = [
         {
             "_id": f"id{i}",
             "sort": [t0 + i, i],
@@ -185,16 +145,32 @@ def fake_es() -> Iterator[str]:
         }
         for i in range(3)
     ]
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _FakeElasticsearch)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+
+    def answer(request: RecordedRequest) -> Reply:
+        if request.method == "GET":
+            body: dict[str, Any] = {
+                "name": "fake", "cluster_name": "c", "version": {"number": "9.0.0"}, "tagline": "You Know"
+            }
+        else:
+            size = int(_es_body(request).get("size", 10))
+            body = {
+                "took": 1,
+                "timed_out": False,
+                "hits": {"total": {"value": len(hits)}, "hits": hits[:size]},
+            }
+        product = {"X-Elastic-Product": "Elasticsearch"}
+        return Reply(200, json.dumps(body).encode(), "application/json", product)
+
+    with RecordingHTTPServer(answer) as server:
+        yield server
 
 
-def test_elasticsearch_adapter_at_the_http_boundary(fake_es: str) -> None:
-    source = ElasticsearchLogSource.from_url(fake_es, timeout=5)
+def _es_body(request: RecordedRequest) -> dict[str, Any]:
+    return dict(json.loads(request.body or b"{}"))
+
+
+def test_elasticsearch_adapter_at_the_http_boundary(fake_es: RecordingHTTPServer) -> None:
+    source = ElasticsearchLogSource.from_url(fake_es.url, timeout=5)
     source.ping()
     page = source.search(job_id="4711", q="timeout OR *", kind="nccl_timeout", limit=2)
     assert [r.message for r in page.records] == ["line 0", "line 1"]
@@ -208,7 +184,8 @@ def test_elasticsearch_adapter_at_the_http_boundary(fake_es: str) -> None:
     )
     assert record.timestamp == pytest.approx(1_790_000_000.0)
     assert page.next_cursor is not None
-    method, path, body = _FakeElasticsearch.requests[-1]
+    last = fake_es.snapshot()[-1]
+    method, path, body = last.method, last.path, _es_body(last)
     assert method == "POST" and path.split("?")[0] in (
         "/logs-jobsight-%2A/_search",
         "/logs-jobsight-*/_search",
@@ -217,7 +194,7 @@ def test_elasticsearch_adapter_at_the_http_boundary(fake_es: str) -> None:
     assert "query_string" not in json.dumps(body)
     assert body["query"]["bool"]["must"][0]["match"]["message"]["query"] == "timeout OR *"
     source.search(job_id="4711", limit=2, cursor=page.next_cursor)
-    assert _FakeElasticsearch.requests[-1][2]["search_after"] == [1_790_000_000_001, 1]  # type: ignore[index]
+    assert _es_body(fake_es.snapshot()[-1])["search_after"] == [1_790_000_000_001, 1]
     with pytest.raises(InvalidInput):
         source.search(cursor="garbage!")
     source.close()

@@ -4,10 +4,8 @@ through real apprise to a local receiver (json://) and to a file."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from fastapi.testclient import TestClient
 from api.notify import AppriseNotifier, DeliveryError
 from tests.api.conftest import TEAM_A, WEBHOOK, auth, register_demo
 from tests.api.scenario import Scenario
-from tests.support import free_port, wait_until
+from tests.support import RecordingHTTPServer, free_port, wait_until
 
 
 class FlakyNotifier:
@@ -146,43 +144,28 @@ def test_job_failed_alert_marks_the_job_and_notifies(
     assert len(notifications(client, "demo-fail")) == 1 and len(notifier.calls) == 1
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        self.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        return None
-
-
 @pytest.fixture
-def receiver() -> Iterator[str]:
-    _Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"json://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[RecordingHTTPServer]:
+    with RecordingHTTPServer(methods=("POST",)) as server:
+        yield server
 
 
 def test_real_apprise_to_a_local_receiver_and_a_file(
-    make_client: Callable[..., TestClient], scenario: Scenario, receiver: str, tmp_path: Path
+    make_client: Callable[..., TestClient],
+    scenario: Scenario,
+    receiver: RecordingHTTPServer,
+    tmp_path: Path,
 ) -> None:
     outbox = tmp_path / "notifications.jsonl"
-    client = make_client(settings={"notify": {"team-a": [receiver, f"file://{outbox}"]}})
+    hook = f"json://127.0.0.1:{receiver.port}/hook"
+    client = make_client(settings={"notify": {"team-a": [hook, f"file://{outbox}"]}})
     register_demo(client, scenario)
     wait_until(
         lambda: notifications(client, "demo-fail")[0]["status"] == "sent",
         timeout=30,
         message="delivery through apprise",
     )
-    (posted,) = _Receiver.received
+    (posted,) = [request.json() for request in receiver.snapshot()]
     assert "XID 79 on node2 GPU 3" in posted["title"] and "node2" in posted["message"]
     assert "var-job_id=demo-fail" in posted["message"]
     (line,) = outbox.read_text().splitlines()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,14 @@ from api.settings import load_settings
 from jobsight.errors import ConfigError
 from tests.api.conftest import TEAM_A, auth, register_demo
 from tests.api.scenario import Scenario
-from tests.support import free_port, jobsight_command, promtool_check_metrics, wait_until
+from tests.support import (
+    RecordedRequest,
+    RecordingHTTPServer,
+    Reply,
+    jobsight_command,
+    promtool_check_metrics,
+    wait_until,
+)
 
 
 def test_requests_and_prometheus_calls_are_traced(
@@ -55,45 +60,37 @@ def test_requests_and_prometheus_calls_are_traced(
     assert clients[0].attributes is not None and clients[0].attributes["http.response.status_code"] == 200
 
 
-class _OtlpReceiver(BaseHTTPRequestHandler):
-    paths: list[str] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.paths.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        return None
-
-
 @pytest.fixture
-def otlp_receiver() -> Iterator[str]:
-    _OtlpReceiver.paths = []
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _OtlpReceiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def otlp_receiver() -> Iterator[RecordingHTTPServer]:
+    def accept(request: RecordedRequest) -> Reply:
+        return Reply(content_type="application/x-protobuf")
+
+    with RecordingHTTPServer(accept, methods=("POST",)) as server:
+        yield server
+
+
+def _otlp_paths(receiver: RecordingHTTPServer) -> list[str]:
+    return [request.path for request in receiver.snapshot()]
 
 
 def test_spans_are_exported_over_otlp_only_when_configured(
-    make_client: Callable[..., TestClient], otlp_receiver: str, monkeypatch: pytest.MonkeyPatch
+    make_client: Callable[..., TestClient],
+    otlp_receiver: RecordingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     quiet = make_client()
     quiet.get("/healthz")
     quiet.__exit__(None, None, None)
-    assert _OtlpReceiver.paths == []
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver)
+    assert _otlp_paths(otlp_receiver) == []
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
     import os
 
     traced = make_client(environ=dict(os.environ))
     traced.get("/healthz")
     traced.__exit__(None, None, None)  # shutdown flushes the batch
-    wait_until(lambda: "/v1/traces" in _OtlpReceiver.paths, timeout=30, message="spans at the OTLP receiver")
+    wait_until(
+        lambda: "/v1/traces" in _otlp_paths(otlp_receiver), timeout=30, message="spans at the OTLP receiver"
+    )
 
 
 def test_metrics_exposition(client: TestClient, scenario: Scenario) -> None:
