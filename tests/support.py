@@ -123,6 +123,28 @@ def wait_for_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> 
         raise
 
 
+def start_alertmanager(
+    spawn: Callable[..., Proc], binary: str, config: Path, storage: Path, port: int | None = None
+) -> str:
+    """Alertmanager (``binary``) with ``config``, on ``port`` of 127.0.0.1 (a free one if not
+    given), without clustering, started with the test's ``spawn`` fixture; returns its base URL
+    once it reports ready."""
+    port = port or free_port()
+    proc = spawn(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={storage}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        name="alertmanager",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/-/ready", proc=proc)
+    return base
+
+
 def require_binary(name: str) -> str:
     """Path of a binary the suite needs (installed by `make test`); a clear failure otherwise."""
     path = shutil.which(name)

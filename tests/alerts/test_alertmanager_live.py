@@ -18,7 +18,7 @@ from alerts.config import (
     write_alertmanager_config,
 )
 from tests.alerts.webhook_server import RecordingServer
-from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
+from tests.support import Proc, require_binary, start_alertmanager, wait_until
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 TOKEN = "s3cret-token"
@@ -43,20 +43,7 @@ def _start_alertmanager(
         f"http://127.0.0.1:{server.port}/v1/alerts/webhook", TOKEN, settings=settings
     )
     config_path = write_alertmanager_config(tmp_path / "alertmanager.yml", config)
-    port = free_port()
-    proc = spawn(
-        [
-            ALERTMANAGER,
-            f"--config.file={config_path}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        name="alertmanager",
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/-/ready", proc=proc)
-    return base
+    return start_alertmanager(spawn, ALERTMANAGER, config_path, tmp_path / "data")
 
 
 def _post_alerts(base: str, alerts: list[dict[str, Any]]) -> None:

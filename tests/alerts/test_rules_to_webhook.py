@@ -26,6 +26,7 @@ from tests.support import (
     Reply,
     free_port,
     require_binary,
+    start_alertmanager,
     wait_for_http,
     wait_until,
 )
@@ -68,17 +69,7 @@ def test_injected_xid_reaches_the_webhook_through_prometheus_and_alertmanager(
                 settings=AlertmanagerSettings(group_wait="1s", group_interval="1s"),
             ),
         )
-        am = spawn(
-            [
-                "/usr/bin/prometheus-alertmanager",
-                f"--config.file={am_config}",
-                f"--storage.path={tmp_path / 'am'}",
-                f"--web.listen-address=127.0.0.1:{am_port}",
-                "--cluster.listen-address=",
-            ],
-            name="alertmanager",
-        )
-        wait_for_http(f"http://127.0.0.1:{am_port}/-/ready", proc=am)
+        start_alertmanager(spawn, "/usr/bin/prometheus-alertmanager", am_config, tmp_path / "am", am_port)
 
         rules = render_rules(tmp_path / "rules")
         prometheus_config = {

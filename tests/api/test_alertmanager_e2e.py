@@ -23,6 +23,7 @@ from tests.support import (
     jobsight_command,
     promtool_check_metrics,
     require_binary,
+    start_alertmanager,
     wait_for_http,
     wait_until,
 )
@@ -93,18 +94,9 @@ def test_alertmanager_webhook_to_failure_notification(
             }
         )
     )
-    am = spawn(
-        [
-            require_binary("prometheus-alertmanager"),
-            f"--config.file={am_config}",
-            f"--storage.path={tmp_path / 'am'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-        ],
-        name="alertmanager",
+    am_url = start_alertmanager(
+        spawn, require_binary("prometheus-alertmanager"), am_config, tmp_path / "am", am_port
     )
-    am_url = f"http://127.0.0.1:{am_port}"
-    wait_for_http(f"{am_url}/-/ready", proc=am)
 
     job = {
         "name": "llama-pretrain",
