@@ -17,6 +17,7 @@ from __future__ import annotations
 import calendar
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -175,41 +176,38 @@ def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-class CriDecoder:
-    """CRI container log lines, with ``P`` fragments joined per stream."""
+class _FragmentJoiner:
+    """Container runtimes split long lines into fragments (CRI ``P`` lines, docker ``log`` without a
+    newline); this joins them back per stream, bounded by ``max_line_bytes``. A record starts at its
+    first fragment's offset, so a checkpoint never lands inside a half-joined line."""
 
-    def __init__(self, max_line_bytes: int, rank_prefix: str | None = DEFAULT_RANK_PREFIX) -> None:
-        self.text = TextDecoder("plain", rank_prefix)
+    def __init__(self, text: TextDecoder, max_line_bytes: int) -> None:
+        self.text = text
         self.max_line_bytes = max_line_bytes
         # stream → (offset of the first fragment, timestamp, parts, size)
         self._partial: dict[str, tuple[int, float | None, list[str], int]] = {}
-        self.malformed = 0
 
-    def decode(self, raw: bytes, offset: int, end: int, truncated: bool = False) -> Line | None:
-        text = clean_text(raw)
-        parts = text.split(" ", 3)
-        if len(parts) < 3 or parts[1] not in ("stdout", "stderr") or parts[2] not in ("P", "F"):
-            self.malformed += 1
-            return self.text.plain(text, offset, end, truncated)
-        when, stream, tag = parts[0], parts[1], parts[2]
-        message = parts[3] if len(parts) == 4 else ""
+    def add(self, stream: str, piece: str, raw_size: int, *, complete: bool, offset: int, end: int,
+            truncated: bool, timestamp: Callable[[], float | None]) -> Line | None:
+        """Add one fragment; the joined line once ``complete`` (or over the size bound), else None.
+        ``timestamp`` is asked only for a line's first fragment."""
         pending = self._partial.pop(stream, None)
         pieces: list[str]
         if pending is None:
-            first_offset, timestamp, pieces, size = offset, self.text.ts.parse(when), [], 0
+            first_offset, when, pieces, size = offset, timestamp(), [], 0
         else:
-            first_offset, timestamp, pieces, size = pending
-        pieces.append(message)
-        size += len(message)
-        if tag == "P" and size < self.max_line_bytes:
-            self._partial[stream] = (first_offset, timestamp, pieces, size)
+            first_offset, when, pieces, size = pending
+        pieces.append(piece)
+        size += raw_size
+        if not complete and size < self.max_line_bytes:
+            self._partial[stream] = (first_offset, when, pieces, size)
             return None
         joined = "".join(pieces)
         too_long = len(joined) > self.max_line_bytes
         if too_long:
             joined = joined[: self.max_line_bytes]
         return self.text.plain(joined, first_offset, end, truncated or too_long, stream=stream,
-                               timestamp=timestamp)
+                               timestamp=when)
 
     def pending_offset(self) -> int | None:
         return min((p[0] for p in self._partial.values()), default=None)
@@ -224,13 +222,38 @@ class CriDecoder:
         return out
 
 
+class CriDecoder:
+    """CRI container log lines, with ``P`` fragments joined per stream."""
+
+    def __init__(self, max_line_bytes: int, rank_prefix: str | None = DEFAULT_RANK_PREFIX) -> None:
+        self.text = TextDecoder("plain", rank_prefix)
+        self._fragments = _FragmentJoiner(self.text, max_line_bytes)
+        self.malformed = 0
+
+    def decode(self, raw: bytes, offset: int, end: int, truncated: bool = False) -> Line | None:
+        text = clean_text(raw)
+        parts = text.split(" ", 3)
+        if len(parts) < 3 or parts[1] not in ("stdout", "stderr") or parts[2] not in ("P", "F"):
+            self.malformed += 1
+            return self.text.plain(text, offset, end, truncated)
+        when, stream, tag = parts[0], parts[1], parts[2]
+        message = parts[3] if len(parts) == 4 else ""
+        return self._fragments.add(stream, message, len(message), complete=tag != "P", offset=offset,
+                                   end=end, truncated=truncated, timestamp=lambda: self.text.ts.parse(when))
+
+    def pending_offset(self) -> int | None:
+        return self._fragments.pending_offset()
+
+    def finish(self, end: int) -> list[Line]:
+        return self._fragments.finish(end)
+
+
 class DockerDecoder:
     """Docker json-file lines, with fragments (``log`` without a trailing newline) joined."""
 
     def __init__(self, max_line_bytes: int, rank_prefix: str | None = DEFAULT_RANK_PREFIX) -> None:
         self.text = TextDecoder("plain", rank_prefix)
-        self.max_line_bytes = max_line_bytes
-        self._partial: dict[str, tuple[int, float | None, list[str], int]] = {}
+        self._fragments = _FragmentJoiner(self.text, max_line_bytes)
         self.malformed = 0
 
     def decode(self, raw: bytes, offset: int, end: int, truncated: bool = False) -> Line | None:
@@ -246,37 +269,18 @@ class DockerDecoder:
         stream = obj.get("stream") if obj.get("stream") in ("stdout", "stderr") else "stdout"
         assert isinstance(stream, str)
         when = obj.get("time")
-        pending = self._partial.pop(stream, None)
-        pieces: list[str]
-        if pending is None:
-            timestamp = self.text.ts.parse(when) if isinstance(when, str) else None
-            first_offset, pieces, size = offset, [], 0
-        else:
-            first_offset, timestamp, pieces, size = pending
         complete = message.endswith("\n")
-        pieces.append(message[:-1] if complete else message)
-        size += len(message)
-        if not complete and size < self.max_line_bytes:
-            self._partial[stream] = (first_offset, timestamp, pieces, size)
-            return None
-        joined = "".join(pieces)
-        too_long = len(joined) > self.max_line_bytes
-        if too_long:
-            joined = joined[: self.max_line_bytes]
-        return self.text.plain(joined, first_offset, end, truncated or too_long, stream=stream,
-                               timestamp=timestamp)
+        return self._fragments.add(
+            stream, message[:-1] if complete else message, len(message), complete=complete, offset=offset,
+            end=end, truncated=truncated,
+            timestamp=lambda: self.text.ts.parse(when) if isinstance(when, str) else None,
+        )
 
     def pending_offset(self) -> int | None:
-        return min((p[0] for p in self._partial.values()), default=None)
+        return self._fragments.pending_offset()
 
     def finish(self, end: int) -> list[Line]:
-        out = []
-        for stream, (first_offset, timestamp, pieces, _size) in sorted(self._partial.items(),
-                                                                       key=lambda kv: kv[1][0]):
-            out.append(self.text.plain("".join(pieces), first_offset, end, stream=stream,
-                                       timestamp=timestamp))
-        self._partial.clear()
-        return out
+        return self._fragments.finish(end)
 
 
 _POD_PATH_RE = re.compile(
