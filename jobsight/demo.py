@@ -16,10 +16,10 @@ per-job accounting sees them, and they write the log lines a PyTorch job writes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -244,7 +244,7 @@ class DemoDriver:
     clock: Callable[[], float] = time.time
     on_event: Callable[[str], None] = print
     _stop: threading.Event = field(default_factory=threading.Event)
-    _procs: list[tuple[Rank, object]] = field(default_factory=list)
+    _procs: list[tuple[Rank, subprocess.Popen[bytes]]] = field(default_factory=list)
     fault_injected_at: float | None = None
 
     def start(self) -> threading.Thread:
@@ -254,14 +254,10 @@ class DemoDriver:
 
     def stop(self) -> None:
         self._stop.set()
-        import subprocess
-
         for _, proc in self._procs:
-            assert isinstance(proc, subprocess.Popen)
             if proc.poll() is None:
                 proc.terminate()
         for _, proc in self._procs:
-            assert isinstance(proc, subprocess.Popen)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -287,8 +283,6 @@ class DemoDriver:
             )
 
     def _run(self) -> None:
-        import subprocess
-
         ok, fail = demo_jobs()
         started = self.clock()
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -330,14 +324,14 @@ class DemoDriver:
             self.paths.abort_flag(fail.job_id).write_text("nccl timeout\n")
             fail_procs = [p for r, p in self._procs if r.job_id == fail.job_id]
             deadline = self.clock() + 30
-            while any(p.poll() is None for p in fail_procs if isinstance(p, subprocess.Popen)):
+            while any(p.poll() is None for p in fail_procs):
                 if self._stop.wait(0.2) or self.clock() > deadline:
                     break
-            codes = [p.returncode for p in fail_procs if isinstance(p, subprocess.Popen)]
+            codes = [p.returncode for p in fail_procs]
             failed_ranks = [
                 r.rank
                 for r, p in self._procs
-                if r.job_id == fail.job_id and isinstance(p, subprocess.Popen) and p.returncode
+                if r.job_id == fail.job_id and p.returncode
             ]
             exit_code = next((c for c in codes if c), 0)
             for node in fail.nodes:
@@ -395,4 +389,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["DemoDriver", "DemoPaths", "demo_jobs", "inject_fault", "json", "write_cluster"]
+__all__ = ["DemoDriver", "DemoPaths", "demo_jobs", "inject_fault", "write_cluster"]

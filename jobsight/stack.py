@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from jobsight.errors import BackendUnavailable, JobsightError
+from jobsight.stackconfig import Ports
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +301,7 @@ class Stack:
             for path in self.state.glob(pattern):
                 path.unlink(missing_ok=True)
 
-    def _ports(self, agents: int) -> Any:
-        from jobsight.stackconfig import Ports
-
+    def _ports(self, agents: int) -> Ports:
         if self.free_ports:
             return Ports.free(agents)
         return Ports(agents=tuple(9400 + 10 * i for i in range(agents)))
@@ -310,7 +309,7 @@ class Stack:
     def _write_configs(
         self,
         nodes: list[str],
-        ports: Any,
+        ports: Ports,
         urls: dict[str, str],
         agents: dict[str, str],
         keys: Secrets,
@@ -402,7 +401,7 @@ class Stack:
         prometheus: str,
         alertmanager: str,
         nodes: list[str],
-        ports: Any,
+        ports: Ports,
         urls: dict[str, str],
         agents: dict[str, str],
         simulated: bool,
