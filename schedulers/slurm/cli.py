@@ -1,0 +1,57 @@
+"""``jobsight slurm hook`` and ``jobsight slurm flush``.
+
+Heavy imports stay inside the run functions (house rule for component ``cli`` modules): a Prolog
+waits for this process, so its start-up is part of every job's start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def run_hook_command(args: argparse.Namespace) -> int:
+    from schedulers.slurm.hook import run_hook
+
+    return run_hook(os.environ)
+
+
+def run_flush_command(args: argparse.Namespace) -> int:
+    from jobsight.errors import JobsightError
+    from schedulers.slurm.config import config_path, load_config
+    from schedulers.slurm.flush import flush
+
+    path = args.config or config_path(os.environ)
+    try:
+        report = flush(load_config(path), wait_seconds=args.wait)
+    except JobsightError as exc:
+        print(f"jobsight slurm flush: {exc}", file=sys.stderr)
+        return 1
+    line = f"delivered {report.delivered}, rejected {report.rejected}, pending {report.pending}"
+    if report.error:
+        line += f" ({report.error})"
+    print(f"jobsight slurm flush: {line}", file=sys.stderr)
+    return 0 if report.pending == 0 else 1
+
+
+def add_arguments(slurm: Any) -> None:
+    actions = slurm.add_subparsers(dest="slurm_action", metavar="ACTION", required=True)
+    hook = actions.add_parser(
+        "hook", help="run as Slurm's Prolog, Epilog, PrologSlurmctld or EpilogSlurmctld (no arguments)",
+        description="Reads SLURM_SCRIPT_CONTEXT and the job from the environment, the config from "
+                    "$JOBSIGHT_SLURM_CONFIG or /etc/jobsight/slurm.yaml. Always exits 0.",
+    )
+    hook.set_defaults(func=run_hook_command)
+    flush = actions.add_parser("flush", help="deliver the job records the controller hooks spooled")
+    flush.add_argument("--config", metavar="FILE", default=None,
+                       help="default: $JOBSIGHT_SLURM_CONFIG or /etc/jobsight/slurm.yaml")
+    flush.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="keep trying for this long while records are pending (default: one round)")
+    flush.set_defaults(func=run_flush_command)
+
+
+def register(commands: Any) -> None:
+    slurm = commands.add_parser("slurm", help="Slurm hooks: job maps and job registration")
+    add_arguments(slurm)
