@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import os
 import pathlib
 import threading
@@ -27,11 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.annotations import GrafanaAnnotator, JobAnnotator, NoAnnotations
 from api.catalog import CATALOG
 from api.db import open_database
+from api.deadline import DeadlineTransport
 from api.logsource import LogSource, UnconfiguredLogSource, open_log_source
 from api.models import (
     AlertList,
     CatalogEntry,
     Health,
+    JobAnnotationsIn,
     JobIn,
     JobList,
     JobOut,
@@ -193,15 +196,16 @@ def create_app(
     timeout = settings.dependency_timeout_seconds
     owned_client = http_client is None
     if http_client is None:
-        transport = TracingTransport(httpx.HTTPTransport(retries=0), tracer)
-        http_client = httpx.Client(
-            transport=transport, timeout=timeout,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        # Each Prometheus call ends within dependency_timeout_seconds in total, however slowly
+        # the answer trickles in (see api/deadline.py).
+        transport = TracingTransport(DeadlineTransport(limits=limits), tracer)
+        http_client = httpx.Client(transport=transport, timeout=timeout, limits=limits)
     if store is None:
         store = JobStore(open_database(settings.store_url), clock=clock,
                          notify_delay=settings.notify_delay_seconds)
-    prometheus = prometheus or PrometheusClient(settings.prometheus_url, http_client, timeout=timeout)
+    prometheus = prometheus or PrometheusClient(settings.prometheus_url, http_client, timeout=timeout,
+                                                max_bytes=settings.prometheus_max_response_bytes)
     logs = log_source if log_source is not None else open_log_source(settings.log_store, timeout)
     tb_settings = settings.tensorboard
     tensorboard = tensorboard or TensorBoardManager(
@@ -217,7 +221,9 @@ def create_app(
     maintenance = _Maintenance(service)
     registry = CollectorRegistry()
     request_metrics = RequestMetrics(registry)
-    registry.register(JobStatusCollector(store, clock))
+    # Per-job series name job ids, tenants and statuses: shown only to the metrics token.
+    job_registry = CollectorRegistry()
+    job_registry.register(JobStatusCollector(store, clock))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -277,9 +283,10 @@ def create_app(
             problems.append({"loc": loc, "msg": err.get("msg", "invalid")})
         return JSONResponse({"detail": problems}, status_code=422)
 
-    app.state.tokens = [(entry.token.encode(), Caller(entry.tenant, entry.admin))
+    app.state.tokens = [(entry.token.encode(), Caller(entry.tenant, entry.role))
                         for entry in settings.tokens]
     app.state.webhook_token = settings.webhook_token.encode() if settings.webhook_token else None
+    app.state.metrics_token = settings.metrics_token.encode() if settings.metrics_token else None
 
     @app.exception_handler(_AuthError)
     async def _auth_failed(_: Request, exc: _AuthError) -> JSONResponse:
@@ -315,9 +322,18 @@ def create_app(
         return JSONResponse(body, status_code=503 if down else 200)
 
     @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
-    def metrics_endpoint() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+             responses={200: {"content": {"text/plain": {}},
+                              "description": "Prometheus text exposition; the per-job series "
+                                             "(jobsight_job_status) only with the metrics token or an "
+                                             "admin token"},
+                        401: ERROR_RESPONSES[401], 403: ERROR_RESPONSES[403]})
+    def metrics_endpoint(request: Request, credentials: Credentials) -> Response:
+        body = generate_latest(registry)
+        if credentials is not None:
+            if not _metrics_reader(request, credentials.credentials.encode()):
+                raise Forbidden("the per-job series need the metrics_token or an admin token")
+            body += generate_latest(job_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -328,6 +344,10 @@ def create_app(
         maintenance.wake()
         return JSONResponse(JobOut.model_validate(job_out(job)).model_dump(mode="json"),
                             status_code=201 if created else 200)
+
+    @app.patch("/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=ERROR_RESPONSES)
+    def annotate_job(job_id: JobIdParam, body: JobAnnotationsIn, who: Who) -> JobOut:
+        return JobOut.model_validate(job_out(service.annotate(job_id, body, who)))
 
     @app.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=ERROR_RESPONSES)
     def list_jobs(
@@ -340,9 +360,9 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=300)] = None,
     ) -> JobList:
-        if tenant is not None and not who.admin and tenant != who.tenant:
-            raise Forbidden("only admins may list another tenant's jobs")
-        scope = tenant if who.admin else who.tenant
+        if tenant is not None and not who.all_tenants and tenant != who.tenant:
+            raise Forbidden("only admins and schedulers may list another tenant's jobs")
+        scope = tenant if who.all_tenants else who.tenant
         after = _decode_job_cursor(cursor) if cursor else None
         jobs = service.store.list_jobs(tenant=scope, status=status, user=user, since=ts(since),
                                        until=ts(until), limit=limit + 1, after=after)
@@ -382,7 +402,7 @@ def create_app(
     @app.get("/v1/jobs/{job_id}/metrics", response_model=MetricsResponse, tags=["metrics"],
              responses=ERROR_RESPONSES)
     def job_metrics(
-        job_id: JobIdParam, who: Who,
+        job_id: JobIdParam, who: Reader,
         name: Annotated[list[str], Query(min_length=1, max_length=len(CATALOG),
                                          description=f"one or more of: {', '.join(CATALOG)}")],
         start: UtcDatetime | None = None, end: UtcDatetime | None = None,
@@ -393,7 +413,7 @@ def create_app(
 
     @app.get("/v1/jobs/{job_id}/summary", response_model=SummaryResponse, tags=["jobs"],
              responses=ERROR_RESPONSES)
-    def job_summary(job_id: JobIdParam, who: Who) -> JSONResponse:
+    def job_summary(job_id: JobIdParam, who: Reader) -> JSONResponse:
         job, source = service.visible_job(job_id, who)
         return JSONResponse(service.summary(job, source).model_dump(mode="json"))
 
@@ -406,32 +426,32 @@ def create_app(
                                           "next_cursor": page.next_cursor})
 
     @app.get("/v1/jobs/{job_id}/logs", response_model=LogPageOut, tags=["logs"], responses=ERROR_RESPONSES)
-    def job_logs(job_id: JobIdParam, who: Who, q: LogQ = None, kind: Kind = None, rank: Rank = None,
+    def job_logs(job_id: JobIdParam, who: Reader, q: LogQ = None, kind: Kind = None, rank: Rank = None,
                  since: UtcDatetime | None = None, until: UtcDatetime | None = None, limit: Limit = 100,
                  cursor: Cursor = None) -> LogPageOut:
         return _logs(job_id, who, False, q, kind, rank, since, until, limit, cursor)
 
     @app.get("/v1/jobs/{job_id}/events", response_model=LogPageOut, tags=["logs"], responses=ERROR_RESPONSES)
-    def job_events(job_id: JobIdParam, who: Who, q: LogQ = None, kind: Kind = None, rank: Rank = None,
+    def job_events(job_id: JobIdParam, who: Reader, q: LogQ = None, kind: Kind = None, rank: Rank = None,
                    since: UtcDatetime | None = None, until: UtcDatetime | None = None, limit: Limit = 100,
                    cursor: Cursor = None) -> LogPageOut:
         return _logs(job_id, who, True, q, kind, rank, since, until, limit, cursor)
 
     @app.get("/v1/jobs/{job_id}/links", response_model=Links, tags=["jobs"], responses=ERROR_RESPONSES)
-    def job_links(job_id: JobIdParam, who: Who) -> Links:
+    def job_links(job_id: JobIdParam, who: Reader) -> Links:
         job, _ = service.visible_job(job_id, who)
         return service.links(job)
 
     @app.get("/v1/jobs/{job_id}/tensorboard", response_model=TensorBoardOut, tags=["tensorboard"],
              responses=ERROR_RESPONSES)
-    def job_tensorboard(job_id: JobIdParam, who: Who) -> TensorBoardOut:
+    def job_tensorboard(job_id: JobIdParam, who: Reader) -> TensorBoardOut:
         logdir = _logdir(job_id, who)
         url, ready = tensorboard.ensure(logdir)
         return TensorBoardOut(url=url, state="running" if ready else "starting", logdir=str(logdir))
 
     @app.get("/v1/jobs/{job_id}/scalars", response_model=ScalarsResponse, tags=["tensorboard"],
              responses=ERROR_RESPONSES)
-    def job_scalars(job_id: JobIdParam, who: Who,
+    def job_scalars(job_id: JobIdParam, who: Reader,
                     tag: Annotated[str | None, Query(max_length=512)] = None) -> ScalarsResponse:
         logdir = _logdir(job_id, who)
         tags, runs = read_scalars(logdir, tag)
@@ -471,14 +491,14 @@ def create_app(
                                          "next_cursor": next_cursor})
 
     @app.get("/v1/jobs/{job_id}/alerts", response_model=AlertList, tags=["alerts"], responses=ERROR_RESPONSES)
-    def job_alerts(job_id: JobIdParam, who: Who, limit: Limit = 100) -> AlertList:
+    def job_alerts(job_id: JobIdParam, who: Reader, limit: Limit = 100) -> AlertList:
         job, _ = service.visible_job(job_id, who)
         alerts = service.store.list_alerts(job_id=job.job_id, limit=limit)
         return AlertList.model_validate({"alerts": [alert_out(a) for a in alerts], "next_cursor": None})
 
     @app.get("/v1/jobs/{job_id}/notifications", response_model=NotificationList, tags=["alerts"],
              responses=ERROR_RESPONSES)
-    def job_notifications(job_id: JobIdParam, who: Who) -> NotificationList:
+    def job_notifications(job_id: JobIdParam, who: Reader) -> NotificationList:
         job, _ = service.visible_job(job_id, who)
         items = service.store.list_notifications(job.job_id)
         return NotificationList.model_validate({"notifications": [
@@ -513,9 +533,32 @@ def caller(request: Request, credentials: Credentials) -> Caller:
     return found
 
 
+def _metrics_reader(request: Request, given: bytes) -> bool:
+    """The metrics token, or an admin's token; 401 for a token nobody holds."""
+    expected: bytes | None = request.app.state.metrics_token
+    if expected is not None and hmac.compare_digest(expected, given):
+        return True
+    found: Caller | None = None
+    for secret, who in request.app.state.tokens:
+        if hmac.compare_digest(secret, given):
+            found = who
+    if found is None:
+        raise _AuthError("unknown token")
+    return found.admin
+
+
 def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
     if not who.admin:
         raise Forbidden("this route needs an admin token")
+    return who
+
+
+def reader(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    """Reading a job's data (metrics, logs, summaries, TensorBoard): its tenant or an admin. A
+    scheduler token registers every tenant's jobs but reads none of their data, so a leaked hook
+    credential on a compute node exposes no logs."""
+    if who.scheduler:
+        raise Forbidden("a scheduler token may register, finish and list jobs, not read their data")
     return who
 
 
@@ -532,6 +575,7 @@ def webhook_caller(request: Request, credentials: Credentials) -> None:
 
 Who = Annotated[Caller, Depends(caller)]
 Admin = Annotated[Caller, Depends(admin)]
+Reader = Annotated[Caller, Depends(reader)]
 WebhookAuth = Annotated[None, Depends(webhook_caller)]
 LogQ = Annotated[str | None, Query(max_length=1000, description="words to match in the message")]
 Kind = Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -554,6 +598,9 @@ def _decode_job_cursor(cursor: str) -> tuple[float, str]:
 
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
+        if (isinstance(created_at, bool) or not isinstance(created_at, int | float)
+                or not isinstance(job_id, str) or not math.isfinite(float(created_at))):
+            raise ValueError("wrong types")
+        return float(created_at), job_id
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise InvalidInput("cursor is not one this API returned") from exc

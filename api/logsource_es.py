@@ -55,13 +55,19 @@ def encode_cursor(sort_values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(sort_values).encode()).decode().rstrip("=")
 
 
+def _is_long(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 def decode_cursor(cursor: str) -> list[Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, binascii.Error) as exc:
         raise InvalidInput("cursor is not one this API returned") from exc
-    if not isinstance(values, list) or len(values) != 2:
+    # Both sort values are Elasticsearch longs (epoch milliseconds, a log offset); anything else
+    # is a tampered cursor and must not reach the query as search_after.
+    if not isinstance(values, list) or len(values) != 2 or not all(_is_long(v) for v in values):
         raise InvalidInput("cursor is not one this API returned")
     return values
 

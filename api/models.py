@@ -59,7 +59,7 @@ class JobIn(BaseModel):
     user: str | None = Field(default=None, max_length=128)
     tenant: str | None = Field(
         None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="defaults to the caller's tenant; only admins may name another",
+        description="defaults to the caller's tenant; only scheduler and admin tokens may name another",
     )
     scheduler: str | None = Field(default=None, max_length=64)
     nodes: list[Annotated[str, Field(pattern=HOST_PATTERN)]] = Field(default_factory=list, max_length=4096)
@@ -81,6 +81,20 @@ class JobIn(BaseModel):
         if value is not None and started is not None and value < started:
             raise ValueError("ended_at is before started_at")
         return value
+
+
+Labels = dict[Annotated[str, Field(pattern=LABEL_KEY_PATTERN)], Annotated[str, Field(max_length=1024)]]
+
+
+class JobAnnotationsIn(BaseModel):
+    """Body of ``PATCH /v1/jobs/{id}``: what a job's tenant may change about it. Fields left out
+    keep their value; ``labels`` replaces the whole set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=512)
+    tensorboard_logdir: str | None = Field(default=None, max_length=4096)
+    labels: Labels | None = Field(default=None, max_length=64)
 
 
 class JobOut(BaseModel):

@@ -1,22 +1,29 @@
 """A small Prometheus HTTP API client (httpx) with escaping helpers.
 
-Every failure to get an answer (connection refused, timeout, 5xx, an error status in the body)
-becomes :class:`DependencyUnavailable` naming "prometheus"; a 4xx "bad_data" answer means we built
-a bad query, which is a bug, and is raised as :class:`PrometheusQueryError`.
+Every failure to get an answer (connection refused, a call past its total deadline, 5xx, an
+answer too large or of the wrong shape, an error status in the body) becomes
+:class:`DependencyUnavailable` naming "prometheus"; a 4xx "bad_data" answer means we built a bad
+query, which is a bug, and is raised as :class:`PrometheusQueryError`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from api.deadline import deadline
 from jobsight.errors import DependencyUnavailable, JobsightError
 
 # Prometheus refuses range queries that would return more than 11,000 points per series.
 MAX_POINTS_PER_SERIES = 11_000
+# 11,000 points of a few dozen series fit easily; a bigger answer is a fault, not data.
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 
 class PrometheusQueryError(JobsightError):
@@ -50,37 +57,68 @@ class RangeSeries:
 
 
 class PrometheusClient:
-    def __init__(self, base_url: str, client: httpx.Client, timeout: float = 5.0) -> None:
+    """Queries with a total deadline of ``timeout`` seconds per call (enforced at the socket when
+    ``client`` uses :class:`api.deadline.DeadlineTransport`, and between body chunks always), an
+    answer of at most ``max_bytes`` (decoded), and every answer checked for the shape the
+    Prometheus HTTP API documents. Whatever goes wrong on Prometheus' side is
+    :class:`DependencyUnavailable` (the API's 503), never a 500."""
+
+    def __init__(self, base_url: str, client: httpx.Client, timeout: float = 5.0,
+                 max_bytes: int = DEFAULT_MAX_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = client
         self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._clock = clock
+
+    def _fetch(self, method: str, path: str, params: dict[str, Any] | None,
+               max_bytes: int) -> tuple[int, bytes]:
+        """Status and body of one call, within the deadline and the size cap."""
+        with deadline(self._timeout, self._clock) as at:
+            try:
+                with self._client.stream(method, f"{self.base_url}{path}", data=params,
+                                         timeout=self._timeout) as response:
+                    if response.status_code >= 500 or response.status_code in (429, 503):
+                        raise DependencyUnavailable("prometheus", f"HTTP {response.status_code}")
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise _too_big(max_bytes)
+                    chunks: list[bytes] = []
+                    size = 0
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise _too_big(max_bytes)
+                        if self._clock() > at:
+                            raise _too_slow(self._timeout)
+                        chunks.append(chunk)
+                    return response.status_code, b"".join(chunks)
+            except httpx.TimeoutException as exc:
+                raise _too_slow(self._timeout) from exc
+            except (httpx.HTTPError, httpx.StreamError) as exc:
+                raise DependencyUnavailable("prometheus", f"{type(exc).__name__}: {exc}") from exc
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
+        status, raw = self._fetch("POST", path, params, self._max_bytes)
         try:
-            response = self._client.post(
-                f"{self.base_url}{path}", data=params, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            raise DependencyUnavailable("prometheus", f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500 or response.status_code in (429, 503):
-            raise DependencyUnavailable("prometheus", f"HTTP {response.status_code}")
-        try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError as exc:
-            raise DependencyUnavailable("prometheus", f"HTTP {response.status_code}: not JSON") from exc
+            raise DependencyUnavailable("prometheus", f"HTTP {status}: not JSON") from exc
+        if not isinstance(body, dict):
+            raise _malformed("the answer is not a JSON object")
         if body.get("status") != "success":
-            if response.status_code == 400 or body.get("errorType") == "bad_data":
+            if status == 400 or body.get("errorType") == "bad_data":
                 raise PrometheusQueryError(f"{body.get('errorType')}: {body.get('error')}")
             raise DependencyUnavailable("prometheus", f"{body.get('errorType')}: {body.get('error')}")
-        return body["data"]
+        data = body.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("result"), list):
+            raise _malformed("no data.result list")
+        return data
 
     def ping(self) -> None:
-        try:
-            response = self._client.get(f"{self.base_url}/-/ready", timeout=self._timeout)
-        except httpx.HTTPError as exc:
-            raise DependencyUnavailable("prometheus", f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise DependencyUnavailable("prometheus", f"not ready (HTTP {response.status_code})")
+        status, _ = self._fetch("GET", "/-/ready", None, 64 * 1024)
+        if status != 200:
+            raise DependencyUnavailable("prometheus", f"not ready (HTTP {status})")
 
     def query(self, promql: str, at: float | None = None) -> list[Sample]:
         params: dict[str, Any] = {"query": promql}
@@ -88,13 +126,16 @@ class PrometheusClient:
             params["time"] = f"{at:.3f}"
         data = self._get("/api/v1/query", params)
         if data.get("resultType") != "vector":
-            raise PrometheusQueryError(f"expected a vector, got {data.get('resultType')}")
+            raise _malformed(f"expected a vector, got {str(data.get('resultType'))[:40]}")
         out = []
-        for item in data["result"]:
-            value = float(item["value"][1])
-            if math.isnan(value):
-                continue
-            out.append(Sample(dict(item["metric"]), value))
+        try:
+            for item in data["result"]:
+                value = float(item["value"][1])
+                if math.isnan(value):
+                    continue
+                out.append(Sample(_labels(item["metric"]), value))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise _malformed(f"a vector sample is not [time, \"number\"]: {exc}") from exc
         return out
 
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[RangeSeries]:
@@ -102,13 +143,36 @@ class PrometheusClient:
             "/api/v1/query_range",
             {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": repr(float(step))},
         )
-        return [
-            RangeSeries(
-                dict(item["metric"]),
-                [(float(t), float(v)) for t, v in item["values"] if not math.isnan(float(v))],
-            )
-            for item in data["result"]
-        ]
+        if data.get("resultType") != "matrix":
+            raise _malformed(f"expected a matrix, got {str(data.get('resultType'))[:40]}")
+        try:
+            return [
+                RangeSeries(
+                    _labels(item["metric"]),
+                    [(float(t), float(v)) for t, v in item["values"] if not math.isnan(float(v))],
+                )
+                for item in data["result"]
+            ]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise _malformed(f"a matrix series is not [[time, \"number\"], ...]: {exc}") from exc
+
+
+def _labels(metric: Any) -> dict[str, str]:
+    if not isinstance(metric, dict) or not all(isinstance(v, str) for v in metric.values()):
+        raise TypeError("labels are not a string map")
+    return dict(metric)
+
+
+def _malformed(what: str) -> DependencyUnavailable:
+    return DependencyUnavailable("prometheus", f"malformed answer: {what}")
+
+
+def _too_big(limit: int) -> DependencyUnavailable:
+    return DependencyUnavailable("prometheus", f"answer larger than {limit} bytes")
+
+
+def _too_slow(seconds: float) -> DependencyUnavailable:
+    return DependencyUnavailable("prometheus", f"no complete answer within {seconds:g} s")
 
 
 def choose_step(start: float, end: float, requested: float | None, default_points: int = 720,

@@ -24,6 +24,7 @@ from api.models import (
     LATEST,
     AlertOut,
     Diagnosis,
+    JobAnnotationsIn,
     JobIn,
     Links,
     LogRecordOut,
@@ -58,8 +59,23 @@ class Forbidden(Exception):
 
 @dataclass(frozen=True)
 class Caller:
+    """Who holds the token: its tenant and its role (``tenant``, ``scheduler`` or ``admin``)."""
+
     tenant: str
-    admin: bool
+    role: str = "tenant"
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scheduler(self) -> bool:
+        return self.role == "scheduler"
+
+    @property
+    def all_tenants(self) -> bool:
+        """Sees registry records of every tenant (admins; schedulers, which wrote them)."""
+        return self.role in ("admin", "scheduler")
 
 
 def ts(value: datetime | None) -> float | None:
@@ -122,7 +138,7 @@ class JobService:
     def visible_job(self, job_id: str, caller: Caller) -> tuple[Job, str]:
         job = self.store.get_job(job_id)
         if job is not None:
-            if not caller.admin and job.tenant != caller.tenant:
+            if not caller.all_tenants and job.tenant != caller.tenant:
                 raise NotFound(job_id)
             return job, "registered"
         if caller.admin:
@@ -158,11 +174,18 @@ class JobService:
     # -- jobs -----------------------------------------------------------------------------------
 
     def upsert(self, job_id: str, body: JobIn, caller: Caller) -> tuple[Job, bool]:
+        """Register or finish a job: a scheduler's or an admin's right. A tenant may do it only
+        where ``tenants_may_register_jobs`` is set, and then only for its own tenant: otherwise the
+        first tenant to register a job id would own that job's logs and metrics."""
         tenant = body.tenant or caller.tenant
-        if not caller.admin and tenant != caller.tenant:
-            raise Forbidden("only admins may register a job for another tenant")
+        if not caller.all_tenants:
+            if not self.settings.tenants_may_register_jobs:
+                raise Forbidden("registering jobs needs a scheduler or admin token; a tenant may "
+                                "annotate its jobs with PATCH (or set tenants_may_register_jobs)")
+            if tenant != caller.tenant:
+                raise Forbidden("only schedulers and admins may register a job for another tenant")
         existing = self.store.get_job(job_id)
-        if existing is not None and not caller.admin and existing.tenant != caller.tenant:
+        if existing is not None and not caller.all_tenants and existing.tenant != caller.tenant:
             # Same answer as for a job that does not exist: ids of other tenants stay hidden.
             raise NotFound(job_id)
         job = Job(
@@ -180,6 +203,19 @@ class JobService:
             self.executor.submit(self.annotator.annotate, job_id, f"job {job_id}{name} started",
                                  int(started * 1000), ["started"])
         return result.job, result.created
+
+    def annotate(self, job_id: str, body: JobAnnotationsIn, caller: Caller) -> Job:
+        """What a job's tenant may change about it: the fields that describe it, not the facts a
+        scheduler reports (tenant, hosts, GPUs, times, status)."""
+        if caller.scheduler:
+            raise Forbidden("a scheduler token registers and finishes jobs; annotations are the tenant's")
+        changes = body.model_dump(include=body.model_fields_set)
+        if changes.get("labels") is None:
+            changes.pop("labels", None)
+        job = self.store.annotate_job(job_id, tenant=None if caller.admin else caller.tenant, changes=changes)
+        if job is None:
+            raise NotFound(job_id)
+        return job
 
     def hosts_and_gpus(self, job: Job) -> tuple[list[str], list[tuple[str, int]]]:
         gpus = sorted({(str(g["host"]), int(g["gpu"])) for g in job.gpus})

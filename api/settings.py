@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,15 +17,39 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from jobsight.config import format_validation_error, load_yaml_file
 from jobsight.errors import ConfigError
 
+Role = Literal["tenant", "scheduler", "admin"]
+
 
 class TokenConfig(BaseModel):
-    """One API bearer token. ``admin`` tokens see every tenant and may use admin routes."""
+    """One API bearer token and its role (see docs/security.md):
+
+    - ``tenant``: reads and annotates its own tenant's jobs;
+    - ``scheduler``: registers and finishes jobs for any tenant (Slurm hooks, the Kubernetes
+      watcher), lists them, and reads nothing else (no logs, metrics or summaries);
+    - ``admin``: everything, including discovered jobs and admin routes.
+
+    The older form ``admin: true`` / ``admin: false`` is still read as ``role: admin`` / ``tenant``.
+    """
 
     model_config = {"extra": "forbid"}
 
     token: str = Field(min_length=16, description="the secret; at least 16 characters")
     tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    admin: bool = False
+    role: Role = "tenant"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_admin(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "admin" not in data:
+            return data
+        data = dict(data)
+        admin = data.pop("admin")
+        if not isinstance(admin, bool):
+            raise ValueError("admin must be true or false (better: role: tenant|scheduler|admin)")
+        legacy = "admin" if admin else "tenant"
+        if data.setdefault("role", legacy) != legacy:
+            raise ValueError(f"admin: {str(admin).lower()} contradicts role: {data['role']}")
+        return data
 
 
 class TensorBoardConfig(BaseModel):
@@ -68,7 +92,17 @@ class ApiSettings(BaseSettings):
     public_url: str | None = Field(default=None, description="this API's own external URL, used in links")
     tensorboard: TensorBoardConfig = Field(default_factory=lambda: TensorBoardConfig())
     tokens: list[TokenConfig] = Field(default_factory=list)
+    tenants_may_register_jobs: bool = Field(
+        default=False,
+        description="let tenant tokens create and update their own jobs (clusters without a scheduler "
+                    "integration); off by default, since then the first tenant to register an id owns it",
+    )
     webhook_token: str | None = Field(default=None, min_length=16)
+    metrics_token: str | None = Field(
+        default=None, min_length=16,
+        description="bearer token that Prometheus presents to read the per-job series of /metrics "
+                    "(jobsight_job_status); without it /metrics shows only request metrics",
+    )
     notify: dict[str, list[str]] = Field(default_factory=dict)
     notify_max_attempts: int = Field(default=5, ge=1, le=100)
     notify_retry_seconds: float = Field(default=10.0, gt=0)
@@ -79,7 +113,10 @@ class ApiSettings(BaseSettings):
     query_settle_seconds: float = Field(
         default=300.0, ge=0, description="a window that ended at least this long ago is settled")
     query_workers: int = Field(default=32, ge=1, le=256, description="parallel Prometheus queries")
-    dependency_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    dependency_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=120, description="total time one call to Prometheus may take")
+    prometheus_max_response_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=64 * 1024, description="a larger Prometheus answer is a 503")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("store_url")
@@ -98,6 +135,8 @@ class ApiSettings(BaseSettings):
             seen.add(entry.token)
         if self.webhook_token is not None and self.webhook_token in seen:
             raise ValueError("webhook_token must differ from every API token")
+        if self.metrics_token is not None and self.metrics_token in seen | {self.webhook_token}:
+            raise ValueError("metrics_token must differ from every API token and the webhook_token")
         return self
 
 

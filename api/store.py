@@ -221,6 +221,23 @@ class JobStore:
         assert stored is not None
         return UpsertResult(stored, old is None, became_failed)
 
+    def annotate_job(self, job_id: str, *, tenant: str | None, changes: dict[str, Any]) -> Job | None:
+        """Change only the descriptive fields (``name``, ``tensorboard_logdir``, ``labels``) of a
+        job, in one statement, so a concurrent finish by the scheduler is never overwritten. With
+        ``tenant``, only that tenant's job; None when there is no such job."""
+        columns = {"name": "name", "tensorboard_logdir": "tensorboard_logdir", "labels": "labels"}
+        sets: list[str] = []
+        params: list[Any] = []
+        for key, value in changes.items():
+            sets.append(f"{columns[key]} = ?")
+            params.append(json.dumps(value, sort_keys=True) if key == "labels" else value)
+        with self.db.transaction() as cur:
+            where = "job_id = ?" + (" AND tenant = ?" if tenant is not None else "")
+            cur.execute(f"UPDATE jobs SET {', '.join([*sets, 'updated_at = ?'])} WHERE {where}",
+                        (*params, self._clock(), job_id, *((tenant,) if tenant is not None else ())))
+            job = self._get_job(cur, job_id, lock=False)
+        return job if job is not None and (tenant is None or job.tenant == tenant) else None
+
     def mark_failed(self, job_id: str, reason: str, at: float, notify_targets: int | None = None
                     ) -> UpsertResult | None:
         """A job-failure alert for a registered job that is not yet failed: record the failure."""

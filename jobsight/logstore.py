@@ -29,6 +29,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -148,10 +149,15 @@ def _decode_cursor(cursor: str) -> tuple[float, int]:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         timestamp, row_id = value
-        if not isinstance(row_id, int) or not isinstance(timestamp, int | float):
+        if (isinstance(row_id, bool) or not isinstance(row_id, int) or isinstance(timestamp, bool)
+                or not isinstance(timestamp, int | float)):
             raise ValueError("wrong types")
+        # Bounds as SQLite stores them: a row id is a signed 64-bit integer, a timestamp a finite
+        # float; anything else (a tampered cursor) would fail deep in the driver.
+        if not 0 <= row_id < 2**63 or not math.isfinite(float(timestamp)):
+            raise ValueError("out of range")
         return float(timestamp), row_id
-    except (ValueError, TypeError, UnicodeEncodeError, binascii.Error) as exc:
+    except (ValueError, TypeError, OverflowError, UnicodeEncodeError, binascii.Error) as exc:
         raise InvalidInput(f"invalid cursor {cursor[:40]!r}: pass back the next_cursor of a page") from exc
 
 

@@ -144,16 +144,21 @@ class Secrets:
     admin_token: str
     demo_token: str
     webhook_token: str
+    # Registers the demo's jobs, as the Slurm hooks or the Kubernetes watcher would.
+    scheduler_token: str
+    # Lets Prometheus read the API's per-job metrics (jobsight_job_status).
+    metrics_token: str
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
         """Stable across restarts, so bookmarks and scripts keep working; readable by the owner only."""
         try:
             data = json.loads(path.read_text())
-            return cls(data["admin_token"], data["demo_token"], data["webhook_token"])
+            return cls(data["admin_token"], data["demo_token"], data["webhook_token"],
+                       data["scheduler_token"], data["metrics_token"])
         except (OSError, ValueError, KeyError):
             pass
-        made = cls(*(secrets.token_urlsafe(24) for _ in range(3)))
+        made = cls(*(secrets.token_urlsafe(24) for _ in range(5)))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(made.__dict__))
@@ -244,7 +249,7 @@ class Stack:
             if simulated and self.demo_enabled:
                 from jobsight.demo import DemoDriver, DemoPaths
 
-                demo = DemoDriver(DemoPaths(self.state), urls["api"], keys.admin_token, self.fault_after)
+                demo = DemoDriver(DemoPaths(self.state), urls["api"], keys.scheduler_token, self.fault_after)
                 demo.start()
                 notices = threading.Thread(target=self._watch_notifications, daemon=True)
                 notices.start()
@@ -327,10 +332,16 @@ class Stack:
             api=f"127.0.0.1:{ports.api}",
             alertmanager=f"127.0.0.1:{ports.alertmanager}",
             rule_files=rules,
+            api_metrics_token=keys.metrics_token,
             scrape_interval=interval,
             evaluation_interval=interval,
         )
-        (prom_dir / "prometheus.yml").write_text(config.render())
+        # Private: it holds the token that reads the API's per-job metrics.
+        prom_config = prom_dir / "prometheus.yml"
+        tmp = prom_config.with_suffix(".tmp")
+        tmp.write_text(config.render())
+        tmp.chmod(0o600)
+        tmp.replace(prom_config)
 
         am_dir = self.state / "alertmanager"
         am_dir.mkdir(parents=True, exist_ok=True)
@@ -350,10 +361,12 @@ class Stack:
             "grafana_url": self.grafana_url,
             "public_url": urls["api"],
             "tokens": [
-                {"token": keys.admin_token, "tenant": "ops", "admin": True},
-                {"token": keys.demo_token, "tenant": "demo", "admin": False},
+                {"token": keys.admin_token, "tenant": "ops", "role": "admin"},
+                {"token": keys.demo_token, "tenant": "demo", "role": "tenant"},
+                {"token": keys.scheduler_token, "tenant": "demo-scheduler", "role": "scheduler"},
             ],
             "webhook_token": keys.webhook_token,
+            "metrics_token": keys.metrics_token,
             "notify": {"demo": [f"file://{self.state / 'notifications.jsonl'}"]},
             # Give the failure's log events and alerts a moment to land before the diagnosis is
             # written: the ranks' last lines reach the store within a second or two.

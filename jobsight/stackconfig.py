@@ -54,6 +54,9 @@ class PrometheusConfig:
     api: str
     alertmanager: str
     rule_files: Sequence[Path]
+    # The API shows per-job series (jobsight_job_status, which the JobFailed rule reads) only to
+    # a scrape that presents this token.
+    api_metrics_token: str | None = None
     scrape_interval: str = "5s"
     evaluation_interval: str = "5s"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -77,7 +80,12 @@ class PrometheusConfig:
                     ],
                 },
                 {"job_name": "jobsight-logs", "static_configs": [{"targets": [self.collector]}]},
-                {"job_name": "jobsight-api", "static_configs": [{"targets": [self.api]}]},
+                {
+                    "job_name": "jobsight-api",
+                    "static_configs": [{"targets": [self.api]}],
+                    **({"authorization": {"type": "Bearer", "credentials": self.api_metrics_token}}
+                       if self.api_metrics_token else {}),
+                },
                 {"job_name": "alertmanager", "static_configs": [{"targets": [self.alertmanager]}]},
             ],
             **self.extra,

@@ -27,7 +27,9 @@ from tests.support import Proc, free_port, wait_until
 ADMIN = "admin-token-0123456789"
 TEAM_A = "team-a-token-0123456789"
 TEAM_B = "team-b-token-0123456789"
+SCHEDULER = "scheduler-token-0123456789"
 WEBHOOK = "webhook-token-0123456789"
+METRICS = "metrics-token-0123456789"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -66,11 +68,14 @@ def base_settings(
         "alertmanager_url": "http://alertmanager.example:9093",
         "public_url": "http://api.example:8000",
         "tokens": [
+            # The older form of the admin role (``admin: true``) is still read.
             {"token": ADMIN, "tenant": "ops", "admin": True},
             {"token": TEAM_A, "tenant": "team-a"},
-            {"token": TEAM_B, "tenant": "team-b"},
+            {"token": TEAM_B, "tenant": "team-b", "role": "tenant"},
+            {"token": SCHEDULER, "tenant": "slurm", "role": "scheduler"},
         ],
         "webhook_token": WEBHOOK,
+        "metrics_token": METRICS,
         "dependency_timeout_seconds": 5.0,
     }
     values.update(extra or {})

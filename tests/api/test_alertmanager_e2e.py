@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.api.conftest import ADMIN, TEAM_A, WEBHOOK, auth
+from tests.api.conftest import ADMIN, METRICS, SCHEDULER, TEAM_A, WEBHOOK, auth
 from tests.api.promdata import RunningPrometheus
 from tests.api.scenario import Scenario
 from tests.support import (
@@ -53,10 +53,12 @@ def test_alertmanager_webhook_to_failure_notification(
                 "grafana_url": "http://grafana.local:3000",
                 "alertmanager_url": f"http://127.0.0.1:{am_port}",
                 "tokens": [
-                    {"token": ADMIN, "tenant": "ops", "admin": True},
+                    {"token": ADMIN, "tenant": "ops", "role": "admin"},
                     {"token": TEAM_A, "tenant": "team-a"},
+                    {"token": SCHEDULER, "tenant": "slurm", "role": "scheduler"},
                 ],
                 "webhook_token": WEBHOOK,
+                "metrics_token": METRICS,
                 "notify": {"team-a": [f"file://{outbox}"]},
             }
         )
@@ -106,7 +108,10 @@ def test_alertmanager_webhook_to_failure_notification(
         "started_at": iso(scenario.demo_start),
         "status": "running",
     }
-    assert httpx.put(f"{base}/v1/jobs/demo-fail", json=job, headers=auth(TEAM_A)).status_code == 201
+    registered = httpx.put(
+        f"{base}/v1/jobs/demo-fail", json={**job, "tenant": "team-a"}, headers=auth(SCHEDULER)
+    )
+    assert registered.status_code == 201
 
     # The GPU alert names a host and GPU, not a job: the API maps it to the job running there.
     xid_alert = {
@@ -157,7 +162,7 @@ def test_alertmanager_webhook_to_failure_notification(
     alert_evidence = [e for e in summary["diagnosis"]["causes"][0]["evidence"] if e["source"] == "alert"]
     assert alert_evidence and alert_evidence[0]["kind"] == "gpu_xid"
 
-    exposition = httpx.get(f"{base}/metrics").text
+    exposition = httpx.get(f"{base}/metrics", headers=auth(METRICS)).text
     assert 'jobsight_job_status{job_id="demo-fail",status="failed",tenant="team-a"} 1.0' in exposition
     assert (
         'jobsight_api_requests_total{code="200",method="GET",route="/v1/jobs/{job_id}/alerts"}' in exposition

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.cache import ResultCache
 from api.prometheus import PrometheusClient
-from tests.api.conftest import TEAM_A, auth, register_demo
+from tests.api.conftest import SCHEDULER, TEAM_A, auth, register_demo
 from tests.api.promdata import RunningPrometheus
 from tests.api.scenario import Scenario
 from tests.support import wait_until
@@ -109,7 +109,8 @@ def test_settled_windows_are_reused_running_ones_are_not(
     client.get("/v1/jobs/demo-fail/metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A))
     assert counting.calls == calls
     # A running job's window ends now: always asked afresh.
-    client.put("/v1/jobs/live", json={"status": "running", "started_at": scenario.base}, headers=auth(TEAM_A))
+    live = {"tenant": "team-a", "status": "running", "started_at": scenario.base}
+    client.put("/v1/jobs/live", json=live, headers=auth(SCHEDULER))
     client.get("/v1/jobs/live/metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A))
     calls = counting.calls
     client.get("/v1/jobs/live/metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import ADMIN, TEAM_A, TEAM_B, auth, register_demo
+from tests.api.conftest import ADMIN, SCHEDULER, TEAM_A, TEAM_B, auth, register_demo
 from tests.api.scenario import Scenario
 
 
@@ -36,22 +36,24 @@ def test_upsert_is_idempotent_and_scoped_to_the_tenant(client: TestClient) -> No
         "started_at": "2026-01-01T00:00:00Z",
         "labels": {"queue": "a100"},
     }
-    created = client.put("/v1/jobs/4711", json=body, headers=auth(TEAM_A))
+    created = client.put("/v1/jobs/4711", json={**body, "tenant": "team-a"}, headers=auth(SCHEDULER))
     assert created.status_code == 201
     assert created.json()["tenant"] == "team-a" and created.json()["source"] == "registered"
-    again = client.put("/v1/jobs/4711", json=body, headers=auth(TEAM_A))
+    again = client.put("/v1/jobs/4711", json={**body, "tenant": "team-a"}, headers=auth(SCHEDULER))
     assert again.status_code == 200 and again.json()["created_at"] == created.json()["created_at"]
     got = client.get("/v1/jobs/4711", headers=auth(TEAM_A)).json()
     assert got["started_at"] == "2026-01-01T00:00:00Z" and got["labels"] == {"queue": "a100"}
     # Another tenant sees nothing: not on GET, not by overwriting, not in the list.
     assert client.get("/v1/jobs/4711", headers=auth(TEAM_B)).status_code == 404
-    assert client.put("/v1/jobs/4711", json=body, headers=auth(TEAM_B)).status_code == 404
+    assert client.put("/v1/jobs/4711", json=body, headers=auth(TEAM_B)).status_code == 403
+    assert client.patch("/v1/jobs/4711", json={"name": "mine"}, headers=auth(TEAM_B)).status_code == 404
     assert client.get("/v1/jobs/4711/summary", headers=auth(TEAM_B)).status_code == 404
     assert client.get("/v1/jobs", headers=auth(TEAM_B)).json()["jobs"] == []
     assert client.get("/v1/jobs", headers=auth(TEAM_B), params={"tenant": "team-a"}).status_code == 403
-    # A tenant cannot register jobs for someone else; an admin can.
-    forbidden = client.put("/v1/jobs/4712", json={**body, "tenant": "team-b"}, headers=auth(TEAM_A))
-    assert forbidden.status_code == 403
+    # Tenants register no jobs (not their own, not someone else's); schedulers and admins do.
+    for tenant in ("team-a", "team-b"):
+        forbidden = client.put("/v1/jobs/4712", json={**body, "tenant": tenant}, headers=auth(TEAM_A))
+        assert forbidden.status_code == 403 and "scheduler" in forbidden.json()["detail"]
     assert (
         client.put("/v1/jobs/4712", json={**body, "tenant": "team-b"}, headers=auth(ADMIN)).status_code == 201
     )
@@ -73,7 +75,12 @@ def test_list_filters_and_pages(client: TestClient) -> None:
             "status": status,
             "started_at": f"2026-01-0{i + 1}T00:00:00Z",
         }
-        assert client.put(f"/v1/jobs/job-{i}", json=body, headers=auth(TEAM_A)).status_code == 201
+        assert (
+            client.put(
+                f"/v1/jobs/job-{i}", json={**body, "tenant": "team-a"}, headers=auth(SCHEDULER)
+            ).status_code
+            == 201
+        )
     seen: list[str] = []
     cursor = None
     while True:
@@ -168,4 +175,5 @@ def test_body_size_is_limited(make_client: Callable[..., TestClient]) -> None:
         "/v1/jobs/4711", content=chunks, headers={**auth(TEAM_A), "content-type": "application/json"}
     )
     assert streamed.status_code == 413
-    assert client.put("/v1/jobs/4711", json={"name": "small"}, headers=auth(TEAM_A)).status_code == 201
+    small = {"name": "small", "tenant": "team-a"}
+    assert client.put("/v1/jobs/4711", json=small, headers=auth(SCHEDULER)).status_code == 201

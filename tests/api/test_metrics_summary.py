@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from fastapi.testclient import TestClient
 
 from api.prometheus import MAX_POINTS_PER_SERIES
-from tests.api.conftest import ADMIN, TEAM_A, TEAM_B, auth, register_demo
+from tests.api.conftest import ADMIN, SCHEDULER, TEAM_A, TEAM_B, auth, register_demo
 from tests.api.scenario import DEMO_GPUS, Scenario
 from tests.support import free_port
 
@@ -114,8 +114,13 @@ def test_quotes_in_a_registered_id_cannot_escape_the_matcher(client: TestClient,
     assert (
         client.put(
             "/v1/jobs/demo-fail.",
-            json={"status": "running", "started_at": scenario.demo_start, "ended_at": scenario.demo_end},
-            headers=auth(TEAM_A),
+            json={
+                "tenant": "team-a",
+                "status": "running",
+                "started_at": scenario.demo_start,
+                "ended_at": scenario.demo_end,
+            },
+            headers=auth(SCHEDULER),
         ).status_code
         == 201
     )

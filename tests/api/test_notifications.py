@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.notify import AppriseNotifier, DeliveryError
-from tests.api.conftest import TEAM_A, WEBHOOK, auth, register_demo
+from tests.api.conftest import SCHEDULER, TEAM_A, WEBHOOK, auth, register_demo
 from tests.api.scenario import Scenario
 from tests.support import RecordingHTTPServer, free_port, wait_until
 
@@ -108,7 +108,12 @@ def test_job_failed_alert_marks_the_job_and_notifies(
         "status": "running",
         "nodes": ["node1", "node2"],
     }
-    assert client.put("/v1/jobs/demo-fail", json=body, headers=auth(TEAM_A)).status_code == 201
+    assert (
+        client.put(
+            "/v1/jobs/demo-fail", json={**body, "tenant": "team-a"}, headers=auth(SCHEDULER)
+        ).status_code
+        == 201
+    )
     payload = {
         "version": "4",
         "status": "firing",

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from api.db import open_database
 from api.store import IncomingAlert, Job, JobStore
 from jobsight.errors import DependencyUnavailable
-from tests.api.conftest import TEAM_A
+from tests.api.conftest import SCHEDULER, TEAM_A
 
 
 class Clock:
@@ -223,8 +223,12 @@ def test_the_app_on_postgresql(make_client: Callable[..., TestClient], postgres_
     client = make_client(settings={"store_url": postgres_url})
     headers = {"Authorization": f"Bearer {TEAM_A}"}
     body = {"name": "pg", "status": "running", "nodes": ["node1"], "started_at": "2026-01-01T00:00:00Z"}
-    assert client.put("/v1/jobs/pg-1", json=body, headers=headers).status_code == 201
-    assert client.put("/v1/jobs/pg-1", json={**body, "status": "failed"}, headers=headers).status_code == 200
+    scheduler = {"Authorization": f"Bearer {SCHEDULER}"}
+    body = {**body, "tenant": "team-a"}
+    assert client.put("/v1/jobs/pg-1", json=body, headers=scheduler).status_code == 201
+    assert (
+        client.put("/v1/jobs/pg-1", json={**body, "status": "failed"}, headers=scheduler).status_code == 200
+    )
     assert [j["job_id"] for j in client.get("/v1/jobs", headers=headers).json()["jobs"]] == ["pg-1"]
     (note,) = client.get("/v1/jobs/pg-1/notifications", headers=headers).json()["notifications"]
     assert note["failure_seq"] == 1 and note["status"] == "skipped"

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from api.settings import load_settings
 from jobsight.errors import ConfigError
-from tests.api.conftest import TEAM_A, auth, register_demo
+from tests.api.conftest import METRICS, TEAM_A, auth, register_demo
 from tests.api.scenario import Scenario
 from tests.support import (
     RecordedRequest,
@@ -97,7 +97,12 @@ def test_metrics_exposition(client: TestClient, scenario: Scenario) -> None:
     register_demo(client, scenario)
     client.get("/v1/jobs/nope", headers=auth(TEAM_A))
     client.get("/random/path/that/does/not/exist")
-    text = client.get("/metrics").text
+    public = client.get("/metrics").text
+    # Without the metrics token no job id, tenant or status is shown.
+    assert "jobsight_job_status" not in public and "demo-fail" not in public and "team-a" not in public
+    assert client.get("/metrics", headers=auth(TEAM_A)).status_code == 403
+    assert client.get("/metrics", headers=auth("not-a-known-token-at-all")).status_code == 401
+    text = client.get("/metrics", headers=auth(METRICS)).text
     assert 'jobsight_job_status{job_id="demo-fail",status="failed",tenant="team-a"} 1.0' in text
     assert 'jobsight_job_status{job_id="ok-job",status="succeeded",tenant="team-b"} 1.0' in text
     assert 'jobsight_api_requests_total{code="404",method="GET",route="/v1/jobs/{job_id}"} 1.0' in text

@@ -15,7 +15,7 @@ from tensorboard.summary import Writer
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from api.tensorboard import TensorBoardManager, read_scalars
-from tests.api.conftest import TEAM_A, TEAM_B, auth
+from tests.api.conftest import SCHEDULER, TEAM_A, TEAM_B, auth
 from tests.support import FIXTURES, wait_until
 
 FAKE_TB = [sys.executable, str(FIXTURES / "api" / "fake_tensorboard.py")]
@@ -60,7 +60,9 @@ def test_scalars_route(make_client: Callable[..., TestClient], tmp_path: Path) -
     client = make_client(settings={"tensorboard": {"allowed_roots": [str(tmp_path / "tb")]}})
     assert (
         client.put(
-            "/v1/jobs/job-1", json={"tensorboard_logdir": str(logdir)}, headers=auth(TEAM_A)
+            "/v1/jobs/job-1",
+            json={"tenant": "team-a", "tensorboard_logdir": str(logdir)},
+            headers=auth(SCHEDULER),
         ).status_code
         == 201
     )
@@ -77,10 +79,12 @@ def test_scalars_route(make_client: Callable[..., TestClient], tmp_path: Path) -
     assert client.get("/v1/jobs/job-1/scalars", headers=auth(TEAM_B)).status_code == 404
     # Paths outside the allowed roots are refused, and so are relative ones.
     for bad in ("/etc", str(tmp_path), "relative/dir", str(tmp_path / "tb" / ".." / "elsewhere")):
-        client.put("/v1/jobs/job-2", json={"tensorboard_logdir": bad}, headers=auth(TEAM_A))
+        client.put(
+            "/v1/jobs/job-2", json={"tenant": "team-a", "tensorboard_logdir": bad}, headers=auth(SCHEDULER)
+        )
         response = client.get("/v1/jobs/job-2/scalars", headers=auth(TEAM_A))
         assert response.status_code == 422, bad
-    client.put("/v1/jobs/job-3", json={}, headers=auth(TEAM_A))
+    client.put("/v1/jobs/job-3", json={"tenant": "team-a"}, headers=auth(SCHEDULER))
     assert client.get("/v1/jobs/job-3/tensorboard", headers=auth(TEAM_A)).status_code == 404
 
 
@@ -130,7 +134,11 @@ def test_real_tensorboard_for_a_job(make_client: Callable[..., TestClient], tmp_
     logdir = tmp_path / "job-tb"
     write_runs(logdir)
     client = make_client()
-    client.put("/v1/jobs/job-tb", json={"tensorboard_logdir": str(logdir)}, headers=auth(TEAM_A))
+    client.put(
+        "/v1/jobs/job-tb",
+        json={"tenant": "team-a", "tensorboard_logdir": str(logdir)},
+        headers=auth(SCHEDULER),
+    )
     first = client.get("/v1/jobs/job-tb/tensorboard", headers=auth(TEAM_A))
     assert first.status_code == 200, first.text
     url = first.json()["url"]
