@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import server_config
     from api.settings import load_settings
     from jobsight.serving import parse_listen_address
 
@@ -37,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, listen=args.listen)
     address = parse_listen_address(settings.listen)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=address.host, port=address.port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=10, lifespan="on")
+    limits = settings.server
+    config = server_config(app, address.host, address.port, limit_concurrency=limits.limit_concurrency,
+                           read_timeout=limits.request_read_timeout_seconds,
+                           keep_alive=limits.keep_alive_seconds, max_header_bytes=limits.max_header_bytes,
+                           backlog=limits.backlog)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal under the handler
     # that was installed before it started. Ignoring SIGTERM there makes a requested stop end with
     # exit code 0 instead of death by signal; while serving, uvicorn's own handler is in place.

@@ -71,6 +71,24 @@ class TensorBoardConfig(BaseModel):
     )
 
 
+class ServerConfig(BaseModel):
+    """Limits of the HTTP server against slow or too many clients (see api/server.py). Behind a
+    reverse proxy (recommended, docs/security.md) the proxy enforces its own; these still hold."""
+
+    model_config = {"extra": "forbid"}
+
+    limit_concurrency: int = Field(
+        default=1000, ge=2, le=100_000,
+        description="open connections at most (lowered to fit the file-descriptor limit); a new one "
+                    "drops the connection waiting longest without a complete request; 503 when all busy")
+    request_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="a request's head and body must arrive within this")
+    keep_alive_seconds: float = Field(default=5.0, ge=1, le=600, description="idle keep-alive connections")
+    max_header_bytes: int = Field(default=16 * 1024, ge=4096, le=1024 * 1024,
+                                  description="request line and headers at most (h11 incomplete event size)")
+    backlog: int = Field(default=2048, ge=16, le=65535)
+
+
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JOBSIGHT_API_", env_nested_delimiter="__", extra="forbid"
@@ -91,6 +109,7 @@ class ApiSettings(BaseSettings):
     )
     public_url: str | None = Field(default=None, description="this API's own external URL, used in links")
     tensorboard: TensorBoardConfig = Field(default_factory=lambda: TensorBoardConfig())
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     tokens: list[TokenConfig] = Field(default_factory=list)
     tenants_may_register_jobs: bool = Field(
         default=False,
