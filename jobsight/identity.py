@@ -7,9 +7,11 @@ Three sources, in the order DESIGN.md gives:
    first non-empty line is the job id. That is the format Slurm prolog scripts already write for
    dcgm-exporter's ``--hpc-job-mapping-dir`` (a job id per line) and for Princeton jobstats'
    ``/run/gpustat`` (``<jobid> <uid>``);
-2. a process: its environment (``JOBSIGHT_JOB_ID``, ``SLURM_JOB_ID``, configurable) and its cgroup
-   path (Slurm cgroup v1 ``/slurm/uid_U/job_N``, v2 ``slurmstepd.scope/job_N``, Kubernetes
-   ``pod<uid>``);
+2. a process: its cgroup path (Slurm cgroup v1 ``/slurm/uid_U/job_N``, v2
+   ``/system.slice/slurmstepd.scope/job_N``, Kubernetes ``/kubepods…/pod<uid>``), which the kernel
+   enforces and only root can change; and, only for processes in no scheduler cgroup and only when
+   configured (``trust_environment``), its environment (``JOBSIGHT_JOB_ID``, ``SLURM_JOB_ID``,
+   configurable), which any user can set to any value;
 3. a log file: a path pattern with a named group ``job_id``.
 
 Every root path is an argument so tests point it at fixture trees. Job ids are validated against
@@ -44,14 +46,31 @@ _MAP_NAME_RE = re.compile(r"^(?:\d+(?:\.\d+)?|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-
 # or corrupt file from costing memory.
 _MAX_MAP_FILE_BYTES = 4096
 _MAX_ENVIRON_BYTES = 256 * 1024
+_MAX_CGROUP_BYTES = 64 * 1024
 
-_SLURM_CGROUP_V1 = re.compile(r"/slurm(?:_[^/]*)?/uid_\d+/job_(?P<job_id>\d+)(?:/|$)")
-_SLURM_CGROUP_V2 = re.compile(r"slurmstepd\.scope/job_(?P<job_id>\d+)(?:/|$)")
-# cgroupfs driver: /kubepods/burstable/pod<uid>/…; systemd driver: kubepods-burstable-pod<uid
-# with underscores>.slice. Both normalised to the dashed UID Kubernetes reports.
-_K8S_POD_CGROUP = re.compile(
-    r"pod(?P<uid>[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+# Scheduler cgroups are anchored at the root of the hierarchy. A user can own a cgroup subtree
+# (systemd delegates /user.slice/user-U.slice/user@U.service to its user) and name directories in
+# it as they like, so an unanchored "slurmstepd.scope/job_N" or "pod<uid>" could be forged there;
+# the root's children are made by root only. A leading "/.." is what a reader in a cgroup
+# namespace sees for cgroups outside it: the rest is still a path from an ancestor of the
+# reader's own cgroup, which users do not own.
+_NS_UP = r"^(?:/\.\.)*"
+# v1: /slurm/uid_U/job_N in each controller hierarchy (/slurm_<node>/ with several slurmd).
+_SLURM_CGROUP_V1 = re.compile(_NS_UP + r"/slurm(?:_[^/]*)?/uid_\d+/job_(?P<job_id>\d+)(?:/|$)")
+# v2: /system.slice/slurmstepd.scope/job_N (<node>_slurmstepd.scope with several slurmd).
+_SLURM_CGROUP_V2 = re.compile(
+    _NS_UP + r"/system\.slice/(?:[^/]*_)?slurmstepd\.scope/job_(?P<job_id>\d+)(?:/|$)"
 )
+# cgroupfs driver: /kubepods[/<qos>]/pod<uid>/…; systemd driver: /kubepods.slice[/kubepods-<qos>
+# .slice]/kubepods[-<qos>]-pod<uid with underscores>.slice. Both give the dashed UID Kubernetes
+# reports.
+_K8S_POD_CGROUP = re.compile(
+    _NS_UP + r"/kubepods(?:\.slice)?/(?:[^/]+/)?(?:kubepods-(?:[a-z]+-)?)?"
+    r"pod(?P<uid>[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+    r"(?:\.slice)?(?:/|$)"
+)
+# Linux's PF_KTHREAD in the flags field (9) of /proc/<pid>/stat: kernel threads belong to no job.
+PF_KTHREAD = 0x00200000
 
 DEFAULT_LOG_PATH_PATTERNS: tuple[str, ...] = (
     r"slurm-(?P<job_id>\d+(?:_\d+)?)\.out$",
@@ -145,20 +164,29 @@ def _first_token(raw: bytes) -> str | None:
     return None
 
 
+def job_from_cgroup_path(path: str) -> JobRef | None:
+    """The scheduler job of one cgroup path (as ``/proc/<pid>/cgroup`` writes it, from the root of
+    the hierarchy), or None when the path is in no Slurm job or Kubernetes pod cgroup."""
+    for regex in (_SLURM_CGROUP_V1, _SLURM_CGROUP_V2):
+        match = regex.search(path)
+        if match:
+            return JobRef(match.group("job_id"), "cgroup:slurm")
+    match = _K8S_POD_CGROUP.search(path)
+    if match:
+        return JobRef(match.group("uid").replace("_", "-"), "cgroup:kubernetes")
+    return None
+
+
 def job_from_cgroup(cgroup_text: str) -> JobRef | None:
     """Find a job in the text of ``/proc/<pid>/cgroup`` (v1: many ``id:controllers:path`` lines;
     v2: one ``0::path`` line). Slurm paths win over a Kubernetes pod UID."""
-    paths = [line.split(":", 2)[2] for line in cgroup_text.splitlines() if line.count(":") >= 2]
-    for path in paths:
-        for regex, source in ((_SLURM_CGROUP_V1, "cgroup:slurm"), (_SLURM_CGROUP_V2, "cgroup:slurm")):
-            match = regex.search(path)
-            if match:
-                return JobRef(match.group("job_id"), source)
-    for path in paths:
-        match = _K8S_POD_CGROUP.search(path)
-        if match:
-            return JobRef(match.group("uid").replace("_", "-"), "cgroup:kubernetes")
-    return None
+    refs = [job_from_cgroup_path(line.split(":", 2)[2]) for line in cgroup_text.splitlines()
+            if line.count(":") >= 2]
+    found = [ref for ref in refs if ref is not None]
+    for ref in found:
+        if ref.source == "cgroup:slurm":
+            return ref
+    return found[0] if found else None
 
 
 def job_from_environ(environ_raw: bytes, env_vars: Sequence[str] = DEFAULT_JOB_ENV_VARS) -> JobRef | None:
@@ -181,36 +209,50 @@ def job_from_environ(environ_raw: bytes, env_vars: Sequence[str] = DEFAULT_JOB_E
 
 
 class ProcessJobResolver:
-    """Maps PIDs to jobs through ``<proc_root>/<pid>/environ`` and ``<proc_root>/<pid>/cgroup``.
+    """Maps PIDs to jobs through ``<proc_root>/<pid>/cgroup`` and, where allowed,
+    ``<proc_root>/<pid>/environ``.
 
-    The environment is read first: it is what a launcher sets on purpose (``JOBSIGHT_JOB_ID``) and
-    children inherit it. ``environ`` is readable only by the process owner or root, so the
-    world-readable cgroup path is the fallback. Results are cached per (pid, start time) because a
-    scrape may ask about the same long-lived training processes every few seconds, and a PID reused
-    by a new process has a new start time.
+    Trust (DESIGN.md "Trust"): the cgroup path is read first and wins. Only root (slurmstepd,
+    the kubelet) can put a process into a Slurm job or pod cgroup, while any user can start a
+    process with ``JOBSIGHT_JOB_ID=<someone else's job>`` or ``SLURM_JOB_ID=…`` in its environment.
+    So the environment is read only when ``trust_environment`` is set (off by default: a site
+    opts in where no scheduler puts jobs into cgroups and its users are trusted not to name other
+    users' jobs), and only for a process that is in no scheduler cgroup.
+
+    Results are cached per (pid, start time): ``cgroup`` and ``environ`` are read once per process
+    (a scrape may ask about the same long-lived training processes every few seconds), and a PID
+    reused by a new process has a new start time, so it is read afresh. ``environ`` is read up to
+    ``max_environ_bytes``.
     """
 
     def __init__(
         self,
         proc_root: Path | str = "/proc",
         env_vars: Sequence[str] = DEFAULT_JOB_ENV_VARS,
+        *,
+        trust_environment: bool = False,
+        max_environ_bytes: int = _MAX_ENVIRON_BYTES,
     ) -> None:
         self.proc_root = Path(proc_root)
         self.env_vars = tuple(env_vars)
+        self.trust_environment = trust_environment
+        self.max_environ_bytes = max_environ_bytes
         self._cache: dict[int, tuple[str, JobRef | None]] = {}
 
-    def job_of(self, pid: int) -> JobRef | None:
-        """The job of ``pid``, or None when it has none or has exited."""
+    def job_of(self, pid: int, start: int | str | None = None, *, fresh: bool = False) -> JobRef | None:
+        """The job of ``pid``, or None when it has none or has exited. ``start`` is its start time
+        (field 22 of ``stat``) when the caller has just read it; ``fresh`` reads the process again
+        even if this start time is cached (a process seen between fork and exec)."""
         base = self.proc_root / str(pid)
-        start = _start_time(base)
-        if start is None:
+        started = str(start) if start is not None else _start_time(base)
+        if started is None:
             self._cache.pop(pid, None)
             return None
         cached = self._cache.get(pid)
-        if cached is not None and cached[0] == start:
+        if not fresh and cached is not None and cached[0] == started:
             return cached[1]
         ref = self._resolve(base)
-        self._cache[pid] = (start, ref)
+        self._cache[pid] = (started, ref)
         return ref
 
     def jobs_of(self, pids: Iterable[int]) -> dict[int, JobRef]:
@@ -230,16 +272,18 @@ class ProcessJobResolver:
 
     def _resolve(self, base: Path) -> JobRef | None:
         try:
-            with open(base / "environ", "rb") as fh:
-                ref = job_from_environ(fh.read(_MAX_ENVIRON_BYTES), self.env_vars)
-            if ref is not None:
-                return ref
+            with open(base / "cgroup", "rb") as fh:
+                cgroup_text = fh.read(_MAX_CGROUP_BYTES).decode("utf-8", errors="replace")
         except OSError:
-            pass  # not ours to read (another user) or gone: the cgroup path may still tell
+            return None  # gone (or hidden by hidepid): without the kernel's answer, believe nothing
+        ref = job_from_cgroup(cgroup_text)
+        if ref is not None or not self.trust_environment:
+            return ref
         try:
-            return job_from_cgroup((base / "cgroup").read_text(errors="replace"))
+            with open(base / "environ", "rb") as fh:
+                return job_from_environ(fh.read(self.max_environ_bytes), self.env_vars)
         except OSError:
-            return None
+            return None  # not ours to read, or gone
 
 
 def _start_time(base: Path) -> str | None:

@@ -1,6 +1,17 @@
-"""cgroup v2 job directories (``<sysfs>/fs/cgroup/**/job_<id>``, as Slurm's cgroup/v2 plugin
-makes them under ``slurmstepd.scope``): the kernel's own per-job totals, which — unlike sums over
-live processes — also count processes that came and went between two scrapes."""
+"""Scheduler job cgroups: Slurm's job directories (cgroup v2 ``/system.slice/slurmstepd.scope/
+job_<id>``, v1 ``<controller>/slurm/uid_<uid>/job_<id>``) and Kubernetes pod directories
+(``/kubepods…/pod<uid>``), found under ``<sysfs>/fs/cgroup``.
+
+They give two things. Which processes belong to which job: the PIDs in ``cgroup.procs`` of the
+directory and its sub-cgroups, which only root (slurmstepd, the kubelet) can put there, read for
+the job processes alone rather than for every process on the host. And the kernel's own per-job
+totals, which, unlike sums over live processes, also count processes that came and went between
+two scrapes (cgroup v2 files; v1 directories give the PIDs only).
+
+Directories are matched by their whole path from the root of the hierarchy
+(:func:`jobsight.identity.job_from_cgroup_path`), never by name alone: a user owns a delegated
+subtree (``/user.slice/user-U.slice/user@U.service``) and can name a directory there ``job_4711``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +19,17 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporters.node._files import join, read_bytes
-from jobsight.identity import is_valid_job_id
+from jobsight.identity import job_from_cgroup_path
 
-_JOB_DIR = re.compile(r"^job_(?P<job_id>.+)$")
+# Directories on the way to a scheduler cgroup, in the form /proc/<pid>/cgroup writes paths; only
+# these are descended into, so the walk stays small on a host with thousands of service and
+# container cgroups.
+_ON_THE_WAY = re.compile(
+    r"^/(?:system\.slice(?:/[^/]*slurmstepd\.scope)?|slurm[^/]*(?:/uid_\d+)?|kubepods[^/]*(?:/[^/]+)?)$"
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,7 @@ class CgroupUsage:
     read_bytes: float | None  # io.stat rbytes over all devices
     write_bytes: float | None
     processes: int  # distinct PIDs in cgroup.procs of the job and its sub-cgroups
+    pids: frozenset[int] = field(default_factory=frozenset)  # those PIDs
 
 
 class JobCgroupFinder:
@@ -38,12 +55,14 @@ class JobCgroupFinder:
         self.ttl = ttl
         self.clock = clock
         self._found: dict[str, str] = {}
+        self._present = False
         self._at: float | None = None
 
     def usage(self) -> dict[str, CgroupUsage]:
         now = self.clock()
         if self._at is None or now - self._at >= self.ttl:
             self._found = find_job_cgroups(self.cgroup_root, self.max_depth)
+            self._present = cgroupfs_present(self.cgroup_root)
             self._at = now
         found: dict[str, CgroupUsage] = {}
         for job_id, path in self._found.items():
@@ -53,17 +72,56 @@ class JobCgroupFinder:
             found[job_id] = read_cgroup(job_id, path)
         return found
 
+    def present(self) -> bool:
+        """Whether a cgroup hierarchy was mounted at the root at the last walk: if not, scheduler
+        jobs can only be found through each process's ``/proc/<pid>/cgroup``."""
+        return self._present
+
+
+def cgroupfs_present(cgroup_root: str) -> bool:
+    """A cgroup v2 root, or a v1 tmpfs whose controller directories are hierarchies, has
+    ``cgroup.procs``; an empty directory (no /sys/fs/cgroup in a container) has none."""
+    if os.path.exists(join(cgroup_root, "cgroup.procs")):
+        return True
+    try:
+        with os.scandir(cgroup_root) as entries:
+            return any(os.path.exists(join(e.path, "cgroup.procs")) for e in entries)
+    except OSError:
+        return False
+
+
+def _job_of_dir(parts: tuple[str, ...]) -> str | None:
+    """The job of a directory at ``parts`` below the root: read as a v2 path, or as a v1 path
+    below its controller directory (the first part). Only root makes the root's children, so
+    either reading is anchored in root-owned directories."""
+    for path in ("/" + "/".join(parts), "/" + "/".join(parts[1:]) if len(parts) > 1 else None):
+        if path is None:
+            continue
+        ref = job_from_cgroup_path(path)
+        if ref is not None:
+            return ref.job_id
+    return None
+
+
+def _on_the_way(parts: tuple[str, ...]) -> bool:
+    if len(parts) == 1:
+        return True  # a v1 controller hierarchy, or a v2 top-level slice
+    return bool(_ON_THE_WAY.match("/" + "/".join(parts)) or _ON_THE_WAY.match("/" + "/".join(parts[1:])))
+
 
 def find_job_cgroups(cgroup_root: str, max_depth: int = 5) -> dict[str, str]:
-    """job id → directory, for ``job_<id>`` directories up to ``max_depth`` below the root. Job
-    directories are not descended into (their step cgroups are not jobs); the depth bound keeps a
-    host with thousands of container cgroups cheap to walk."""
+    """job id → directory, for scheduler job cgroups up to ``max_depth`` below the root. Job
+    directories are not descended into (their step and container cgroups are not jobs); only
+    directories on the way to one are, and not deeper than ``max_depth``. Of a v1 job present in
+    several controller hierarchies, the first in name order is kept (all list the same PIDs)."""
     found: dict[str, str] = {}
-    stack = [(cgroup_root, 0)]
+    stack: list[tuple[str, tuple[str, ...]]] = [(cgroup_root, ())]
     while stack:
-        path, depth = stack.pop()
+        path, parts = stack.pop()
         try:
-            entries = list(os.scandir(path))
+            with os.scandir(path) as it:
+                # Reversed onto a stack: subtrees are walked in name order.
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
         except OSError:
             continue
         for entry in entries:
@@ -72,11 +130,12 @@ def find_job_cgroups(cgroup_root: str, max_depth: int = 5) -> dict[str, str]:
                     continue
             except OSError:
                 continue
-            match = _JOB_DIR.match(entry.name)
-            if match and is_valid_job_id(match.group("job_id")):
-                found.setdefault(match.group("job_id"), entry.path)
-            elif depth + 1 < max_depth:
-                stack.append((entry.path, depth + 1))
+            here = (*parts, entry.name)
+            job_id = _job_of_dir(here)
+            if job_id is not None:
+                found.setdefault(job_id, entry.path)
+            elif len(here) < max_depth and _on_the_way(here):
+                stack.append((entry.path, here))
     return found
 
 
@@ -124,12 +183,13 @@ def read_cgroup(job_id: str, path: str) -> CgroupUsage:
     memory = float(int(mem_raw.strip())) if mem_raw is not None and mem_raw.strip().isdigit() else None
     io = _io_bytes(_optional(join(path, "io.stat")))
     read, write = io if io is not None else (None, None)
-    pids: set[bytes] = set()
+    pids: set[int] = set()
     for dirpath, _dirs, files in os.walk(path):
         if "cgroup.procs" in files:
             raw = _optional(join(dirpath, "cgroup.procs"))
             if raw is not None:
-                pids.update(p for p in raw.split() if p.isdigit())
+                pids.update(int(p) for p in raw.split() if p.isdigit())
     return CgroupUsage(
-        job_id, path, usage / 1e6 if usage is not None else None, memory, read, write, len(pids)
+        job_id, path, usage / 1e6 if usage is not None else None, memory, read, write, len(pids),
+        frozenset(pids),
     )

@@ -74,9 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="REGEX", help="filesystem types to leave out")
     parser.add_argument("--collector.vmstat.fields", dest="vmstat_fields", default=None, metavar="REGEX",
                         help="/proc/vmstat fields to publish (default: oom_kill, pgpg*, pswp*, *fault)")
+    parser.add_argument("--collector.jobs.trust-environment", dest="jobs_trust_environment",
+                        action=argparse.BooleanOptionalAction, default=False,
+                        help="also take a process's job from its environment (--job-env-var) when it is in "
+                             "no Slurm job or Kubernetes pod cgroup; any user can set these variables, so "
+                             "enable only where users are trusted not to name others' jobs "
+                             "(default: disabled)")
     parser.add_argument("--job-env-var", dest="job_env_vars", action="append", default=None, metavar="NAME",
-                        help="environment variable naming a process's job; repeatable "
-                             "(default: JOBSIGHT_JOB_ID, SLURM_JOB_ID)")
+                        help="environment variable naming a process's job, read only with "
+                             "--collector.jobs.trust-environment; repeatable (default: JOBSIGHT_JOB_ID, "
+                             "SLURM_JOB_ID)")
 
 
 def register(subparsers: Any) -> None:
@@ -132,6 +139,7 @@ def build(args: argparse.Namespace) -> ExporterParts:
         fs_types_exclude=pick(args.fs_types_exclude, DEFAULT_FS_TYPES_EXCLUDE),
         vmstat_fields=args.vmstat_fields or DEFAULT_FIELDS,
         job_env_vars=tuple(args.job_env_vars) if args.job_env_vars else DEFAULT_JOB_ENV_VARS,
+        trust_environment=bool(getattr(args, "jobs_trust_environment", False)),
     )
     stat_path = os.path.join(config.procfs, "stat")
 

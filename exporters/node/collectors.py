@@ -50,6 +50,9 @@ class NodeConfig:
     fs_types_exclude: str | None = DEFAULT_FS_TYPES_EXCLUDE
     vmstat_fields: str = DEFAULT_FIELDS
     job_env_vars: tuple[str, ...] = DEFAULT_JOB_ENV_VARS
+    # Believe JOBSIGHT_JOB_ID/SLURM_JOB_ID of processes in no scheduler cgroup: any user can set
+    # them, so off unless the site opts in (docs/security.md, "Job identity").
+    trust_environment: bool = False
 
 
 def build_collectors(config: NodeConfig) -> dict[str, Collector]:
@@ -73,7 +76,10 @@ def build_collectors(config: NodeConfig) -> dict[str, Collector]:
         "uname": lambda: UnameCollector(),
         "vmstat": lambda: VmstatCollector(config.procfs, config.vmstat_fields),
         "jobs": lambda: JobsCollector(
-            config.procfs, config.sysfs, ProcessJobResolver(config.procfs, config.job_env_vars)
+            config.procfs, config.sysfs,
+            ProcessJobResolver(
+                config.procfs, config.job_env_vars, trust_environment=config.trust_environment
+            ),
         ),
     }
     return {name: factories[name]() for name in COLLECTOR_NAMES if name in config.enabled}

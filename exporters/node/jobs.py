@@ -1,8 +1,14 @@
 """jobs: per-job accounting, which node_exporter cannot do.
 
-Each scrape the live processes are grouped by job (:class:`ProcessJobResolver`: environment
-``JOBSIGHT_JOB_ID``/``SLURM_JOB_ID``, then the cgroup path), and cgroup v2 ``job_<id>``
-directories are read where they exist:
+Which processes belong to which job (DESIGN.md "Trust"): the kernel's answer first. Each scrape
+the scheduler job cgroups (Slurm job directories, Kubernetes pod directories; see
+:mod:`exporters.node.cgroups`) list their PIDs, and only those processes are read, so the cost
+of a scrape follows the number of job processes, not of processes on the host. Every other PID
+is looked at (:meth:`ProcessScanner.scan`) only when it can matter: with
+``--collector.jobs.trust-environment`` (off by default), a process in no scheduler cgroup may
+name its job in ``JOBSIGHT_JOB_ID``/``SLURM_JOB_ID``; and where no cgroup hierarchy is mounted,
+each process's ``/proc/<pid>/cgroup`` is the only way to find its job. A process in a scheduler
+cgroup always gets that cgroup's job, whatever its environment says.
 
 - ``jobsight_job_cpu_seconds_total{job_id}``: the cgroup's ``usage_usec`` when the job has a
   cgroup directory (exact, and counts every process that ever ran in it), else utime+stime of the
@@ -23,10 +29,12 @@ only falls when the job is gone and its series ends. What a process used after t
 was seen in, and processes that lived less than one scrape interval, are not counted (cgroups
 count them; that is why they win where present).
 
-Freshness: job cgroup directories are looked for every ``recheck_after`` seconds (10 s), and a
-PID without a job is re-read on the same schedule (see :mod:`exporters.node.processes`). A job's
-CPU counter switches from the process sum to the cgroup's when its directory is first found, so
-it can jump once in the first seconds of a job.
+Freshness: job cgroup directories are looked for every ``recheck_after`` seconds (10 s), so a
+new job appears within that time; a new process of a known job is seen at the next scrape. In
+the walk over all PIDs, a PID without a job is re-read on the same schedule (see
+:mod:`exporters.node.processes`); a job found there through ``/proc/<pid>/cgroup`` before the
+walk finds its directory switches from the process sum to the cgroup's CPU counter then, so it
+can jump once in the first seconds of a job.
 """
 
 from __future__ import annotations
@@ -74,9 +82,13 @@ class JobsCollector:
         cgroup_max_depth: int = 5,
         clock: Callable[[], float] = time.monotonic,
         recheck_after: float = 10.0,
+        trust_environment: bool = False,
     ) -> None:
+        """``trust_environment`` builds the default resolver; a ``resolver`` given carries its own
+        setting, which also decides whether every PID is walked."""
         self.scanner = ProcessScanner(
-            procfs, resolver or ProcessJobResolver(procfs), clock=clock, recheck_after=recheck_after
+            procfs, resolver or ProcessJobResolver(procfs, trust_environment=trust_environment),
+            clock=clock, recheck_after=recheck_after,
         )
         self.cgroups = JobCgroupFinder(join(sysfs, "fs", "cgroup"), cgroup_max_depth, recheck_after, clock)
         self._lock = threading.Lock()
@@ -87,8 +99,11 @@ class JobsCollector:
         # Scrapes can overlap (two Prometheus servers of an HA pair); the accounting state must
         # move from one scrape to the next in one order, or an exited process is retired twice.
         with self._lock:
-            samples = self.scanner.scan()
             cgroups = self.cgroups.usage()
+            in_cgroups = {pid: job_id for job_id, cg in cgroups.items() for pid in cg.pids}
+            samples = self.scanner.sample(in_cgroups)
+            if self.scanner.resolver.trust_environment or not self.cgroups.present():
+                samples += self.scanner.scan(known=in_cgroups.keys())
             totals = self._account(samples)
             families = list(self._families(totals, cgroups))
         yield from families

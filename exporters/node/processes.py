@@ -1,28 +1,37 @@
-"""One pass over ``<procfs>/<pid>``: which live processes belong to which job, and what they have
-used.
+"""Which live processes belong to which job, and what they have used.
 
-Costs, for a host with thousands of PIDs: ``stat``, ``status`` and ``io`` are read for PIDs that
-belong to a job; the job of a PID is looked up once per (pid, start time) through the resolver.
-A PID without a job costs one ``stat`` read when first seen and then only every ``recheck_after``
-seconds (the kernel builds ``stat`` on each read, ~10 µs): that re-read is what notices the PID
-being reused by a new process, which may belong to a job. New PIDs are always looked at at once.
+Two ways in, cheapest first:
+
+- :meth:`ProcessScanner.sample`: the PIDs of scheduler job cgroups (read from their
+  ``cgroup.procs`` by :mod:`exporters.node.cgroups`), whose job is known. Only ``stat``,
+  ``status`` and ``io`` of those PIDs are read, so the cost follows the number of job processes,
+  not the number of processes on the host.
+- :meth:`ProcessScanner.scan`: every other PID in ``<procfs>``, for what the cgroup walk cannot
+  see: processes that name their job in their environment (only with
+  ``--collector.jobs.trust-environment``), or every scheduler job where no cgroup hierarchy is
+  mounted under ``<sysfs>/fs/cgroup``. The job of a PID is looked up once per (pid, start time)
+  through the resolver (``cgroup`` first, ``environ`` only where trusted); kernel threads are
+  skipped on their ``stat`` flags without a lookup. A PID without a job costs one ``stat`` read
+  when first seen and then only every ``recheck_after`` seconds (the kernel builds ``stat`` on each
+  read, ~10 µs): that re-read is what notices the PID being reused by a new process, which may
+  belong to a job. New PIDs are always looked at at once.
 
 A process started with its job in a new environment (``Popen(env=...)``, ``env JOBSIGHT_JOB_ID=…
 cmd``) is forked first and gets that environment only at exec, with the same PID and start time;
-seen in between, it has no job yet. So a process younger than ``young_for`` seconds that has no
-job is asked again on every scrape (without the resolver's per-start-time cache); after that its
-answer is final.
+seen in between, it has no job yet. So in :meth:`~ProcessScanner.scan` a process younger than
+``young_for`` seconds that has no job is asked again on every scrape (bypassing the resolver's
+per-start-time cache); after that its answer is final.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from exporters.node._files import join, read_bytes
-from jobsight.identity import ProcessJobResolver
+from jobsight.identity import PF_KTHREAD, ProcessJobResolver
 
 USER_HZ = 100.0  # /proc/<pid>/stat times are in USER_HZ, always 100 in the kernel ABI
 YOUNG_FOR = 60.0
@@ -42,10 +51,16 @@ class ProcessSample:
 def parse_stat(raw: bytes) -> tuple[int, float] | None:
     """(start time, cpu seconds) from /proc/<pid>/stat; the command name (field 2) may hold spaces
     and parentheses, so fields are counted after the last ')'."""
+    parsed = parse_stat_flags(raw)
+    return parsed[:2] if parsed is not None else None
+
+
+def parse_stat_flags(raw: bytes) -> tuple[int, float, int] | None:
+    """:func:`parse_stat` and the kernel's task flags (field 9)."""
     rest = raw[raw.rfind(b")") + 2 :].split()
     if len(rest) < 20:
         return None
-    return int(rest[19]), (int(rest[11]) + int(rest[12])) / USER_HZ
+    return int(rest[19]), (int(rest[11]) + int(rest[12])) / USER_HZ, int(rest[6])
 
 
 def parse_vmrss(raw: bytes) -> float | None:
@@ -68,7 +83,7 @@ def parse_io(raw: bytes) -> tuple[float, float] | None:
 
 
 class ProcessScanner:
-    """Samples every live process that belongs to a job."""
+    """Samples the live processes that belong to a job."""
 
     def __init__(
         self,
@@ -83,11 +98,28 @@ class ProcessScanner:
         self.clock = clock
         self.recheck_after = recheck_after
         self.young_for = young_for
-        # pid → (start, job id, when its stat was last read)
+        # pid → (start, job id, when its stat was last read), for the PIDs scan() has seen
         self._jobs: dict[int, tuple[int, str | None, float]] = {}
 
-    def scan(self) -> list[ProcessSample]:
-        prefix = self.procfs + "/" if self.procfs != "/" else "/"
+    def _base(self, pid: int) -> str:
+        return (self.procfs + "/" if self.procfs != "/" else "/") + str(pid)
+
+    def sample(self, jobs: Mapping[int, str]) -> list[ProcessSample]:
+        """One sample per PID of ``jobs`` (pid → job id, known from its job cgroup) that is alive."""
+        samples: list[ProcessSample] = []
+        for pid, job_id in jobs.items():
+            base = self._base(pid)
+            try:
+                parsed = parse_stat(read_bytes(base + "/stat"))
+            except (OSError, ValueError):
+                continue  # exited since cgroup.procs was read
+            if parsed is not None:
+                samples.append(self._sample(base, pid, parsed[0], job_id, parsed[1]))
+        return samples
+
+    def scan(self, known: Collection[int] = frozenset()) -> list[ProcessSample]:
+        """Samples of every process in procfs that belongs to a job, except the PIDs in ``known``
+        (already sampled through their cgroup)."""
         samples: list[ProcessSample] = []
         live: set[int] = set()
         now = self.clock()
@@ -96,6 +128,8 @@ class ProcessScanner:
             if not name.isdigit():
                 continue
             pid = int(name)
+            if pid in known:
+                continue
             cached = self._jobs.get(pid)
             young = False
             if cached is not None and cached[1] is None:
@@ -103,23 +137,26 @@ class ProcessScanner:
                 if not young and now - cached[2] < self.recheck_after:
                     live.add(pid)  # no job, checked lately: skip the stat read
                     continue
-            base = prefix + name
+            base = self._base(pid)
             try:
-                parsed = parse_stat(read_bytes(base + "/stat"))
+                parsed = parse_stat_flags(read_bytes(base + "/stat"))
             except (OSError, ValueError):
                 continue  # exited between listdir and open, or a garbage stat: skip this PID only
             if parsed is None:
                 continue
-            start, cpu = parsed
+            start, cpu, flags = parsed
             live.add(pid)
-            if cached is not None and cached[0] == start:
+            job_id: str | None
+            if flags & PF_KTHREAD:
+                job_id = None  # a kernel thread: no cgroup or environment worth reading
+                young = False
+            elif cached is not None and cached[0] == start:
                 job_id = cached[1]
                 if job_id is None and young:
-                    # A fresh resolver: the shared one would answer from its cache for this start.
-                    ref = ProcessJobResolver(self.resolver.proc_root, self.resolver.env_vars).job_of(pid)
+                    ref = self.resolver.job_of(pid, start, fresh=True)
                     job_id = ref.job_id if ref is not None else None
             else:
-                ref = self.resolver.job_of(pid)
+                ref = self.resolver.job_of(pid, start)
                 job_id = ref.job_id if ref is not None else None
             self._jobs[pid] = (start, job_id, now)
             if job_id is None:

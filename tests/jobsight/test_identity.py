@@ -92,27 +92,57 @@ def test_job_from_environ_order_and_validation() -> None:
 
 
 def test_process_resolver_on_fixture_tree() -> None:
-    resolver = ProcessJobResolver(PROC)
-    assert resolver.job_of(100) == JobRef("train-42", "env:JOBSIGHT_JOB_ID")
-    assert resolver.job_of(200) == JobRef("1234", "cgroup:slurm")
-    assert resolver.job_of(300) == JobRef("6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8", "cgroup:kubernetes")
-    assert resolver.job_of(400) is None  # invalid env value, no job cgroup
-    assert resolver.job_of(500) == JobRef("77", "cgroup:slurm")  # no environ file: cgroup fallback
-    assert resolver.job_of(999) is None  # no such process
-    assert resolver.jobs_of([100, 400, 999]) == {100: JobRef("train-42", "env:JOBSIGHT_JOB_ID")}
+    for resolver in (ProcessJobResolver(PROC), ProcessJobResolver(PROC, trust_environment=True)):
+        # PID 100's environment says train-42, but it is in Slurm job 4711's cgroup: the cgroup
+        # wins, trusted environment or not.
+        assert resolver.job_of(100) == JobRef("4711", "cgroup:slurm")
+        assert resolver.job_of(200) == JobRef("1234", "cgroup:slurm")
+        assert resolver.job_of(300) == JobRef("6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8", "cgroup:kubernetes")
+        assert resolver.job_of(400) is None  # invalid env value, no job cgroup
+        assert resolver.job_of(500) == JobRef("77", "cgroup:slurm")  # no environ file
+        assert resolver.job_of(999) is None  # no such process
+        assert resolver.jobs_of([100, 400, 999]) == {100: JobRef("4711", "cgroup:slurm")}
+
+
+def test_process_resolver_takes_the_environment_only_when_trusted(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    shutil.copytree(PROC, proc)
+    (proc / "400" / "environ").write_bytes(b"PATH=/bin\0SLURM_JOB_ID=4711\0")  # a user's session
+    assert ProcessJobResolver(proc).job_of(400) is None
+    assert ProcessJobResolver(proc, trust_environment=True).job_of(400) == JobRef("4711", "env:SLURM_JOB_ID")
+    # Bounded: a variable past max_environ_bytes is not seen.
+    (proc / "400" / "environ").write_bytes(b"A=" + b"x" * 100 + b"\0JOBSIGHT_JOB_ID=9\0")
+    assert ProcessJobResolver(proc, trust_environment=True, max_environ_bytes=64).job_of(400) is None
+
+
+def test_a_user_made_cgroup_that_looks_like_a_schedulers_is_not_a_job() -> None:
+    # Directories a user can create in the subtree systemd delegates to them.
+    delegated = "0::/user.slice/user-1000.slice/user@1000.service/app.slice"
+    assert job_from_cgroup(f"{delegated}/system.slice/slurmstepd.scope/job_4711/x\n") is None
+    assert job_from_cgroup(f"{delegated}/slurm/uid_0/job_4711\n") is None
+    assert job_from_cgroup(f"{delegated}/kubepods/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0\n") is None
+    # Seen from inside a cgroup namespace, a host job's path starts with "/..".
+    assert job_from_cgroup("0::/../../system.slice/slurmstepd.scope/job_4711/step_0\n") == JobRef(
+        "4711", "cgroup:slurm")
 
 
 def test_process_resolver_rereads_a_reused_pid(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     shutil.copytree(PROC, proc)
     resolver = ProcessJobResolver(proc)
-    assert resolver.job_of(100) == JobRef("train-42", "env:JOBSIGHT_JOB_ID")
-    # same pid, new process (new start time), new job
-    (proc / "100" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=other\0")
-    assert resolver.job_of(100) == JobRef("train-42", "env:JOBSIGHT_JOB_ID")  # cached: same process
+    assert resolver.job_of(100) == JobRef("4711", "cgroup:slurm")
+    # The files change but the start time does not: the same process, answered from the cache
+    # (cgroup and environ are read once per process).
+    (proc / "100" / "cgroup").write_text("0::/system.slice/slurmstepd.scope/job_5000/step_0\n")
+    assert resolver.job_of(100) == JobRef("4711", "cgroup:slurm")
+    # Same pid, new process (new start time), new job: read again.
     stat = (proc / "100" / "stat").read_text().replace(" 5000 ", " 5001 ")
     (proc / "100" / "stat").write_text(stat)
-    assert resolver.job_of(100) == JobRef("other", "env:JOBSIGHT_JOB_ID")
+    assert resolver.job_of(100) == JobRef("5000", "cgroup:slurm")
+    # A start time the caller already read is used as the key too.
+    (proc / "100" / "cgroup").write_text("0::/user.slice/user-1000.slice/session-1.scope\n")
+    assert resolver.job_of(100, 5001) == JobRef("5000", "cgroup:slurm")
+    assert resolver.job_of(100, 5002) is None
     resolver.forget_except([])
     assert resolver._cache == {}
 
@@ -121,7 +151,10 @@ def test_process_resolver_on_a_real_child_process() -> None:
     env = {**os.environ, "JOBSIGHT_JOB_ID": "real-child-1"}
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
     try:
-        assert ProcessJobResolver("/proc").job_of(child.pid) == JobRef("real-child-1", "env:JOBSIGHT_JOB_ID")
+        # This test's processes are in no scheduler cgroup: the environment counts only if trusted.
+        assert ProcessJobResolver("/proc").job_of(child.pid) is None
+        trusting = ProcessJobResolver("/proc", trust_environment=True)
+        assert trusting.job_of(child.pid) == JobRef("real-child-1", "env:JOBSIGHT_JOB_ID")
     finally:
         child.kill()
         child.wait()

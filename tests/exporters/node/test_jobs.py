@@ -24,9 +24,21 @@ def _set_utime(stat: Path, utime: int) -> None:
     stat.write_text(fields[0] + ") " + " ".join(rest) + "\n")
 
 
-def test_processes_are_grouped_by_environment_and_cgroup(tmp_path: Path) -> None:
+def test_by_default_only_scheduler_cgroups_make_jobs(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
     found = samples(scrape({"jobs": JobsCollector(str(procfs), str(sysfs))}))
+    # 4711 and 4712 are named only in processes' environments (user.slice sessions), which any
+    # user can set: not believed. 4800 is the Slurm cgroup v2 job directory (3 PIDs in its
+    # cgroup.procs, two of them alive).
+    assert _jobs(found, "jobsight_job_processes") == {"4800": 3}
+    assert _jobs(found, "jobsight_job_cpu_seconds_total") == {"4800": 73.5}  # the cgroup's usage_usec
+    # 4301 is a zombie: no VmRSS
+    assert _jobs(found, "jobsight_job_memory_rss_bytes") == {"4800": 65536 * 1024}
+
+
+def test_processes_are_grouped_by_environment_and_cgroup_when_trusted(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    found = samples(scrape({"jobs": JobsCollector(str(procfs), str(sysfs), trust_environment=True)}))
     processes = _jobs(found, "jobsight_job_processes")
     # 4711: two processes with JOBSIGHT_JOB_ID (winning over SLURM_JOB_ID=999 on one of them);
     # 4712: SLURM_JOB_ID; 4800: the Slurm cgroup v2 job directory (3 PIDs in its cgroup.procs).
@@ -46,7 +58,7 @@ def test_processes_are_grouped_by_environment_and_cgroup(tmp_path: Path) -> None
 
 def test_counters_keep_what_exited_processes_used(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
-    collector = JobsCollector(str(procfs), str(sysfs))
+    collector = JobsCollector(str(procfs), str(sysfs), trust_environment=True)
     before = samples(scrape({"jobs": collector}))
     shutil.rmtree(procfs / "4243")  # one of job 4711's processes exits
     after = samples(scrape({"jobs": collector}))
@@ -64,7 +76,7 @@ def test_counters_keep_what_exited_processes_used(tmp_path: Path) -> None:
 
 def test_a_reused_pid_is_a_new_process(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
-    collector = JobsCollector(str(procfs), str(sysfs))
+    collector = JobsCollector(str(procfs), str(sysfs), trust_environment=True)
     scrape({"jobs": collector})
     # PID 4243 exits and the PID is reused by a new process of the same job, with a new start
     # time and only 1 s of CPU so far: the old process's 5.5 s stay counted.
@@ -76,7 +88,7 @@ def test_a_reused_pid_is_a_new_process(tmp_path: Path) -> None:
 
 def test_a_job_without_processes_ends(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
-    collector = JobsCollector(str(procfs), str(sysfs))
+    collector = JobsCollector(str(procfs), str(sysfs), trust_environment=True)
     scrape({"jobs": collector})
     shutil.rmtree(procfs / "4242")
     shutil.rmtree(procfs / "4243")
@@ -92,11 +104,26 @@ def test_a_job_without_processes_ends(tmp_path: Path) -> None:
 def test_cgroup_discovery_and_missing_controllers(tmp_path: Path) -> None:
     found = find_job_cgroups(str(SYSFS / "fs" / "cgroup"))
     assert set(found) == {"4800"}
-    job_dir = tmp_path / "a" / "job_77"
+    scope = tmp_path / "system.slice" / "slurmstepd.scope"
+    job_dir = scope / "job_77"
     job_dir.mkdir(parents=True)
-    (tmp_path / "a" / "job_bad{id}").mkdir()
-    (tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / "job_deep").mkdir(parents=True)
-    assert set(find_job_cgroups(str(tmp_path))) == {"77"}  # invalid id and too-deep dirs are skipped
+    (scope / "job_bad{id}").mkdir()
+    (tmp_path / "system.slice" / "a" / "b" / "c" / "d" / "job_deep").mkdir(parents=True)
+    # A cgroup v1 controller hierarchy, and a Kubernetes pod (systemd driver).
+    (tmp_path / "memory" / "slurm" / "uid_1000" / "job_88" / "step_0").mkdir(parents=True)
+    pod = "kubepods-burstable-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice"
+    (tmp_path / "kubepods.slice" / "kubepods-burstable.slice" / pod / "cri-containerd-1.scope").mkdir(
+        parents=True)
+    # What a user can make in the subtree systemd delegates to them: names only, not scheduler
+    # cgroups.
+    delegated = tmp_path / "user.slice" / "user-1000.slice" / "user@1000.service"
+    (delegated / "job_66").mkdir(parents=True)
+    (delegated / "system.slice" / "slurmstepd.scope" / "job_55").mkdir(parents=True)
+    found = find_job_cgroups(str(tmp_path))
+    # invalid ids, too-deep and user-made directories are skipped
+    assert found == {"77": str(job_dir), "88": str(tmp_path / "memory" / "slurm" / "uid_1000" / "job_88"),
+                     "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0": str(
+                         tmp_path / "kubepods.slice" / "kubepods-burstable.slice" / pod)}
     usage = read_cgroup("77", str(job_dir))
     # No controller files: unknown, not zero.
     assert (usage.cpu_seconds, usage.memory_bytes, usage.read_bytes, usage.processes) == (None, None, None, 0)
@@ -139,7 +166,8 @@ class _Clock:
 def test_pids_without_a_job_are_rechecked_on_a_schedule_and_new_pids_at_once(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
     clock = _Clock()
-    collector = JobsCollector(str(procfs), str(sysfs), clock=clock, recheck_after=10.0)
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock, recheck_after=10.0,
+                              trust_environment=True)
     scrape({"jobs": collector})
     # A brand-new PID of a job is seen in the next scrape.
     shutil.copytree(procfs / "4245", procfs / "4246")
@@ -175,7 +203,7 @@ def test_overlapping_scrapes_are_serialised(tmp_path: Path) -> None:
     import threading
 
     procfs, sysfs = copy_fixtures(tmp_path)
-    collector = JobsCollector(str(procfs), str(sysfs))
+    collector = JobsCollector(str(procfs), str(sysfs), trust_environment=True)
     scrape({"jobs": collector})
     shutil.rmtree(procfs / "4243")
     results: list[float] = []
@@ -201,7 +229,7 @@ def test_overlapping_scrapes_are_serialised(tmp_path: Path) -> None:
 def test_a_young_process_that_gets_its_job_at_exec_is_attributed(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
     clock = _Clock()
-    collector = JobsCollector(str(procfs), str(sysfs), clock=clock)
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock, trust_environment=True)
     # PID 4400 started at 500 s (50000 ticks) after boot; it is now 520 s after boot.
     (procfs / "uptime").write_text("520.00 1000.00\n")
     assert "6000" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")
@@ -213,7 +241,7 @@ def test_a_young_process_that_gets_its_job_at_exec_is_attributed(tmp_path: Path)
 def test_an_old_process_without_a_job_is_not_asked_again(tmp_path: Path) -> None:
     procfs, sysfs = copy_fixtures(tmp_path)
     clock = _Clock()
-    collector = JobsCollector(str(procfs), str(sysfs), clock=clock)
+    collector = JobsCollector(str(procfs), str(sysfs), clock=clock, trust_environment=True)
     (procfs / "uptime").write_text("5000.00 1000.00\n")  # PID 4400 is 4500 s old
     scrape({"jobs": collector})
     (procfs / "4400" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=6000\0")

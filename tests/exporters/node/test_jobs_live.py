@@ -46,6 +46,7 @@ def test_exporter_accounts_cpu_memory_and_processes_of_a_live_job(spawn: Callabl
     port = free_port()
     exporter = spawn(
         jobsight_command("exporter", "node", f"--web.listen-address=127.0.0.1:{port}",
+                         "--collector.jobs.trust-environment",
                          *(f"--no-collector.{name}" for name in OTHER_COLLECTORS)),
         name="node-exporter", cwd=REPO_ROOT,
     )
@@ -84,7 +85,7 @@ def test_cpu_counter_does_not_fall_when_a_process_of_the_job_exits(
     spawn([sys.executable, "-c", IDLE], name="idle", env=_job_env(job_id))
     burner = spawn([sys.executable, "-c", BURN], name="burner", env=_job_env(job_id))
     # An empty sysfs: no cgroup job directories, so the process sums are what is tested.
-    collector = JobsCollector("/proc", str(tmp_path))
+    collector = JobsCollector("/proc", str(tmp_path), trust_environment=True)
     key_cpu = ("jobsight_job_cpu_seconds_total", (("job_id", job_id),))
     key_procs = ("jobsight_job_processes", (("job_id", job_id),))
 
@@ -104,7 +105,7 @@ def test_cpu_counter_does_not_fall_when_a_process_of_the_job_exits(
 def test_job_series_end_when_its_last_process_exits(spawn: Callable[..., Proc], tmp_path: Path) -> None:
     job_id = f"pytest-{uuid.uuid4().hex[:12]}"
     idle = spawn([sys.executable, "-c", IDLE], name="idle", env=_job_env(job_id))
-    collector = JobsCollector("/proc", str(tmp_path))
+    collector = JobsCollector("/proc", str(tmp_path), trust_environment=True)
     key = ("jobsight_job_processes", (("job_id", job_id),))
     wait_until(lambda: samples(scrape({"jobs": collector})).get(key) == 1, timeout=30,
                message="the job to appear")

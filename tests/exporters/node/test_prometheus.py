@@ -64,7 +64,7 @@ def test_prometheus_scrapes_and_joins_node_and_job_series(tmp_path: Path, spawn:
     # A job's share of its node's memory, joined on Hostname as the dashboards do.
     share = _value(
         base,
-        'jobsight_job_memory_rss_bytes{job_id="4711"} / on(Hostname) group_left node_memory_MemTotal_bytes',
+        'jobsight_job_memory_rss_bytes{job_id="4800"} / on(Hostname) group_left node_memory_MemTotal_bytes',
     )
-    assert share == (2048000 + 1024) / 15666184
-    assert _value(base, 'jobsight_job_processes{job_id="4711",Hostname="node1"}') == 2
+    assert share == 65536 / 15666184  # the Slurm job cgroup's one live process with memory
+    assert _value(base, 'jobsight_job_processes{job_id="4800",Hostname="node1"}') == 3
