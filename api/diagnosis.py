@@ -1,14 +1,26 @@
 """Why did a job fail? Rank the likely causes from findings gathered out of alerts, log events and
 Prometheus. Pure: findings in, :class:`~api.models.Diagnosis` out.
 
-The rule, in order:
-1. the first hardware fault (XID, GPU lost / fallen off the bus, ECC double-bit error, IB link
-   down) before the failure is the first cause; later hardware faults follow it;
-2. NCCL timeouts/errors after a hardware fault are symptoms of it (we say which rank timed out
-   first); without a hardware fault, the NCCL timeout itself is a cause;
-3. out-of-memory (CUDA OOM, OOM-killed container, kernel OOM kill);
-4. other application errors (illegal memory access, NaN loss);
-5. a generic child failure / non-zero exit code.
+The rule:
+1. A *fatal event* is something that stops a rank or a GPU on its own: a hardware fault (an XID the
+   catalog classes as hardware or driver, a GPU lost or fallen off the bus, an uncorrectable GPU ECC
+   error, an NVLink/NVSwitch or InfiniBand fault), an out-of-memory (CUDA, container, a kernel OOM
+   kill *of this job's process*), an application fault (illegal access, launch failure, NaN loss, an
+   application-class XID such as 13/31) or a rank's process exiting before the others gave up.
+   What an XID code means comes from the one XID table, :mod:`jobsight.xid` (NVIDIA's catalog).
+2. NCCL timeouts and errors are *symptoms* of any fatal event before them: a collective hangs
+   because one rank did not enter it, and then every other rank's watchdog times out
+   (PyTorch ProcessGroupNCCL: "Watchdog caught collective operation timeout ... ran for N
+   milliseconds"). The hang began at the timeout's time minus that N. NCCL is named as the cause
+   only when nothing else is found; either way the ranks *missing* from the timeout set, or whose
+   SeqNum / last completed NCCL work lags, are named: those are the ones that hung or died.
+3. Causes are ranked by proximity to the incident: the hang's start when there was a hang, else the
+   failure. Fatal events shortly before it (``RECENT_SECONDS``) come first, earliest first (the
+   start of the chain); then events after it (consequences, usually); then older ones, nearest
+   first. An XID 92 three days earlier does not outrank an XID 79 a minute before.
+4. Information is never a cause: informational XIDs (43, 45, 63, 92, ...), host EDAC errors (the
+   CPU's DIMMs, not a GPU), a kernel OOM kill not shown to hit this job's process.
+5. A generic child failure / non-zero exit code comes last.
 """
 
 from __future__ import annotations
@@ -20,28 +32,43 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from api.models import Cause, Diagnosis, Evidence
+from jobsight import xid as xid_table
 
-HARDWARE_KINDS = frozenset({"gpu_xid", "gpu_fallen_off_bus", "gpu_lost", "ecc_error", "ib_link_down"})
-NCCL_KINDS = frozenset({"nccl_timeout", "nccl_error"})
-OOM_KINDS = frozenset({"cuda_oom", "oom_killed", "kernel_oom_kill"})
-APP_KINDS = frozenset({"cuda_illegal_access", "nan_loss"})
+HARDWARE_KINDS = frozenset(
+    {
+        "gpu_xid",
+        "gpu_fallen_off_bus",
+        "gpu_lost",
+        "ecc_error",
+        "ib_link_down",
+        "ib_port_error",
+        "nvlink_error",
+        "nvswitch_sxid",
+    }
+)
+NCCL_KINDS = frozenset({"nccl_timeout", "nccl_error", "nccl_watchdog", "nccl_heartbeat"})
+OOM_KINDS = frozenset({"cuda_oom", "oom_killed", "kernel_oom_kill", "slurm_oom"})
+APP_KINDS = frozenset({"cuda_illegal_access", "cuda_launch_failure", "nan_loss"})
 GENERIC_KINDS = frozenset({"child_failed", "exit_code"})
+# Never causes: the host's own memory (EDAC), host OOM alerts without a victim.
+INFO_KINDS = frozenset({"host_edac", "host_oom_kill"})
 
 # A kernel line can be logged a little after the process saw the failure; count faults up to this
-# long after the recorded failure time as "before" it.
+# long after the recorded failure (or hang start) as "at" it.
 FAILURE_GRACE_SECONDS = 120.0
+# Fatal events up to this long before the incident belong to it; older ones rank after.
+RECENT_SECONDS = 900.0
 
-XID_MEANINGS = {
-    13: "graphics engine exception", 31: "GPU memory page fault", 43: "GPU stopped processing",
-    45: "preemptive cleanup after previous errors", 48: "double-bit ECC error",
-    62: "internal micro-controller halt", 63: "ECC page retirement / row remap event",
-    64: "ECC page retirement / row remap failure", 74: "NVLink error", 79: "GPU has fallen off the bus",
-    92: "high single-bit ECC error rate", 94: "contained memory error", 95: "uncontained memory error",
-    119: "GSP RPC timeout", 120: "GSP error", 140: "unrecovered ECC error",
+_TITLES = {
+    "cuda_oom": "CUDA out of memory",
+    "oom_killed": "container killed: out of memory",
+    "kernel_oom_kill": "host out of memory: the kernel OOM killer killed the job's process",
+    "slurm_oom": "Slurm step killed: out of memory (cgroup OOM)",
+    "cuda_illegal_access": "CUDA illegal memory access",
+    "cuda_launch_failure": "CUDA unspecified launch failure",
+    "nan_loss": "loss became NaN/Inf",
+    "process_exit": "a rank's process exited before the others",
 }
-# XIDs that are usually caused by the application, not the hardware (NVIDIA's catalog:
-# RESTART_APP), and the informational row-remap event.
-APPLICATION_XIDS = frozenset({13, 31, 43, 45, 63})
 
 
 @dataclass(frozen=True)
@@ -67,18 +94,48 @@ def _stamp(ts: float | None) -> str:
 
 
 def _evidence(f: Finding) -> Evidence:
-    return Evidence(time=_dt(f.time), source=f.source, kind=f.kind, host=f.host, gpu=f.gpu, rank=f.rank,
-                    detail=f.detail)
+    return Evidence(
+        time=_dt(f.time), source=f.source, kind=f.kind, host=f.host, gpu=f.gpu, rank=f.rank, detail=f.detail
+    )
 
 
 def _order(f: Finding) -> tuple[float, str]:
     return (f.time if f.time is not None else float("inf"), f.source)
 
 
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def xid_class(f: Finding) -> str:
+    """The table's class of an XID finding (the line refines 154), ``unclassified`` if unknown."""
+    return xid_table.class_of(f.xid, f.detail) if f.xid is not None else "unclassified"
+
+
 def _is_hardware(f: Finding) -> bool:
     if f.kind not in HARDWARE_KINDS:
         return False
-    return not (f.kind == "gpu_xid" and f.xid in APPLICATION_XIDS)
+    if f.kind == "gpu_xid":
+        return xid_class(f) in ("hardware", "driver", "unclassified")
+    if f.kind == "ib_port_error":
+        return f.extra.get("severity", "error") != "info"
+    return True
+
+
+def _is_application_xid(f: Finding) -> bool:
+    return f.kind == "gpu_xid" and xid_class(f) == "application"
+
+
+def _attributed(f: Finding) -> bool:
+    """A kernel OOM kill counts against the job only when its victim is the job's (the collector
+    stamped the record with the job from the victim's pid/cgroup); otherwise another tenant's process
+    or a system daemon may have been killed."""
+    if f.kind != "kernel_oom_kill":
+        return True
+    return bool(f.extra.get("job_id")) or f.extra.get("attributed") == "true"
 
 
 def _fill_gpus(findings: list[Finding]) -> list[Finding]:
@@ -91,7 +148,7 @@ def _fill_gpus(findings: list[Finding]) -> list[Finding]:
             known[(f.host, None)].add(f.gpu)
     out = []
     for f in findings:
-        if f.gpu is None and f.kind in HARDWARE_KINDS - {"ib_link_down"}:
+        if f.gpu is None and f.kind in HARDWARE_KINDS - {"ib_link_down", "ib_port_error", "nvswitch_sxid"}:
             candidates = known.get((f.host, f.xid)) or known.get((f.host, None))
             if candidates and len(candidates) == 1:
                 f = replace(f, gpu=next(iter(candidates)))
@@ -99,110 +156,337 @@ def _fill_gpus(findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def _where(f: Finding) -> str:
+    return f"{f.host or 'unknown host'}" + (f" GPU {f.gpu}" if f.gpu is not None else "")
+
+
 def _hardware_title(group: Sequence[Finding]) -> tuple[str, str]:
     first = group[0]
-    where = f"{first.host or 'unknown host'}" + (f" GPU {first.gpu}" if first.gpu is not None else "")
-    if first.kind == "ib_link_down":
+    where = _where(first)
+    if first.kind in ("ib_link_down", "ib_port_error"):
         port = first.extra.get("device", "")
-        return "ib_link_down", f"InfiniBand link down on {where}" + (f" ({port})" if port else "")
+        what = "InfiniBand link down" if first.kind == "ib_link_down" else "InfiniBand port/cable error"
+        return first.kind, f"{what} on {where}" + (f" ({port})" if port else "")
+    if first.kind == "nvswitch_sxid":
+        sxid = first.extra.get("sxid", "")
+        return "nvswitch_sxid", f"NVSwitch SXid {sxid} on {first.host or 'unknown host'}".replace("  ", " ")
     xid = next((f.xid for f in group if f.xid is not None), None)
     if xid is not None:
-        meaning = XID_MEANINGS.get(xid)
-        return "gpu_xid", f"XID {xid} on {where}" + (f" ({meaning})" if meaning else "")
+        entry = xid_table.lookup(xid)
+        meaning = entry.description if entry else "not in jobsight's XID table"
+        title = f"XID {xid} on {where} ({meaning})"
+        if xid == 154:
+            action = next(
+                (f.extra.get("recovery_action") for f in group if f.extra.get("recovery_action")), None
+            )
+            if action:
+                title = f"XID 154 on {where} (GPU recovery action: {action})"
+        return "gpu_xid", title
     kinds = {f.kind for f in group}
     if "gpu_fallen_off_bus" in kinds:
         return "gpu_lost", f"GPU fallen off the bus on {where}"
     if "gpu_lost" in kinds:
         return "gpu_lost", f"GPU lost on {where}"
-    return "ecc_error", f"ECC double-bit error on {where}"
+    if "nvlink_error" in kinds:
+        return "nvlink_error", f"uncorrectable NVLink error on {where}"
+    return "ecc_error", f"uncorrectable GPU ECC error on {where}"
 
 
-def diagnose(findings: Iterable[Finding], *, started_at: float | None, failed_at: float | None,
-             exit_code: int | None = None, reason: str | None = None,
-             missing_sources: Sequence[str] = ()) -> Diagnosis:
+def _action(group: Sequence[Finding]) -> str:
+    xid = next((f.xid for f in group if f.xid is not None), None)
+    entry = xid_table.lookup(xid) if xid is not None else None
+    if entry is None:
+        return ""
+    return f"; NVIDIA catalog: {entry.immediate}. {entry.action}"
+
+
+@dataclass
+class _Candidate:
+    time: float | None
+    kind: str
+    title: str
+    host: str | None
+    gpu: int | None
+    findings: list[Finding]
+    extra_explanation: str = ""
+
+
+@dataclass
+class _Hang:
+    """What the NCCL watchdog lines say about a hang."""
+
+    lead: Finding
+    start: float | None
+    timed_out: list[int]
+    missing: list[int]
+    lagging: list[int]
+    seq: int | None
+
+    def describe(self) -> str:
+        parts = []
+        if self.timed_out:
+            parts.append(
+                f"ranks {_ranges(self.timed_out)} timed out"
+                + (f" in SeqNum {self.seq}" if self.seq is not None else "")
+            )
+        if self.missing:
+            parts.append(
+                f"rank{'s' if len(self.missing) > 1 else ''} {_ranges(self.missing)} "
+                f"missing from the timeout set (never entered the collective: hung or dead)"
+            )
+        if self.lagging:
+            parts.append(
+                f"rank{'s' if len(self.lagging) > 1 else ''} {_ranges(self.lagging)} "
+                f"behind the others (lower SeqNum / last completed NCCL work)"
+            )
+        if self.start is not None:
+            parts.append(f"the hang began at {_stamp(self.start)}")
+        return "; ".join(parts)
+
+
+def _ranges(ranks: Sequence[int]) -> str:
+    """``0-4, 6, 7``: compact, for jobs with thousands of ranks."""
+    out: list[str] = []
+    values = sorted(set(ranks))
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(f"{values[i]}-{values[j]}" if j - i >= 2 else ", ".join(map(str, values[i : j + 1])))
+        i = j + 1
+    return ", ".join(out)
+
+
+def _hang(nccl: list[Finding], all_ranks: set[int], world_size: int | None) -> _Hang | None:
+    if not nccl:
+        return None
+    timeouts = [f for f in nccl if f.kind == "nccl_timeout"]
+    lead = (timeouts or nccl)[0]
+    starts = [
+        f.time - ran / 1000.0
+        for f in timeouts
+        if f.time is not None and (ran := _int(f.extra.get("ran_ms"))) is not None
+    ]
+    start = min(starts) if starts else (lead.time if timeouts else None)
+    timed_out = sorted({f.rank for f in timeouts if f.rank is not None})
+    reporting = {f.rank for f in nccl if f.rank is not None}
+    seqs = {f.rank: s for f in timeouts if f.rank is not None and (s := _int(f.extra.get("seq"))) is not None}
+    completed = {
+        f.rank: c
+        for f in nccl
+        if f.rank is not None and (c := _int(f.extra.get("last_completed"))) is not None
+    }
+    lagging: set[int] = set()
+    if seqs and min(seqs.values()) < max(seqs.values()):
+        lagging |= {r for r, s in seqs.items() if s < max(seqs.values())}
+    if completed and min(completed.values()) < max(completed.values()):
+        lagging |= {r for r, c in completed.items() if c < max(completed.values())}
+    missing: list[int] = []
+    if timeouts:
+        size = world_size if world_size is not None else (max(all_ranks) + 1 if all_ranks else 0)
+        missing = sorted(set(range(size)) - reporting)
+    seq = max(seqs.values()) if seqs else None
+    return _Hang(
+        lead=lead, start=start, timed_out=timed_out, missing=missing, lagging=sorted(lagging), seq=seq
+    )
+
+
+def diagnose(
+    findings: Iterable[Finding],
+    *,
+    started_at: float | None,
+    failed_at: float | None,
+    exit_code: int | None = None,
+    reason: str | None = None,
+    missing_sources: Sequence[str] = (),
+    world_size: int | None = None,
+) -> Diagnosis:
+    """``world_size``: the job's number of ranks when known (else the highest rank seen + 1)."""
     horizon = (failed_at + FAILURE_GRACE_SECONDS) if failed_at is not None else float("inf")
     begin = started_at if started_at is not None else float("-inf")
     relevant = [
-        f for f in _fill_gpus(list(findings))
+        f
+        for f in _fill_gpus(list(findings))
         if f.time is None or begin - FAILURE_GRACE_SECONDS <= f.time <= horizon
     ]
     relevant.sort(key=_order)
-    causes: list[Cause] = []
     symptoms: list[str] = []
 
-    # 1. hardware faults, grouped per device (one XID seen in the kernel log, by Prometheus and
-    #    by an alert is one fault), ordered by their first sighting.
-    groups: dict[tuple[str, str | None, int | None], list[Finding]] = defaultdict(list)
+    nccl = [f for f in relevant if f.kind in NCCL_KINDS]
+    all_ranks = {f.rank for f in relevant if f.rank is not None}
+    hang = _hang(nccl, all_ranks, world_size)
+    nccl_time = hang.lead.time if hang is not None else None
+
+    # Fatal events, as candidates. Hardware grouped per device (one XID seen in the kernel log, by
+    # Prometheus and by an alert is one fault); OOM and application faults one per kind.
+    candidates: list[_Candidate] = []
+    groups: dict[tuple[str, str | None, int | str | None], list[Finding]] = defaultdict(list)
     for f in relevant:
         if _is_hardware(f):
-            family = "ib" if f.kind == "ib_link_down" else "gpu"
-            groups[(family, f.host, f.gpu)].append(f)
-    hardware = sorted(groups.values(), key=lambda g: _order(g[0]))
-    first_fault_time = hardware[0][0].time if hardware else None
-    for i, group in enumerate(hardware):
+            family = (
+                "ib"
+                if f.kind in ("ib_link_down", "ib_port_error")
+                else ("nvswitch" if f.kind == "nvswitch_sxid" else "gpu")
+            )
+            # A GPU known only by its PCI address is still one device, not "any GPU of the host".
+            device: int | str | None = (
+                f.gpu if f.gpu is not None else (f.pci or "").lower().removeprefix("pci:") or None
+            )
+            if family == "ib":
+                device = f.extra.get("device") or device
+            groups[(family, f.host, device)].append(f)
+    for group in groups.values():
+        group.sort(key=_order)
         kind, title = _hardware_title(group)
-        first = group[0]
-        explanation = (
-            f"first hardware fault before the failure, at {_stamp(first.time)}" if i == 0
-            else f"further hardware fault, at {_stamp(first.time)}"
+        candidates.append(
+            _Candidate(group[0].time, kind, title, group[0].host, group[0].gpu, group, _action(group))
         )
-        causes.append(Cause(rank=0, kind=kind, title=title, time=_dt(first.time), host=first.host,
-                            gpu=first.gpu, explanation=explanation,
-                            evidence=[_evidence(f) for f in group]))
 
-    # 2. NCCL: symptoms after a hardware fault, else a cause of its own.
-    nccl = [f for f in relevant if f.kind in NCCL_KINDS]
-    if nccl:
-        timeouts = [f for f in nccl if f.kind == "nccl_timeout"]
-        lead = (timeouts or nccl)[0]
-        ranks = sorted({f.rank for f in nccl if f.rank is not None})
-        rank_text = f"rank {lead.rank}" if lead.rank is not None else "a rank"
-        where = f" on {lead.host}" if lead.host else ""
-        summary = (
-            f"NCCL {'watchdog timeouts' if timeouts else 'errors'} in "
-            f"{'ranks ' + ', '.join(map(str, ranks)) if ranks else 'the job'}; "
-            f"{rank_text}{where} {'timed out' if timeouts else 'failed'} first at {_stamp(lead.time)}"
-        )
-        after_fault = (first_fault_time is not None and lead.time is not None
-                       and lead.time >= first_fault_time - 1.0)
-        if after_fault:
-            symptoms.append(summary + " (a symptom of the hardware fault above)")
-            causes[0] = causes[0].model_copy(
-                update={"evidence": causes[0].evidence + [_evidence(f) for f in nccl[:20]]}
+    by_kind: dict[str, list[Finding]] = defaultdict(list)
+    for f in relevant:
+        if f.kind in OOM_KINDS | APP_KINDS and _attributed(f):
+            by_kind[f.kind].append(f)
+        elif f.kind == "kernel_oom_kill" or f.kind == "host_oom_kill":
+            victim = f.extra.get("process") or "a process"
+            pid = f" pid {f.extra['pid']}" if f.extra.get("pid") else ""
+            symptoms.append(
+                f"the kernel OOM killer ran on {f.host or 'a host of the job'} at {_stamp(f.time)} "
+                f"({victim}{pid}), not shown to belong to this job"
+            )
+        elif _is_application_xid(f):
+            by_kind[f"xid_{f.xid}"].append(f)
+        elif f.kind == "child_failed" and nccl_time is not None and f.time is not None and f.time < nccl_time:
+            # A rank's process died before the others' watchdogs gave up: it is what they waited for.
+            by_kind["process_exit"].append(f)
+    for kind, items in by_kind.items():
+        first = items[0]
+        rank = f" on rank {first.rank}" if first.rank is not None else ""
+        host = f" ({first.host})" if first.host else ""
+        if kind.startswith("xid_"):
+            entry = xid_table.lookup(first.xid) if first.xid is not None else None
+            process = first.extra.get("process")
+            app_pid = first.extra.get("pid")
+            who = f" in process {process}" + (f" (pid {app_pid})" if app_pid else "") if process else ""
+            title = (
+                f"XID {first.xid} on {_where(first)} ({entry.description if entry else 'application fault'})"
+                f"{who}: an application fault"
+            )
+            candidates.append(
+                _Candidate(
+                    first.time,
+                    "gpu_xid_application",
+                    title,
+                    first.host,
+                    first.gpu,
+                    items,
+                    "; NVIDIA catalog: RESTART_APP: a bug in the job, not a GPU fault",
+                )
+            )
+            continue
+        if kind == "process_exit":
+            code = first.extra.get("exit_code")
+            failed = _int(first.extra.get("failed_rank"))
+            rank = f" on rank {failed}" if failed is not None else rank
+            signal = {"-9": " (SIGKILL: often the host OOM killer)", "-11": " (SIGSEGV)", "-6": " (SIGABRT)"}
+            title = f"{_TITLES[kind]}{rank}{host}" + (
+                f": exit code {code}{signal.get(code, '')}" if code else ""
             )
         else:
-            title = (f"NCCL collective timeout ({rank_text} timed out first)" if timeouts
-                     else f"NCCL error ({rank_text} first)")
-            causes.append(Cause(
-                rank=0, kind=lead.kind, title=title, time=_dt(lead.time), host=lead.host, gpu=lead.gpu,
-                explanation=summary + "; the ranks that did not time out may be the ones that hung",
-                evidence=[_evidence(f) for f in nccl[:50]],
-            ))
+            title = f"{_TITLES[kind]}{rank}{host}"
+        candidates.append(_Candidate(first.time, kind, title, first.host, first.gpu, items))
 
-    # 3. out of memory, 4. application errors: one cause per kind, earliest first.
-    for kinds, label in ((OOM_KINDS, None), (APP_KINDS, None)):
-        del label
-        by_kind: dict[str, list[Finding]] = defaultdict(list)
-        for f in relevant:
-            if f.kind in kinds:
-                by_kind[f.kind].append(f)
-        for kind, items in sorted(by_kind.items(), key=lambda kv: _order(kv[1][0])):
-            first = items[0]
-            title = {
-                "cuda_oom": "CUDA out of memory", "oom_killed": "container killed: out of memory",
-                "kernel_oom_kill": "host out of memory: kernel OOM killer",
-                "cuda_illegal_access": "CUDA illegal memory access", "nan_loss": "loss became NaN/Inf",
-            }[kind]
-            where = "".join([
-                f" on {first.host}" if first.host else "",
-                f" rank {first.rank}" if first.rank is not None else "",
-            ])
-            causes.append(Cause(rank=0, kind=kind, title=title + where, time=_dt(first.time), host=first.host,
-                                gpu=first.gpu, explanation=f"first seen at {_stamp(first.time)}",
-                                evidence=[_evidence(f) for f in items[:20]]))
+    # Rank by proximity to the incident: the hang's start, else the failure.
+    anchor = hang.start if hang is not None and hang.start is not None else failed_at
 
-    # 5. generic failure.
-    generic = [f for f in relevant if f.kind in GENERIC_KINDS]
+    def bucket(c: _Candidate) -> tuple[int, float]:
+        if c.time is None or anchor is None:
+            return (0, c.time if c.time is not None else float("inf"))
+        if anchor - RECENT_SECONDS <= c.time <= anchor + FAILURE_GRACE_SECONDS:
+            return (0, c.time)
+        if c.time > anchor + FAILURE_GRACE_SECONDS:
+            return (1, c.time)
+        return (2, -c.time)
+
+    candidates.sort(key=bucket)
+    reference = "the hang's start" if hang is not None and hang.start is not None else "the failure"
+    causes: list[Cause] = []
+    for i, c in enumerate(candidates):
+        b = bucket(c)[0]
+        position = {
+            0: f"at {_stamp(c.time)}, the {'first' if i == 0 else 'next'} fatal event near {reference}",
+            1: f"at {_stamp(c.time)}, after {reference} (possibly a consequence)",
+            2: f"at {_stamp(c.time)}, long before {reference}",
+        }[b]
+        if anchor is not None and c.time is not None and b != 1:
+            position += f" ({abs(anchor - c.time):.0f} s before it)" if c.time <= anchor else ""
+        causes.append(
+            Cause(
+                rank=0,
+                kind=c.kind,
+                title=c.title,
+                time=_dt(c.time),
+                host=c.host,
+                gpu=c.gpu,
+                explanation=position + c.extra_explanation,
+                evidence=[_evidence(f) for f in c.findings[:20]],
+            )
+        )
+
+    # NCCL: symptoms of an earlier fatal event; else the cause, naming the ranks that hung.
+    if hang is not None:
+        what = "NCCL watchdog timeouts" if hang.timed_out else "NCCL errors"
+        summary = what + (": " + hang.describe() if hang.describe() else "")
+        earlier = [
+            c
+            for c in candidates
+            if c.time is not None and nccl_time is not None and c.time <= nccl_time + 1.0
+        ]
+        if earlier:
+            symptoms.insert(
+                0,
+                summary + " (a symptom of the cause above: a collective hangs when one rank "
+                "stops, and every other rank then times out)",
+            )
+            index = candidates.index(earlier[0])
+            causes[index] = causes[index].model_copy(
+                update={"evidence": causes[index].evidence + [_evidence(f) for f in nccl[:20]]}
+            )
+        else:
+            if hang.missing or hang.lagging:
+                culprits = hang.missing or hang.lagging
+                title = (
+                    f"NCCL collective timeout: rank{'s' if len(culprits) > 1 else ''} {_ranges(culprits)} "
+                    f"{'never joined' if hang.missing else 'fell behind'}"
+                    + (f" (SeqNum {hang.seq})" if hang.seq is not None else "")
+                )
+            elif hang.timed_out:
+                title = f"NCCL collective timeout (ranks {_ranges(hang.timed_out)} timed out)"
+            else:
+                title = "NCCL error" + (f" on rank {hang.lead.rank}" if hang.lead.rank is not None else "")
+            causes.insert(
+                0,
+                Cause(
+                    rank=0,
+                    kind=hang.lead.kind,
+                    title=title,
+                    time=_dt(hang.start or hang.lead.time),
+                    host=hang.lead.host,
+                    gpu=hang.lead.gpu,
+                    explanation=summary
+                    + "; no fatal event was found before it: look at the missing or lagging "
+                    "ranks' hosts (hung process, network, storage)",
+                    evidence=[_evidence(f) for f in nccl[:50]],
+                ),
+            )
+
+    # Generic failure last.
+    generic = [
+        f
+        for f in relevant
+        if f.kind in GENERIC_KINDS
+        and not (f.kind == "child_failed" and "process_exit" in by_kind and f in by_kind["process_exit"])
+    ]
     if generic or exit_code not in (None, 0) or not causes:
         lead_generic: Finding | None = generic[0] if generic else None
         bits = []
@@ -214,16 +498,26 @@ def diagnose(findings: Iterable[Finding], *, started_at: float | None, failed_at
         if lead_generic is not None:
             where = f" on {lead_generic.host}" if lead_generic.host else ""
             title = f"child process failed{where}" + (f" ({'; '.join(bits)})" if bits else "")
-        causes.append(Cause(
-            rank=0, kind="child_failed", title=title,
-            time=_dt(lead_generic.time if lead_generic else failed_at),
-            host=lead_generic.host if lead_generic else None, gpu=None,
-            explanation="generic failure: no more specific cause was found" if len(causes) == 0
-            else "the failure itself, after the causes above",
-            evidence=[_evidence(f) for f in generic[:20]] or [
-                Evidence(time=_dt(failed_at), source="job", kind="exit_code", detail=title)],
-        ))
+        causes.append(
+            Cause(
+                rank=0,
+                kind="child_failed",
+                title=title,
+                time=_dt(lead_generic.time if lead_generic else failed_at),
+                host=lead_generic.host if lead_generic else None,
+                gpu=None,
+                explanation="generic failure: no more specific cause was found"
+                if len(causes) == 0
+                else "the failure itself, after the causes above",
+                evidence=[_evidence(f) for f in generic[:20]]
+                or [Evidence(time=_dt(failed_at), source="job", kind="exit_code", detail=title)],
+            )
+        )
 
     ranked = [c.model_copy(update={"rank": i + 1}) for i, c in enumerate(causes)]
-    return Diagnosis(failed_at=_dt(failed_at), causes=ranked, symptoms=symptoms,
-                     missing_sources=sorted(set(missing_sources)))
+    return Diagnosis(
+        failed_at=_dt(failed_at),
+        causes=ranked,
+        symptoms=symptoms,
+        missing_sources=sorted(set(missing_sources)),
+    )

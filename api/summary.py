@@ -26,14 +26,18 @@ STRAGGLER_RATIO = 0.5
 STRAGGLER_MIN_MEDIAN = 10.0
 # Range queries that time faults name GPUs one by one; beyond this many the rest go untimed.
 MAX_TIMED_GPUS = 64
-HOST_EVENT_KINDS = ("gpu_xid", "gpu_fallen_off_bus", "ecc_error", "ib_link_down", "kernel_oom_kill")
+# Events of the job's hosts that carry no job (kernel lines): hardware faults, and kernel OOM kills,
+# which the diagnosis only reports as context unless the record names the job.
+HOST_EVENT_KINDS = ("gpu_xid", "gpu_fallen_off_bus", "ecc_error", "ib_link_down", "ib_port_error",
+                    "nvlink_error", "nvswitch_sxid", "kernel_oom_kill")
 MAX_EVENTS = 1000
 
 ALERT_KINDS = {
     "GPUXidError": "gpu_xid", "GPULost": "gpu_lost", "GPUMissing": "gpu_lost",
     "GPUEccDoubleBitError": "ecc_error", "RDMALinkDowned": "ib_link_down",
     "RDMAPhysicalLinkDown": "ib_link_down", "RDMAPortNotActive": "ib_link_down",
-    "NodeOOMKill": "kernel_oom_kill",
+    # A host-wide count: it names no victim, so it is context for the diagnosis, never the job's cause.
+    "NodeOOMKill": "host_oom_kill",
 }
 
 
@@ -320,7 +324,10 @@ def findings_from_events(events: list[LogRecord],
         xid = _int(fields.get("xid"))
         out.append(Finding(
             time=e.timestamp, source="log", kind=e.event_kind, host=e.host or None, gpu=gpu, rank=e.rank,
-            xid=xid, pci=pci, detail=e.message[:500], extra={k: v for k, v in fields.items()},
+            xid=xid, pci=pci, detail=e.message[:500],
+            # job_id: the collector stamped the record with the job whose process it was (kernel OOM
+            # kills count against a job only then).
+            extra={**fields, "job_id": e.job_id or ""},
         ))
     return out
 

@@ -4,9 +4,16 @@ A rules file is YAML with a top-level ``rules`` list; each rule has ``kind``, ``
 (info|warning|error|critical), ``patterns`` (regexes; the first that matches decides and its named
 groups become fields), optional ``extract`` (more regexes whose named groups are added when they
 match), optional ``contains`` (substrings: the regexes run only when one occurs, which keeps the
-cost per line low) and optional ``sources`` (file|cri|docker|kmsg). The defaults ship as package
+cost per line low), optional ``sources`` (file|cri|docker|kmsg) and optional ``severity_from:
+xid_table``, which takes the severity of each event from the one XID table (``jobsight.xid``: the
+code in the ``xid`` field, refined by the line for 154's recovery action and 144-150's fatal flag)
+and adds the fields ``xid_class`` (and ``recovery_action`` for 154). The defaults ship as package
 data (``default_rules.yaml``, next to this module, where the ``*.yaml`` package-data glob of
 pyproject.toml includes it); user files are tried first, so a user rule can override a default.
+
+Hardware kinds (:data:`collectors.logs.trust.HARDWARE_KINDS`) are believed only from the kernel's
+log: for any other source their rules are skipped (the next rule may still match, as an
+application event) and the refusal is counted (:attr:`RuleSet.refused`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from collectors.logs.trust import HARDWARE_KINDS, TRUSTED_SOURCES
+from jobsight import xid as xid_table
 from jobsight.config import load_yaml_file, parse_model
 from jobsight.errors import ConfigError
 
@@ -37,6 +46,7 @@ class RuleModel(BaseModel):
     extract: list[str] = Field(default_factory=list)
     contains: list[str] = Field(default_factory=list)
     sources: list[SourceKind] = Field(default_factory=list)
+    severity_from: Literal["xid_table"] | None = None
 
     @field_validator("kind")
     @classmethod
@@ -77,6 +87,7 @@ class Rule:
     extract: tuple[re.Pattern[str], ...]
     contains: tuple[str, ...]
     sources: frozenset[str]
+    severity_from: str | None = None
 
     @classmethod
     def from_model(cls, model: RuleModel) -> Rule:
@@ -85,6 +96,7 @@ class Rule:
             patterns=tuple(re.compile(p) for p in model.patterns),
             extract=tuple(re.compile(p) for p in model.extract),
             contains=tuple(model.contains), sources=frozenset(model.sources),
+            severity_from=model.severity_from,
         )
 
     def match(self, message: str) -> dict[str, str] | None:
@@ -134,6 +146,9 @@ class RuleSet:
         # costs one search (about 1 µs) instead of a substring scan per rule.
         self._prefilter = re.compile("|".join(re.escape(s) for s in literals)) if literals else None
         self._unfiltered = any(not rule.contains for rule in self.rules)
+        # (source, kind) → hardware events a user-writable source claimed and was not believed
+        # for; the collector moves these into its metrics.
+        self.refused: dict[tuple[str, str], int] = {}
 
     @classmethod
     def build(cls, files: Iterable[Path | str] = (), use_defaults: bool = True,
@@ -154,6 +169,7 @@ class RuleSet:
     def match(self, message: str, source: str = "file", rank: int | None = None) -> EventMatch | None:
         if not self._unfiltered and (self._prefilter is None or self._prefilter.search(message) is None):
             return None
+        refused: str | None = None
         for rule in self.rules:
             if rule.contains and not any(s in message for s in rule.contains):
                 continue
@@ -162,11 +178,42 @@ class RuleSet:
             fields = rule.match(message)
             if fields is None:
                 continue
+            if rule.kind in HARDWARE_KINDS and source not in TRUSTED_SOURCES:
+                # A user can write this text; only the kernel's log is believed about hardware.
+                refused = refused or rule.kind
+                continue
+            if refused is not None:
+                self._refuse(source, refused)
             # The rank from a launcher prefix ([rank3]:) is the best we have when the text has none.
             if rank is not None and "rank" not in fields:
                 fields["rank"] = str(rank)
-            return EventMatch(rule.kind, rule.severity, fields)
+            severity = rule.severity
+            if rule.severity_from == "xid_table" and fields.get("xid", "").isdigit():
+                severity = _xid_severity(int(fields["xid"]), message, fields)
+            return EventMatch(rule.kind, severity, fields)
+        if refused is not None:
+            self._refuse(source, refused)
         return None
+
+    def _refuse(self, source: str, kind: str) -> None:
+        key = (source, kind)
+        self.refused[key] = self.refused.get(key, 0) + 1
+
+
+def _xid_severity(code: int, message: str, fields: dict[str, str]) -> str:
+    """Severity and class of one XID line from the one table; 154 also names its recovery action."""
+    fields["xid_class"] = xid_table.class_of(code, message)
+    if code == 154:
+        action = xid_table.recovery_action(message)
+        if action is not None:
+            fields["recovery_action"] = xid_table.RECOVERY_ACTIONS.get(action, str(action))
+    return xid_table.severity_of(code, message)
+
+
+def take_refused(rules: RuleSet) -> dict[tuple[str, str], int]:
+    """The refusal counts since the last call, reset."""
+    out, rules.refused = rules.refused, {}
+    return out
 
 
 def kinds(rules: RuleSet) -> Mapping[str, str]:

@@ -6,6 +6,7 @@ the target's Hostname label."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,10 +37,12 @@ GPU = 'gpu="3",UUID="GPU-3",pci_bus_id="00000000:5D:00.0",device="nvidia3",model
 
 class FaultyGpuExporter(RecordingHTTPServer):
     """/metrics of one GPU in the GPU exporter's names; :meth:`inject` makes it report XID 79
-    (a new xid series, as the exporter creates it on the first event) and lose the GPU."""
+    (a new xid series and its last-seen time, as the exporter creates them on the first event) and
+    lose the GPU."""
 
     def __init__(self) -> None:
         self.faulted = threading.Event()
+        self.faulted_at = 0.0
         super().__init__(self._metrics, methods=("GET",), record=False)
 
     def _metrics(self, request: RecordedRequest) -> Reply:
@@ -50,6 +53,8 @@ class FaultyGpuExporter(RecordingHTTPServer):
         ]
         if self.faulted.is_set():
             lines.append(f'jobsight_gpu_xid_errors_total{{{GPU},xid="79"}} 1')
+            lines.append("# TYPE jobsight_gpu_xid_last_seen_timestamp_seconds gauge")
+            lines.append(f'jobsight_gpu_xid_last_seen_timestamp_seconds{{{GPU},xid="79"}} {self.faulted_at}')
         body = ("\n".join(lines) + "\n").encode()
         return Reply(body=body, content_type="text/plain; version=0.0.4")
 
@@ -104,6 +109,7 @@ def test_injected_xid_reaches_the_webhook_through_prometheus_and_alertmanager(
         )
         assert webhook.snapshot() == []
 
+        exporter.faulted_at = time.time()
         exporter.faulted.set()
 
         def delivered() -> set[tuple[str, str]]:

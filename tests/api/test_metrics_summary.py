@@ -163,9 +163,11 @@ def test_summary_of_the_failed_demo_job(client: TestClient, scenario: Scenario) 
     assert first["title"].startswith("XID 79 on node2 GPU 3")
     assert first["kind"] == "gpu_xid" and first["host"] == "node2" and first["gpu"] == 3
     assert {e["source"] for e in first["evidence"]} >= {"log", "prometheus"}
-    assert "first hardware fault" in first["explanation"]
+    assert "the first fatal event near the hang's start" in first["explanation"]
+    assert "NVIDIA catalog: RESTART_BM" in first["explanation"]
     (symptom,) = diagnosis["symptoms"]
-    assert "rank 1 on node1 timed out first" in symptom and "ranks 0, 1, 4" in symptom
+    # Ranks 2 and 3 never timed out: they are the ones the others waited for (the lost GPU's ranks).
+    assert "ranks 0, 1, 4 timed out;" in symptom and "ranks 2, 3 missing" in symptom
     assert diagnosis["causes"][-1]["kind"] == "child_failed"
     assert all("NCCL" not in c["title"] for c in diagnosis["causes"])
 

@@ -60,7 +60,7 @@ def test_one_notification_per_failure_retried_until_delivered(
     for text in (
         "Job demo-fail (llama-pretrain) of user alice failed.",
         "1. XID 79 on node2 GPU 3",
-        "rank 1 on node1 timed out first",
+        "ranks 2, 3 missing from the timeout set",
         "Exit code: 1",
         "Dashboard: http://grafana.example:3000/d/jobsight-job/jobsight-job?var-job_id=demo-fail",
         "Logs: http://api.example:8000/v1/jobs/demo-fail/logs",

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from collectors.logs.rules import RuleSet, kinds
+from collectors.logs.rules import RuleSet, kinds, take_refused
+from collectors.logs.trust import HARDWARE_KINDS
 from jobsight.errors import ConfigError
 from tests.support import FIXTURES
 
@@ -16,7 +17,7 @@ CASES: list[dict[str, Any]] = yaml.safe_load((FIXTURES / "logs" / "event_lines.y
 REQUIRED_KINDS = {
     "nccl_timeout", "nccl_error", "cuda_oom", "cuda_illegal_access", "nan_loss", "loss_scale_overflow",
     "child_failed", "oom_killed", "kernel_oom_kill", "gpu_xid", "gpu_fallen_off_bus", "ecc_error",
-    "ib_link_down",
+    "ib_link_down", "host_edac",
 }
 # Ordinary training output that must not become an event.
 QUIET_LINES = [
@@ -46,13 +47,43 @@ def test_defaults_cover_every_kind_the_other_components_use(rules: RuleSet) -> N
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['kind']}-{i}" for i, c in enumerate(CASES)])
 def test_default_rule_matches_real_line(rules: RuleSet, case: dict[str, Any]) -> None:
-    event = rules.match(case["line"], "file", case.get("rank"))
+    # Hardware kinds are believed from the kernel's log only (collectors/logs/trust.py).
+    source = "kmsg" if case["kind"] in HARDWARE_KINDS else "file"
+    event = rules.match(case["line"], source, case.get("rank"))
     assert event is not None, f"no event for {case['line']!r}"
     assert event.kind == case["kind"]
     for key, value in case["fields"].items():
         assert event.fields.get(key) == value, (key, event.fields)
     if "severity" in case:
         assert event.severity == case["severity"]
+
+
+@pytest.mark.parametrize("source", ["file", "cri", "docker"])
+def test_hardware_kinds_are_not_believed_from_user_writable_sources(source: str) -> None:
+    rules = RuleSet.build()
+    hardware = [case for case in CASES if case["kind"] in HARDWARE_KINDS]
+    assert {case["kind"] for case in hardware} >= {"gpu_xid", "gpu_fallen_off_bus", "ecc_error",
+                                                   "ib_link_down", "kernel_oom_kill"}
+    for case in hardware:
+        event = rules.match(case["line"], source, case.get("rank"))
+        assert event is None or event.kind not in HARDWARE_KINDS, (case["line"], event)
+        assert rules.match(case["line"], "kmsg", case.get("rank")) is not None
+    refused = take_refused(rules)
+    assert sum(count for (src, _kind), count in refused.items() if src == source) == len(hardware)
+    assert take_refused(rules) == {}
+    # Application events still come from the same source.
+    oom = rules.match("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 3 has",
+                      source)
+    assert oom is not None and oom.kind == "cuda_oom"
+
+
+def test_a_user_rule_cannot_make_a_hardware_kind_from_a_file(tmp_path: Path) -> None:
+    user = tmp_path / "mine.yaml"
+    user.write_text("rules:\n  - kind: gpu_xid\n    sources: [file]\n"
+                    "    patterns: ['FAKE XID (?P<xid>\\d+)']\n")
+    rules = RuleSet.build([user])
+    assert rules.match("FAKE XID 79", "file") is None
+    assert take_refused(rules) == {("file", "gpu_xid"): 1}
 
 
 @pytest.mark.parametrize("line", QUIET_LINES)
