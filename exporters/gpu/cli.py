@@ -7,9 +7,11 @@ pydantic are imported in :func:`build`, so ``jobsight --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from exporters.gpu.nvml import NvmlBackend
     from jobsight.serving import ExporterParts
 
 DEFAULT_LISTEN = ":9400"
@@ -76,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--collector.gpu.gpm", dest="gpu_gpm", action=argparse.BooleanOptionalAction, default=True,
         help="read NVML GPM profiling metrics, DCGM_FI_PROF_* (default: enabled)",
     )
+    parser.add_argument(
+        "--collector.gpu.release-hold", dest="gpu_release_hold", type=float, metavar="SECONDS", default=120.0,
+        help="on SIGUSR1, let go of NVML for this long so that `nvidia-smi -r` can reset a GPU (default 120)",
+    )
 
 
 def build(args: argparse.Namespace) -> ExporterParts:
@@ -136,6 +142,26 @@ def build(args: argparse.Namespace) -> ExporterParts:
     collector = GpuCollector(sampler, ledger, backend.info(), hostname, extra=extra)
     return ExporterParts(collectors={"gpu": collector}, prefix="jobsight", health=sampler.health,
                          close=sampler.close)
+
+
+def install_release_signal(backend: NvmlBackend, hold_s: float) -> Callable[[], None]:
+    """On SIGUSR1, ``backend.release(hold_s)``: an NVML client holds every GPU open and
+    ``nvidia-smi -r`` refuses to reset a GPU that any process holds. Returns a function that puts
+    the previous handler back. Must be called from the main thread (Python's rule for signals)."""
+    import signal
+    import threading
+
+    def handler(_signum: int, _frame: object) -> None:
+        # The handler runs in the main thread between two bytecodes, possibly while that thread
+        # holds the backend's lock: release it from a thread of its own.
+        threading.Thread(target=backend.release, args=(hold_s,), name="gpu-release", daemon=True).start()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGUSR1, previous)
+
+    return restore
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from jobsight.serving import Collector
 GPU_LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"]
 JOB_LABELS = ["Hostname", "gpu", "UUID", "job_id"]
 SELF_LABELS = ["Hostname", "gpu"]
+_PROM_TYPES = {"gauge": "gauge", "dcgm_counter": "unknown", "counter": "counter"}
 
 
 class GpuCollector:
@@ -52,12 +53,13 @@ class GpuCollector:
         read = [(dict(zip(GPU_LABELS, self._labels(v.identity), strict=True)), v.reading.values)
                 for v in views if v.reading is not None]
         for spec in FIELDS:
-            family = Metric(spec.name, spec.help, "gauge" if spec.kind == "gauge" else "unknown")
+            family = Metric(spec.name, spec.help, _PROM_TYPES[spec.kind])
             name = spec.name
+            sample_name = f"{name}_total" if spec.kind == "counter" else name
             for labels, values in read:
                 value = values.get(name)
                 if value is not None:
-                    family.add_sample(name, labels, float(value))
+                    family.add_sample(sample_name, labels, float(value))
             if family.samples:
                 yield family
 

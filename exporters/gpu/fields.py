@@ -7,7 +7,8 @@ these names; the collector publishes exactly the names present in a reading.
 ``kind="dcgm_counter"``: dcgm-exporter declares these ``counter`` without a ``_total`` suffix.
 prometheus_client's text renderer appends ``_total`` to every counter family name, which would
 break the DCGM name, so they are exposed as ``untyped`` under the exact DCGM name; ``rate()`` and
-``increase()`` work the same on them.
+``increase()`` work the same on them. ``kind="counter"`` is one of our own ``jobsight_*``
+counters: the spec names the family, the sample gets ``_total``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["gauge", "dcgm_counter"]
+Kind = Literal["gauge", "dcgm_counter", "counter"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ def _g(name: str, help_text: str, unit: str, source: str) -> FieldSpec:
 
 def _c(name: str, help_text: str, unit: str, source: str) -> FieldSpec:
     return FieldSpec(name, "dcgm_counter", help_text, unit, source)
+
+
+def _own_counter(name: str, help_text: str, unit: str, source: str) -> FieldSpec:
+    return FieldSpec(name, "counter", help_text, unit, source)
 
 
 GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
@@ -56,8 +61,13 @@ ECC_DBE_AGG = "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL"
 ROW_REMAP_FAILURE = "DCGM_FI_DEV_ROW_REMAP_FAILURE"
 CORRECTABLE_REMAPPED_ROWS = "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS"
 UNCORRECTABLE_REMAPPED_ROWS = "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS"
+ROW_REMAP_PENDING = "DCGM_FI_DEV_ROW_REMAP_PENDING"
+GPU_RECOVERY_ACTION = "DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION"
 NVLINK_BANDWIDTH_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
 CLOCKS_EVENT_REASONS = "DCGM_FI_DEV_CLOCKS_EVENT_REASONS"
+# The name dcgm-exporter used before DCGM renamed "throttle" to "clocks event" (R535 / DCGM 3.2):
+# same field, same bitmask; dashboards and rules of that generation query this one.
+CLOCK_THROTTLE_REASONS = "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS"
 POWER_VIOLATION = "DCGM_FI_DEV_POWER_VIOLATION"
 THERMAL_VIOLATION = "DCGM_FI_DEV_THERMAL_VIOLATION"
 PROF_GR_ENGINE_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
@@ -70,6 +80,8 @@ PROF_PCIE_RX_BYTES = "DCGM_FI_PROF_PCIE_RX_BYTES"
 PROF_NVLINK_TX_BYTES = "DCGM_FI_PROF_NVLINK_TX_BYTES"
 PROF_NVLINK_RX_BYTES = "DCGM_FI_PROF_NVLINK_RX_BYTES"
 MEMORY_TOTAL_BYTES = "jobsight_gpu_memory_total_bytes"
+NVLINK_TX_BYTES = "jobsight_gpu_nvlink_transmitted_bytes"
+NVLINK_RX_BYTES = "jobsight_gpu_nvlink_received_bytes"
 
 # Clock-event (throttle) reason bits, as NVML's nvmlClocksEventReason* constants.
 CLOCK_EVENT_BITS: dict[str, int] = {
@@ -114,10 +126,20 @@ FIELDS: tuple[FieldSpec, ...] = (
        "field NVML_FI_DEV_REMAPPED_COR (142)"),
     _c(UNCORRECTABLE_REMAPPED_ROWS, "Number of remapped rows for uncorrectable errors", "count",
        "field NVML_FI_DEV_REMAPPED_UNC (143)"),
-    _c(NVLINK_BANDWIDTH_TOTAL, "Total number of NVLink bandwidth counters for all lanes.", "KiB",
-       "fields NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX + _RX (138+139), scope all links"),
+    _g(ROW_REMAP_PENDING, "Whether a row remapping is pending (a GPU reset applies it)", "0/1",
+       "field NVML_FI_DEV_REMAPPED_PENDING (144), nvmlDeviceGetRemappedRows isPending"),
+    _g(GPU_RECOVERY_ACTION, "Recovery action the driver asks for: 0 none, 1 GPU reset, 2 node reboot, "
+       "3 drain P2P, 4 drain and reset, 5 recover IMEX domain, 6 bus reset, 7 system reboot.", "enum",
+       "field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (230), R565+"),
+    # DCGM publishes a rate here (DcgmCacheManager ReadAndCacheNvLinkBandwidth), although
+    # dcgm-exporter's CSV declares it a counter: a gauge, so nobody takes rate() of a rate.
+    _g(NVLINK_BANDWIDTH_TOTAL, "Total number of NVLink bandwidth counters for all lanes.", "MB/s",
+       "per-second change of fields NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX + _RX (138+139, KiB, all links) "
+       "/ 1000, as DCGM computes it"),
     _g(CLOCKS_EVENT_REASONS, "Current clock event (throttle) reasons bitmask.", "bitmask",
-       "nvmlDeviceGetCurrentClocksEventReasons"),
+       "nvmlDeviceGetCurrentClocksEventReasons, else nvmlDeviceGetCurrentClocksThrottleReasons (< R535)"),
+    _g(CLOCK_THROTTLE_REASONS, "Current clock throttle reasons bitmask (the pre-R535 name of "
+       "DCGM_FI_DEV_CLOCKS_EVENT_REASONS).", "bitmask", "same value as DCGM_FI_DEV_CLOCKS_EVENT_REASONS"),
     _c(POWER_VIOLATION, "Throttling duration due to power constraints (in ns).", "ns",
        "field NVML_FI_DEV_PERF_POLICY_POWER (74)"),
     _c(THERMAL_VIOLATION, "Throttling duration due to thermal constraints (in ns).", "ns",
@@ -142,6 +164,10 @@ FIELDS: tuple[FieldSpec, ...] = (
        "GPM NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC (MiB/s) * 2^20"),
     _g(MEMORY_TOTAL_BYTES, "jobsight: total framebuffer memory of the GPU.", "bytes",
        "nvmlDeviceGetMemoryInfo v2 .total"),
+    _own_counter(NVLINK_TX_BYTES, "jobsight: data transmitted over all NVLink links of the GPU.", "bytes",
+                 "field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX (138, KiB, all links) * 1024"),
+    _own_counter(NVLINK_RX_BYTES, "jobsight: data received over all NVLink links of the GPU.", "bytes",
+                 "field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX (139, KiB, all links) * 1024"),
 )
 
 FIELDS_BY_NAME: dict[str, FieldSpec] = {spec.name: spec for spec in FIELDS}

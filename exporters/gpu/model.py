@@ -99,8 +99,10 @@ class GpuBackend(Protocol):
     def read(self, index: int) -> DeviceReading:
         """Read every supported value of one GPU; raise DeviceLost when it does not answer."""
 
-    def wait_xid_events(self, timeout_s: float) -> list[XidEvent]:
-        """Block up to ``timeout_s`` for critical XID events; [] on timeout."""
+    def wait_xid_events(self, index: int, timeout_s: float) -> list[XidEvent]:
+        """Block up to ``timeout_s`` for critical XID events of GPU ``index``; [] on timeout; raise
+        DeviceLost when that GPU's event stream broke (it is set up again when the GPU answers).
+        One thread per GPU calls this, so a lost GPU cannot starve the XIDs of the others."""
 
     def close(self) -> None:
         """Release the backend; wakes up a thread blocked in wait_xid_events."""

@@ -2,18 +2,27 @@
 
 NVML errors are translated here and nowhere else:
 
-- NOT_SUPPORTED (or a function this driver/binding lacks): that value is absent for that GPU, and
-  the call is not made again for it (cached per GPU);
+- NOT_SUPPORTED, a C symbol this driver lacks (``NVMLError_FunctionNotFound``), or nvidia-ml-py's
+  ``NVMLLibraryMismatchError`` (raised by its unversioned wrappers when the driver lacks the
+  versioned symbol; it is *not* an ``NVMLError``): that value is absent for that GPU, and the call
+  is not made again for it (cached per GPU). Where NVML has older variants of a call (``_v3`` →
+  ``_v2`` process lists, clocks event → throttle reasons) the next one is tried first, as
+  nvidia-ml-py's own fallbacks and DCGM do;
 - GPU_IS_LOST, UNKNOWN, RESET_REQUIRED, a driver gone or swapped underneath: the GPU is down
   (:class:`~jobsight.errors.DeviceLost`); its handle is dropped and fetched again on the next read,
-  so a GPU that comes back is picked up;
+  so a GPU that comes back is picked up. When *every* GPU is down, NVML itself is shut down and
+  initialised again, with backoff (a driver reload or a library/driver mismatch leaves every
+  handle dead until then);
 - any other error on one value (NO_PERMISSION, ...): that value is absent this time and the error
-  is counted;
+  is counted (a permission error on the process list only once: it will not change);
 - library missing, driver not loaded, library/driver version mismatch at start:
-  :class:`~jobsight.errors.BackendUnavailable` with one clear message (the CLI exits 3).
+  :class:`~jobsight.errors.BackendUnavailable` with one clear message.
 
-The module is injected (``nvml=``), so tests drive this code with a hand-written fake that
-raises the real ``pynvml.NVMLError_*`` classes.
+XID events: one NVML event set per GPU, so that a lost GPU (whose set then answers GPU_IS_LOST to
+every wait) cannot starve the XID counting of the others.
+
+The module is injected (``nvml=``), so tests drive this code with a fake that behaves like
+nvidia-ml-py (tests/exporters/gpu/fake_nvml.py, checked against the installed module).
 """
 
 from __future__ import annotations
@@ -21,16 +30,19 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from exporters.gpu import fields as f
-from exporters.gpu.model import BackendInfo, DeviceReading, GpuIdentity, ProcessUsage, XidEvent
+from exporters.gpu.model import BackendInfo, Clock, DeviceReading, GpuIdentity, ProcessUsage, XidEvent
 from jobsight.errors import BackendUnavailable, DeviceLost
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+KIB = 1024
 _ALL_LINKS = 0xFFFFFFFF  # scopeId meaning "summed over every NVLink link"
 
 # Field id → metric name, read in one nvmlDeviceGetFieldValues batch per GPU.
@@ -44,9 +56,11 @@ _FIELD_IDS: tuple[tuple[int | tuple[int, int], str], ...] = (
     (6, f.ECC_DBE_AGG),
     (142, f.CORRECTABLE_REMAPPED_ROWS),  # NVML_FI_DEV_REMAPPED_COR
     (143, f.UNCORRECTABLE_REMAPPED_ROWS),  # NVML_FI_DEV_REMAPPED_UNC
+    (144, f.ROW_REMAP_PENDING),  # NVML_FI_DEV_REMAPPED_PENDING (nvmlDeviceGetRemappedRows isPending)
     (145, f.ROW_REMAP_FAILURE),  # NVML_FI_DEV_REMAPPED_FAILURE
     (74, f.POWER_VIOLATION),  # NVML_FI_DEV_PERF_POLICY_POWER, ns
     (75, f.THERMAL_VIOLATION),  # NVML_FI_DEV_PERF_POLICY_THERMAL, ns
+    (230, f.GPU_RECOVERY_ACTION),  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (R565+)
     ((138, _ALL_LINKS), "nvlink_tx_kib"),  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
     ((139, _ALL_LINKS), "nvlink_rx_kib"),  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
 )
@@ -77,6 +91,14 @@ _DEVICE_DOWN = (
     "NVMLError_LibRmVersionMismatch",
 )
 _UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
+# A field id this driver does not know comes back per field; what it answers is not documented
+# (NOT_SUPPORTED or INVALID_ARGUMENT), so both mean "this GPU has no such field".
+_FIELD_UNSUPPORTED = (*_UNSUPPORTED, "NVMLError_InvalidArgument")
+# Errors on one value that will not change by asking again (counted once, then not asked again).
+_PERMANENT = ("NVMLError_NoPermission",)
+
+_REINIT_FIRST_S = 5.0
+_REINIT_MAX_S = 300.0
 
 _SIMULATE_HINT = "Use --simulate N or --scenario FILE to run a simulated fleet"
 _INIT_MESSAGES = {
@@ -97,21 +119,43 @@ def _handle_key(handle: Any) -> int:
         return id(handle)
 
 
+@dataclass
+class _EventSlot:
+    """One GPU's own NVML event set, registered for its current handle."""
+
+    event_set: Any
+    handle_key: int
+    generation: int
+
+
 class NvmlBackend:
-    def __init__(self, nvml: Any = None, gpm: bool = True) -> None:
+    def __init__(self, nvml: Any = None, gpm: bool = True, clock: Clock = time.monotonic,
+                 reinit_first_s: float = _REINIT_FIRST_S, reinit_max_s: float = _REINIT_MAX_S) -> None:
         self._module = nvml
         self._nvml: Any = None
+        self._mismatch: type[BaseException] | None = None
         self._use_gpm = gpm
+        self._clock = clock
         self._lock = threading.Lock()
+        self._events_lock = threading.Lock()
         self._opened = False
+        self._live = False  # nvmlInit done and not yet shut down
         self._idents: list[GpuIdentity] = []
         self._handles: list[Any] = []
+        self._fresh_ident: set[int] = set()
         self._unsupported: dict[int, set[str]] = {}
         self._logged: set[tuple[int, str, str]] = set()
         self._gpm_prev: dict[int, Any] = {}
+        self._nvlink_prev: dict[int, tuple[float, float]] = {}
         self._info = BackendInfo("nvml", "", "")
-        self._event_set: Any = None
-        self._event_index: dict[int, int] = {}
+        self._events: dict[int, _EventSlot] = {}
+        self._generation = 0
+        self._down: set[int] = set()
+        self._reinit_first_s = reinit_first_s
+        self._reinit_max_s = reinit_max_s
+        self._reinit_delay = reinit_first_s
+        self._next_reinit: float | None = None
+        self._released_until: float | None = None
         self._closed = threading.Event()
         self._shut_down = False
 
@@ -135,6 +179,8 @@ class NvmlBackend:
                     f"NVML: {_INIT_MESSAGES.get(name, f'initialisation failed: {exc}')}"
                 ) from exc
             self._nvml = nvml
+            self._mismatch = getattr(nvml, "NVMLLibraryMismatchError", None)
+            self._live = True
             self._info = BackendInfo("nvml", self._driver_version(), self._cuda_version())
             count = nvml.nvmlDeviceGetCount()
             for index in range(count):
@@ -144,7 +190,9 @@ class NvmlBackend:
                 self._handles.append(handle)
                 self._idents.append(ident)
                 self._unsupported[index] = set()
-            self._register_events()
+            for index, handle in enumerate(self._handles):
+                if handle is not None:
+                    self._register_device_events(index, handle)
             self._opened = True
 
     def _load(self) -> Any:
@@ -157,26 +205,105 @@ class NvmlBackend:
         return pynvml
 
     def close(self) -> None:
+        """Release every device handle, GPM sample and event set, and shut NVML down."""
         with self._lock:
             self._closed.set()
             self._shut_down = True
             if not self._opened:
                 return
-            nvml = self._nvml
-            for sample in self._gpm_prev.values():
-                self._quietly(nvml.nvmlGpmSampleFree, sample)
-            self._gpm_prev.clear()
-            if self._event_set is not None:
-                self._quietly(nvml.nvmlEventSetFree, self._event_set)
-                self._event_set = None
-            self._quietly(nvml.nvmlShutdown)
+            self._release_locked(free_events=True)
             self._opened = False
+
+    def release(self, hold_s: float) -> None:
+        """Let go of the GPUs for ``hold_s`` seconds (``nvidia-smi -r`` refuses to reset a GPU that
+        a process holds open, and an NVML client holds every GPU open): shut NVML down now, report
+        every GPU down meanwhile, then initialise again. Called on SIGUSR1."""
+        with self._lock:
+            if not self._opened or self._shut_down:
+                return
+            self._release_locked(free_events=False)
+            self._released_until = self._clock() + hold_s
+        log.warning("NVML released for %.0f s (SIGUSR1): GPUs can be reset now; they are reported down "
+                    "until NVML is initialised again", hold_s)
+
+    def _release_locked(self, free_events: bool) -> None:
+        """Free what NVML gave us and shut it down. Event sets are only freed at close, when the
+        XID threads have stopped: freeing a set another thread waits on is not safe, and NVML
+        frees them itself when it shuts down."""
+        nvml = self._nvml
+        for sample in self._gpm_prev.values():
+            self._quietly(nvml.nvmlGpmSampleFree, sample)
+        self._gpm_prev.clear()
+        self._nvlink_prev.clear()
+        with self._events_lock:
+            if free_events:
+                for slot in self._events.values():
+                    self._quietly(nvml.nvmlEventSetFree, slot.event_set)
+            self._events.clear()
+            self._generation += 1
+        self._handles = [None] * len(self._handles)
+        if self._live:
+            self._quietly(nvml.nvmlShutdown)
+            self._live = False
 
     def _quietly(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
         except self._nvml.NVMLError as exc:
             log.debug("NVML cleanup call %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+    def _recover(self) -> None:
+        """Bring NVML back when it was released and the hold is over, or when every GPU is down
+        and the backoff allows another try (after a driver reload only a new nvmlInit helps)."""
+        now = self._clock()
+        released = self._released_until is not None
+        if released:
+            if self._released_until is not None and now < self._released_until:
+                return
+        elif not self._idents or len(self._down) < len(self._idents):
+            return
+        elif self._next_reinit is None:
+            self._next_reinit = now + self._reinit_delay
+            return
+        elif now < self._next_reinit:
+            return
+        with self._lock:
+            if self._shut_down or (self._released_until is None and len(self._down) < len(self._idents)):
+                return
+            if self._released_until is None:
+                log.warning("every GPU is down: initialising NVML again")
+            self._reinit_locked(now)
+
+    def _reinit_locked(self, now: float) -> None:
+        nvml = self._nvml
+        if self._live:
+            self._release_locked(free_events=False)
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            self._next_reinit = now + self._reinit_delay
+            log.warning("NVML initialisation failed: %s; next try in %.0f s", exc, self._reinit_delay)
+            self._reinit_delay = min(self._reinit_delay * 2, self._reinit_max_s)
+            self._released_until = None
+            return
+        self._live = True
+        self._released_until = None
+        self._next_reinit = None
+        self._reinit_delay = self._reinit_first_s
+        self._info = BackendInfo("nvml", self._driver_version(), self._cuda_version())
+        for index in range(len(self._idents)):
+            self._unsupported[index] = set()
+            handle, ident = self._discover(index)
+            if handle is None:
+                continue
+            if ident != self._idents[index]:
+                log.warning("GPU %d is %s after NVML was initialised again (was %s)", index, ident.uuid,
+                            self._idents[index].uuid or "unidentified")
+                self._idents[index] = ident
+                self._fresh_ident.add(index)
+            self._handles[index] = handle
+            self._register_device_events(index, handle)
+        log.warning("NVML initialised again (driver %s)", self._info.driver_version)
 
     # -- GpuBackend -----------------------------------------------------------------------------
 
@@ -190,23 +317,53 @@ class NvmlBackend:
 
     def read(self, index: int) -> DeviceReading:
         self.open()
+        self._recover()
+        if self._released_until is not None:
+            self._down.add(index)
+            raise DeviceLost(f"GPU {index}: NVML is released for a GPU reset (SIGUSR1)")
+        try:
+            reading = self._read(index)
+        except DeviceLost:
+            self._down.add(index)
+            if len(self._down) == len(self._idents) and self._next_reinit is None:
+                self._next_reinit = self._clock() + self._reinit_delay  # the backoff starts now
+            raise
+        self._down.discard(index)
+        return reading
+
+    def _read(self, index: int) -> DeviceReading:
         nvml = self._nvml
         handle, identified = self._handle(index)
         values: dict[str, float] = {}
         errors: list[str] = []
+        unsupported = self._unsupported[index]
+        # AttributeError: an older nvidia-ml-py without the function.
+        caught: tuple[type[BaseException], ...] = (AttributeError, nvml.NVMLError)
+        if self._mismatch is not None:
+            caught = (*caught, self._mismatch)
 
-        def call(name: str, fn_name: str, *args: Any) -> Any:
-            if name in self._unsupported[index]:
+        def call(name: str, fn_names: str | tuple[str, ...], *args: Any) -> Any:
+            """Value ``name`` from the first of ``fn_names`` this driver and binding have."""
+            if name in unsupported:
                 return None
-            fn = getattr(nvml, fn_name, None)
-            if fn is None:  # an older nvidia-ml-py without this function
-                self._unsupported[index].add(name)
-                return None
-            try:
-                return fn(*args)
-            except nvml.NVMLError as exc:
-                self._on_error(index, name, exc, errors)
-                return None
+            for fn_name in (fn_names,) if isinstance(fn_names, str) else fn_names:
+                variant = f"{name}:{fn_name}"
+                if variant in unsupported:
+                    continue
+                fn = getattr(nvml, fn_name, None)
+                try:
+                    if fn is None:
+                        raise AttributeError(fn_name)
+                    return fn(*args)
+                except caught as exc:
+                    if isinstance(exc, nvml.NVMLError) and type(exc).__name__ != "NVMLError_FunctionNotFound":
+                        self._on_error(index, name, exc, errors)
+                        return None
+                    # The driver (or binding) lacks this variant: try the older one.
+                    unsupported.add(variant)
+                    log.debug("GPU %d: %s has no %s: %s", index, name, fn_name, exc)
+            unsupported.add(name)
+            return None
 
         util = call("utilization", "nvmlDeviceGetUtilizationRates", handle)
         if util is not None:
@@ -228,41 +385,52 @@ class NvmlBackend:
         milliwatts = call("power", "nvmlDeviceGetPowerUsage", handle)
         if milliwatts is not None:
             values[f.POWER_USAGE] = milliwatts / 1000.0
-        self._memory(index, handle, call, values)
-        reasons = call("clock_events", "nvmlDeviceGetCurrentClocksEventReasons", handle)
+        self._memory(handle, call, values)
+        # R535 renamed "throttle reasons" to "clocks event reasons"; older drivers have only the
+        # old symbol. Both DCGM names carry the same bitmask (dashboards of both generations).
+        reasons = call("clock_events", ("nvmlDeviceGetCurrentClocksEventReasons",
+                                        "nvmlDeviceGetCurrentClocksThrottleReasons"), handle)
         if reasons is not None:
             values[f.CLOCKS_EVENT_REASONS] = reasons
+            values[f.CLOCK_THROTTLE_REASONS] = reasons
         self._fields(index, handle, values, errors)
         if self._use_gpm:
             self._gpm(index, handle, call, values)
-        procs = call("processes", "nvmlDeviceGetComputeRunningProcesses", handle)
+        # _v3 (R510+), else _v2: the unversioned wrapper raises NVMLLibraryMismatchError instead.
+        procs = call("processes", ("nvmlDeviceGetComputeRunningProcesses_v3",
+                                   "nvmlDeviceGetComputeRunningProcesses_v2"), handle)
         processes = tuple(
             ProcessUsage(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
             for p in (procs or ())
         )
+        fresh = identified or index in self._fresh_ident
+        self._fresh_ident.discard(index)
         return DeviceReading(values=values, processes=processes, errors=tuple(errors),
-                             identity=self._idents[index] if identified else None)
+                             identity=self._idents[index] if fresh else None)
 
-    def wait_xid_events(self, timeout_s: float) -> list[XidEvent]:
+    def wait_xid_events(self, index: int, timeout_s: float) -> list[XidEvent]:
+        """Critical XIDs of GPU ``index``, from its own event set."""
         self.open()
         nvml = self._nvml
-        if self._event_set is None:
+        with self._events_lock:
+            slot = self._events.get(index)
+        if slot is None:  # down, released, or no events on this GPU: nothing to wait on
             self._closed.wait(timeout_s)
             return []
         events: list[XidEvent] = []
         wait_ms = max(0, int(timeout_s * 1000))
         while True:
             try:
-                data = nvml.nvmlEventSetWait_v2(self._event_set, wait_ms)
+                data = nvml.nvmlEventSetWait_v2(slot.event_set, wait_ms)
             except nvml.NVMLError_Timeout:
                 return events
-            # Any other NVMLError propagates: the sampler counts it and retries later.
+            except nvml.NVMLError as exc:
+                # A lost GPU makes its set answer GPU_IS_LOST to every wait: drop the set; it is
+                # created again when the GPU's handle is.
+                self._drop_event_slot(index, slot)
+                raise DeviceLost(f"GPU {index}: XID events: {exc}") from exc
             if data.eventType & _XID_CRITICAL:
-                index = self._event_index.get(_handle_key(data.device))
-                if index is None:
-                    index = self._index_of(data.device)
-                if index is not None:
-                    events.append(XidEvent(index, int(data.eventData)))
+                events.append(XidEvent(index, int(data.eventData)))
             wait_ms = 0  # drain what is already queued, then return
 
     # -- helpers --------------------------------------------------------------------------------
@@ -302,25 +470,30 @@ class NvmlBackend:
         except nvml.NVMLError as exc:
             raise DeviceLost(f"GPU {index}: {exc}") from exc
         self._handles[index] = handle
+        self._register_device_events(index, handle)
         return handle, False
 
-    def _on_error(self, index: int, name: str, exc: Exception, errors: list[str]) -> None:
+    def _on_error(self, index: int, name: str, exc: Exception, errors: list[str],
+                  unsupported_kinds: tuple[str, ...] = _UNSUPPORTED) -> None:
         kind = type(exc).__name__
-        if kind in _UNSUPPORTED:
+        if kind in unsupported_kinds:
             self._unsupported[index].add(name)
             log.debug("GPU %d: %s not supported", index, name)
             return
         if kind in _DEVICE_DOWN:
             self._handles[index] = None
             self._gpm_prev.pop(index, None)
+            self._nvlink_prev.pop(index, None)
             raise DeviceLost(f"GPU {index}: {name}: {exc}") from exc
         errors.append("nvml_error")
         key = (index, name, kind)
+        if kind in _PERMANENT:
+            self._unsupported[index].add(name)
         if key not in self._logged:
             self._logged.add(key)
             log.warning("GPU %d: reading %s failed: %s (logged once)", index, name, exc)
 
-    def _memory(self, index: int, handle: Any, call: Callable[..., Any], values: dict[str, float]) -> None:
+    def _memory(self, handle: Any, call: Callable[..., Any], values: dict[str, float]) -> None:
         version = getattr(self._nvml, "nvmlMemory_v2", None)
         mem = call("memory_v2", "nvmlDeviceGetMemoryInfo", handle, version) if version else None
         if mem is not None:
@@ -343,17 +516,40 @@ class NvmlBackend:
             self._on_error(index, "field_values", exc, errors)
             return
         raw: dict[str, float] = {}
+        stamp_us = 0
         for (_, name), result in zip(wanted, results, strict=False):
             code = int(result.nvmlReturn)
             if code == nvml.NVML_SUCCESS:
                 raw[name] = _field_value(nvml, result)
+                stamp_us = max(stamp_us, int(getattr(result, "timestamp", 0) or 0))
                 continue
-            self._on_error(index, f"field:{name}", nvml.NVMLError(code), errors)
-        if "nvlink_tx_kib" in raw and "nvlink_rx_kib" in raw:
-            values[f.NVLINK_BANDWIDTH_TOTAL] = raw.pop("nvlink_tx_kib") + raw.pop("nvlink_rx_kib")
-        raw.pop("nvlink_tx_kib", None)
-        raw.pop("nvlink_rx_kib", None)
+            self._on_error(index, f"field:{name}", nvml.NVMLError(code), errors, _FIELD_UNSUPPORTED)
+        tx, rx = raw.pop("nvlink_tx_kib", None), raw.pop("nvlink_rx_kib", None)
+        if tx is not None and rx is not None:
+            values[f.NVLINK_TX_BYTES] = tx * KIB
+            values[f.NVLINK_RX_BYTES] = rx * KIB
+            rate = self._nvlink_rate(index, tx + rx, stamp_us)
+            if rate is not None:
+                values[f.NVLINK_BANDWIDTH_TOTAL] = rate
         values.update(raw)
+
+    def _nvlink_rate(self, index: int, total_kib: float, stamp_us: int) -> float | None:
+        """DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL as DCGM computes it (DcgmCacheManager
+        ReadAndCacheNvLinkBandwidth): the change of NVML's cumulative TX+RX KiB counters between
+        two reads, per second of the fields' own timestamps, divided by 1000 ("MB/s"), truncated
+        to an integer; 0 while the counters are 0. Absent on the first read (nothing to compare
+        with) and after a counter reset."""
+        now = stamp_us / 1e6 if stamp_us else self._clock()
+        previous = self._nvlink_prev.get(index)
+        self._nvlink_prev[index] = (total_kib, now)
+        if total_kib == 0:
+            return 0.0
+        if previous is None:
+            return None
+        delta, seconds = total_kib - previous[0], now - previous[1]
+        if delta < 0 or seconds <= 0:
+            return None
+        return float(int(delta / seconds / 1000.0))
 
     def _gpm(self, index: int, handle: Any, call: Callable[..., Any], values: dict[str, float]) -> None:
         """Profiling ratios from two GPM samples: the previous read's and this one's."""
@@ -390,33 +586,38 @@ class NvmlBackend:
             if int(metric.nvmlReturn) == nvml.NVML_SUCCESS:
                 values[name] = float(metric.value) * scale
 
-    def _register_events(self) -> None:
-        nvml = self._nvml
-        try:
-            self._event_set = nvml.nvmlEventSetCreate()
-        except nvml.NVMLError as exc:
-            log.warning("NVML events unavailable, XIDs will not be counted: %s", exc)
-            self._event_set = None
-            return
-        for index, handle in enumerate(self._handles):
-            if handle is not None:
-                self._register_device_events(index, handle)
-
     def _register_device_events(self, index: int, handle: Any) -> None:
+        """Give GPU ``index`` its own event set for ``handle`` (replacing a set registered for an
+        older handle of it)."""
         nvml = self._nvml
-        if self._event_set is None:
+        if "xid_events" in self._unsupported.get(index, ()):
             return
-        try:
-            nvml.nvmlDeviceRegisterEvents(handle, _XID_CRITICAL, self._event_set)
-            self._event_index[_handle_key(handle)] = index
-        except nvml.NVMLError as exc:
-            log.warning("GPU %d: XID events not available: %s", index, exc)
+        key = _handle_key(handle)
+        with self._events_lock:
+            old = self._events.pop(index, None)
+            if old is not None and old.generation == self._generation:
+                self._quietly(nvml.nvmlEventSetFree, old.event_set)
+            try:
+                event_set = nvml.nvmlEventSetCreate()
+            except nvml.NVMLError as exc:
+                log.warning("GPU %d: NVML events unavailable, XIDs will not be counted: %s", index, exc)
+                return
+            try:
+                nvml.nvmlDeviceRegisterEvents(handle, _XID_CRITICAL, event_set)
+            except nvml.NVMLError as exc:
+                self._quietly(nvml.nvmlEventSetFree, event_set)
+                if type(exc).__name__ in _UNSUPPORTED:
+                    self._unsupported.setdefault(index, set()).add("xid_events")
+                log.warning("GPU %d: XID events not available: %s", index, exc)
+                return
+            self._events[index] = _EventSlot(event_set, key, self._generation)
 
-    def _index_of(self, handle: Any) -> int | None:
-        try:
-            return int(self._nvml.nvmlDeviceGetIndex(handle))
-        except self._nvml.NVMLError:
-            return None
+    def _drop_event_slot(self, index: int, slot: _EventSlot) -> None:
+        with self._events_lock:
+            if self._events.get(index) is slot:
+                del self._events[index]
+                if slot.generation == self._generation:
+                    self._quietly(self._nvml.nvmlEventSetFree, slot.event_set)
 
     def _driver_version(self) -> str:
         try:

@@ -63,7 +63,7 @@ class Sampler:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._first_read = {index: threading.Event() for index in self._states}
-        self._xid_error_logged = False
+        self._xid_error_logged: set[int] = set()
 
     # -- one unit of work each; the threads loop over these, tests call them directly --------
 
@@ -100,15 +100,21 @@ class Sampler:
             self._jobs[index] = jobs
         self._first_read[index].set()
 
-    def poll_xids_once(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for XID events and record them; returns how many came."""
+    def poll_xids_once(self, index: int, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for XID events of GPU ``index`` and record them; returns how
+        many came."""
         try:
-            events = self.backend.wait_xid_events(timeout_s)
+            events = self.backend.wait_xid_events(index, timeout_s)
+        except DeviceLost:
+            # The GPU is lost (its reads say so and count it); its event stream comes back with it.
+            self._stop.wait(self.interval_s)
+            return 0
         except Exception as exc:  # noqa: BLE001 - the event stream failing must not stop collection
-            self._count_other("xid_events")
-            if not self._xid_error_logged:
-                self._xid_error_logged = True
-                log.warning("XID event stream failed (XIDs are not counted until it recovers): %s", exc)
+            self._count_error(index, "xid_events")
+            if index not in self._xid_error_logged:
+                self._xid_error_logged.add(index)
+                log.warning("GPU %d: XID event stream failed (its XIDs are not counted until it "
+                            "recovers): %s", index, exc)
             self._stop.wait(self.interval_s)
             return 0
         for event in events:
@@ -165,7 +171,7 @@ class Sampler:
         GPU's first reading so the first scrape already has values."""
         for index in self._states:
             self._spawn(f"gpu-{index}", self._device_loop, index)
-        self._spawn("gpu-xid", self._xid_loop)
+            self._spawn(f"gpu-{index}-xid", self._xid_loop, index)
         if wait_first_s:
             deadline = time.monotonic() + wait_first_s
             for event in self._first_read.values():
@@ -193,10 +199,11 @@ class Sampler:
             self.collect_once(index)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - start)))
 
-    def _xid_loop(self) -> None:
+    def _xid_loop(self, index: int) -> None:
         while not self._stop.is_set():
-            self.poll_xids_once(XID_WAIT_S)
+            self.poll_xids_once(index, XID_WAIT_S)
 
-    def _count_other(self, reason: str) -> None:
+    def _count_error(self, index: int, reason: str) -> None:
         with self._lock:
-            self._other_errors[reason] = self._other_errors.get(reason, 0) + 1
+            errors = self._states[index].errors
+            errors[reason] = errors.get(reason, 0) + 1

@@ -45,6 +45,7 @@ _FAKE_PID_BASE = 4_000_000  # above the default pid_max, so never a real process
 _POWER_BITS = f.CLOCK_EVENT_BITS["sw_power_cap"] | f.CLOCK_EVENT_BITS["hw_power_brake_slowdown"]
 _THERMAL_BITS = f.CLOCK_EVENT_BITS["hw_thermal_slowdown"] | f.CLOCK_EVENT_BITS["sw_thermal_slowdown"]
 FaultT = TypeVar("FaultT")
+_NVLINK_BYTES_PER_S = 120e9  # TX + RX of a busy GPU
 
 
 def _on(scenario: Scenario, kind: type[FaultT], index: int) -> list[FaultT]:
@@ -128,7 +129,7 @@ class SimulatedBackend:
             dt = 0.0 if c.last_t is None else max(0.0, now - c.last_t)
             c.last_t = now
             c.energy_mj += power_w * dt * 1000
-            c.nvlink_kib += util / 100 * 120e9 * dt / 1024
+            c.nvlink_kib += util / 100 * _NVLINK_BYTES_PER_S * dt / 1024
             if throttle & _POWER_BITS:
                 c.power_violation_ns += dt * 1e9
             if throttle & _THERMAL_BITS:
@@ -163,8 +164,14 @@ class SimulatedBackend:
             f.ROW_REMAP_FAILURE: 0,
             f.CORRECTABLE_REMAPPED_ROWS: 0,
             f.UNCORRECTABLE_REMAPPED_ROWS: dbe,
-            f.NVLINK_BANDWIDTH_TOTAL: round(counters.nvlink_kib),
+            f.ROW_REMAP_PENDING: 1 if dbe else 0,
+            f.GPU_RECOVERY_ACTION: 1 if dbe else 0,  # a double-bit error asks for a GPU reset
+            # As DCGM: the per-second change of the KiB counters / 1000 ("MB/s"), an integer.
+            f.NVLINK_BANDWIDTH_TOTAL: float(int(util / 100 * _NVLINK_BYTES_PER_S / 1024 / 1000)),
+            f.NVLINK_TX_BYTES: round(counters.nvlink_kib / 2) * 1024,
+            f.NVLINK_RX_BYTES: round(counters.nvlink_kib / 2) * 1024,
             f.CLOCKS_EVENT_REASONS: throttle,
+            f.CLOCK_THROTTLE_REASONS: throttle,
             f.POWER_VIOLATION: round(counters.power_violation_ns),
             f.THERMAL_VIOLATION: round(counters.thermal_violation_ns),
             f.PROF_GR_ENGINE_ACTIVE: round(busy * 0.97, 4),
@@ -183,14 +190,14 @@ class SimulatedBackend:
                 values.pop(unsupported.field, None)
         return DeviceReading(values=values, processes=tuple(processes))
 
-    def wait_xid_events(self, timeout_s: float) -> list[XidEvent]:
-        events = self._due_xids()
+    def wait_xid_events(self, index: int, timeout_s: float) -> list[XidEvent]:
+        events = self._due_xids(index)
         if events or timeout_s <= 0:
             return events
         # Poll a few times a second: a fault added by rewriting the file shows up quickly, and
         # close() wakes the wait at once.
         self._wake.wait(min(timeout_s, 0.25))
-        return [] if self._closed else self._due_xids()
+        return [] if self._closed else self._due_xids(index)
 
     def close(self) -> None:
         self._closed = True
@@ -203,7 +210,7 @@ class SimulatedBackend:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _due_xids(self) -> list[XidEvent]:
+    def _due_xids(self, index: int) -> list[XidEvent]:
         scenario = self.source.current()
         now = self.clock()
         events: list[XidEvent] = []
@@ -214,7 +221,7 @@ class SimulatedBackend:
                     continue
                 key = (fault.id, fault.gpu, fault.xid, fault.count, fault.at)
                 present.add(key)
-                if key in self._fired or not self._reached(fault.at, now):
+                if fault.gpu != index or key in self._fired or not self._reached(fault.at, now):
                     continue
                 self._fired.add(key)
                 events += [XidEvent(fault.gpu, fault.xid)] * fault.count

@@ -59,7 +59,7 @@ def test_simulate_8_serves_every_metric_for_8_gpus(spawn: Spawn) -> None:
     _, base = start(spawn, "--simulate", "8", "--hostname", "node1")
     text = scrape(base)
     for spec in FIELDS:
-        series = by_name(text, spec.name)
+        series = by_name(text, f"{spec.name}_total" if spec.kind == "counter" else spec.name)
         assert sorted(s.labels["gpu"] for s in series) == [str(i) for i in range(8)], spec.name
     for name in ("jobsight_gpu_up", "jobsight_gpu_info", "DCGM_FI_DEV_XID_ERRORS", "jobsight_gpu_job_info"):
         assert len(by_name(text, name)) == 8, name

@@ -57,7 +57,9 @@ def build(backend: GpuBackend, job_map: Path | None = None, proc: Path = GPU_FIX
           stale_after_s: float = 10.0, interval_s: float = 1.0) -> Parts:
     backend.open()
     ledger = XidLedger()
-    attributor = JobAttributor(JobMapDir(job_map) if job_map else None, ProcessJobResolver(proc),
+    # trust_environment: the fixture's PID 2101 names its job only in JOBSIGHT_JOB_ID.
+    attributor = JobAttributor(JobMapDir(job_map) if job_map else None,
+                               ProcessJobResolver(proc, trust_environment=True),
                                clock=time.monotonic, map_ttl_s=0.0)
     sampler = Sampler(backend, attributor, ledger, interval_s=interval_s, stale_after_s=stale_after_s)
     registry = CollectorRegistry(auto_describe=False)
@@ -78,7 +80,7 @@ def test_nvml_values_carry_dcgm_labels() -> None:
     assert parts.value("DCGM_FI_DEV_GPU_UTIL", **labels) == 87
     assert parts.value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", **labels) == 123_456_789
     assert parts.value("jobsight_gpu_up", **labels) == 1
-    assert parts.value("jobsight_gpu_info", **labels, driver_version="550.90.07", cuda_version="12.4",
+    assert parts.value("jobsight_gpu_info", **labels, driver_version="570.133.20", cuda_version="12.8",
                        backend="nvml") == 1
     assert parts.value("DCGM_FI_DEV_XID_ERRORS", **labels) == 0
     text = parts.text()
@@ -134,7 +136,7 @@ def test_lost_gpu_is_down_and_the_other_keeps_serving() -> None:
             "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1"}
     assert parts.value("jobsight_gpu_up", **gpu1) == 0
     assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1) is None
-    assert parts.value("jobsight_gpu_info", **gpu1, driver_version="550.90.07", cuda_version="12.4",
+    assert parts.value("jobsight_gpu_info", **gpu1, driver_version="570.133.20", cuda_version="12.8",
                        backend="nvml") == 1
     assert parts.value("jobsight_gpu_collect_errors_total", Hostname="node1", gpu="1", reason="gpu_lost") == 1
     assert parts.value("DCGM_FI_DEV_GPU_UTIL", **{**gpu1, "gpu": "0", "UUID": UUID0,
@@ -150,7 +152,7 @@ def test_xid_events_feed_the_counter_and_the_last_value_gauge() -> None:
     parts = build(NvmlBackend(nvml=fake))
     read_all(parts)
     fake.xid_queue.extend([(1, 79), (1, 48), (1, 79)])
-    assert parts.sampler.poll_xids_once(0.0) == 3
+    assert parts.sampler.poll_xids_once(1, 0.0) == 3
     labels = {"gpu": "1", "UUID": UUID1, "pci_bus_id": "00000000:2A:00.0", "device": "nvidia1",
               "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1"}
     assert parts.value("jobsight_gpu_xid_errors_total", **labels, xid="79") == 2
@@ -187,8 +189,8 @@ class HangingBackend:
             self.release.wait(30)
         return self.inner.read(index)
 
-    def wait_xid_events(self, timeout_s: float) -> list[XidEvent]:
-        return self.inner.wait_xid_events(timeout_s)
+    def wait_xid_events(self, index: int, timeout_s: float) -> list[XidEvent]:
+        return self.inner.wait_xid_events(index, timeout_s)
 
     def close(self) -> None:
         self.release.set()
@@ -249,7 +251,7 @@ def test_simulated_exposition_passes_promtool() -> None:
     scenario = default_scenario(8).with_faults(XidFault(gpu=3, xid=79), GpuLostFault(gpu=5))
     parts = build(SimulatedBackend(FixedScenario(scenario), hostname="node1"))
     read_all(parts)
-    parts.sampler.poll_xids_once(0)
+    parts.sampler.poll_xids_once(3, 0)
     text = parts.text()
     allowed = promtool_check_metrics(text, allow=PROMTOOL_ALLOW)
     assert allowed and all(any(word in line for word in PROMTOOL_ALLOW) for line in allowed)

@@ -28,7 +28,7 @@ def test_identity_and_info_come_from_nvml() -> None:
     ]
     assert idents[0].model_name == "NVIDIA H100 80GB HBM3"
     info = backend.info()
-    assert (info.backend, info.driver_version, info.cuda_version) == ("nvml", "550.90.07", "12.4")
+    assert (info.backend, info.driver_version, info.cuda_version) == ("nvml", "570.133.20", "12.8")
 
 
 def test_read_converts_units_to_dcgm() -> None:
@@ -50,7 +50,10 @@ def test_read_converts_units_to_dcgm() -> None:
     assert values[f.ECC_DBE_VOL] == 1 and values[f.ECC_SBE_AGG] == 50
     assert values[f.UNCORRECTABLE_REMAPPED_ROWS] == 1 and values[f.ROW_REMAP_FAILURE] == 0
     assert values[f.POWER_VIOLATION] == 1_000_000 and values[f.THERMAL_VIOLATION] == 2_000_000
-    assert values[f.NVLINK_BANDWIDTH_TOTAL] == 4000  # TX + RX over all links
+    assert f.NVLINK_BANDWIDTH_TOTAL not in values  # a rate: nothing to compare with yet
+    assert values[f.NVLINK_TX_BYTES] == 1000 * 1024 and values[f.NVLINK_RX_BYTES] == 3000 * 1024
+    assert values[f.ROW_REMAP_PENDING] == 0 and values[f.GPU_RECOVERY_ACTION] == 0
+    assert values[f.CLOCK_THROTTLE_REASONS] == 0x4
     # One batched field-values call per read, not one call per field.
     assert fake.calls["nvmlDeviceGetFieldValues"] == 1
 
@@ -94,7 +97,7 @@ def test_not_supported_is_absent_and_not_asked_again() -> None:
         assert reading.errors == ()  # unsupported is a fact, not an error
     assert fake.calls["nvmlDeviceGetEncoderUtilization"] == 1
     # The unsupported field is dropped from later batches.
-    requested_first = 14
+    requested_first = 16
     assert fake.calls["fields_requested"] == requested_first + 2 * (requested_first - 1)
     # The other GPU still has both.
     assert f.ENC_UTIL in backend.read(1).values
@@ -181,9 +184,11 @@ def test_xid_events_are_mapped_to_the_gpu_index() -> None:
     fake = FakeNvml(two_gpus())
     backend = open_backend(fake)
     assert sorted(fake.registered) == [0, 1]
-    assert backend.wait_xid_events(0.0) == []
+    assert len(fake.event_sets) == 2  # one event set per GPU
+    assert backend.wait_xid_events(0, 0.0) == []
     fake.xid_queue.extend([(1, 79), (0, 13), (1, 79)])
-    assert backend.wait_xid_events(0.1) == [XidEvent(1, 79), XidEvent(0, 13), XidEvent(1, 79)]
+    assert backend.wait_xid_events(1, 0.1) == [XidEvent(1, 79), XidEvent(1, 79)]
+    assert backend.wait_xid_events(0, 0.1) == [XidEvent(0, 13)]
     backend.close()
     assert fake.event_set_freed
 

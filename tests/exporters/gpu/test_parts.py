@@ -47,7 +47,9 @@ def test_job_map_is_reread_after_its_ttl(tmp_path: Path) -> None:
 
 
 def test_processes_of_two_jobs_share_a_gpu() -> None:
-    attributor = JobAttributor(None, ProcessJobResolver(FIXTURES / "gpu" / "proc"), Clock())
+    # trust_environment: the fixture's PID 2101 names its job only in JOBSIGHT_JOB_ID.
+    attributor = JobAttributor(None, ProcessJobResolver(FIXTURES / "gpu" / "proc", trust_environment=True),
+                               Clock())
     jobs = attributor.attribute(GPU1, [ProcessUsage(2101, 3), ProcessUsage(2102, 4), ProcessUsage(2101, 5),
                                        ProcessUsage(99999, 7), ProcessUsage(1, 1, job_id="bad id")])
     assert jobs.jobs == ("4711", "train-42")
@@ -63,7 +65,7 @@ def test_job_map_fixture_uuid_file_wins_over_index_file() -> None:
 
 
 class FailingEvents(NvmlBackend):
-    def wait_xid_events(self, timeout_s: float) -> list[XidEvent]:
+    def wait_xid_events(self, index: int, timeout_s: float) -> list[XidEvent]:
         raise RuntimeError("event set broke")
 
 
@@ -72,9 +74,9 @@ def test_a_failing_xid_stream_is_counted_not_fatal(tmp_path: Path) -> None:
     backend.open()
     attributor = JobAttributor(None, ProcessJobResolver(tmp_path), Clock())
     sampler = Sampler(backend, attributor, XidLedger(), interval_s=0.01)
-    assert sampler.poll_xids_once(0) == 0
-    assert sampler.poll_xids_once(0) == 0
-    assert sampler.other_errors() == {"xid_events": 2}
+    assert sampler.poll_xids_once(0, 0) == 0
+    assert sampler.poll_xids_once(0, 0) == 0
+    assert sampler.views()[0].errors == {"xid_events": 2}
     sampler.collect_once(0)
     assert sampler.views()[0].up
 

@@ -46,7 +46,7 @@ def test_real_backend_reads_sane_values() -> None:
             for name in f.PROFILING_FIELDS:
                 if name in values and "BYTES" not in name:
                     assert 0 <= values[name] <= 1, name
-        assert backend.wait_xid_events(0.1) == []
+        assert backend.wait_xid_events(idents[0].index, 0.1) == []
     finally:
         backend.close()
 

@@ -169,11 +169,12 @@ def test_xids_fire_once_at_their_time() -> None:
     clock = StepClock()
     faults: list[AnyFault] = [XidFault(gpu=1, xid=79), XidFault(gpu=0, xid=48, at=at(30), count=2)]
     backend = backend_for(Scenario(gpus=2, faults=faults), clock)
-    assert backend.wait_xid_events(0) == [XidEvent(1, 79)]
-    assert backend.wait_xid_events(0) == []
+    assert backend.wait_xid_events(0, 0) == []  # each GPU's stream has only its own XIDs
+    assert backend.wait_xid_events(1, 0) == [XidEvent(1, 79)]
+    assert backend.wait_xid_events(1, 0) == []
     clock.now += 30
-    assert backend.wait_xid_events(0) == [XidEvent(0, 48), XidEvent(0, 48)]
-    assert backend.wait_xid_events(0) == []
+    assert backend.wait_xid_events(0, 0) == [XidEvent(0, 48), XidEvent(0, 48)]
+    assert backend.wait_xid_events(0, 0) == []
 
 
 def test_xid_injected_by_rewriting_the_file(tmp_path: Path) -> None:
@@ -181,18 +182,18 @@ def test_xid_injected_by_rewriting_the_file(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "gpu" / "scenarios" / "lost-gpu.yaml", path)
     source = ScenarioFile(path)
     backend = SimulatedBackend(source, clock=StepClock())
-    assert backend.wait_xid_events(0) == [XidEvent(5, 79)]
+    assert backend.wait_xid_events(5, 0) == [XidEvent(5, 79)]
     write_scenario(path, source.current().with_faults(XidFault(gpu=3, xid=79)))
-    assert backend.wait_xid_events(0) == [XidEvent(3, 79)]
+    assert backend.wait_xid_events(3, 0) == [XidEvent(3, 79)]
     # Rewriting the file with the same faults does not fire them again...
     write_scenario(path, source.current().model_copy())
-    assert backend.wait_xid_events(0) == []
+    assert backend.wait_xid_events(3, 0) == []
     # ...a second identical XID needs its own id.
     write_scenario(path, source.current().with_faults(XidFault(gpu=3, xid=79, id="second")))
-    assert backend.wait_xid_events(0) == [XidEvent(3, 79)]
+    assert backend.wait_xid_events(3, 0) == [XidEvent(3, 79)]
 
 
 def test_wait_blocks_briefly_and_close_wakes_it() -> None:
     backend = backend_for(Scenario(gpus=1), StepClock())
     backend.close()
-    assert backend.wait_xid_events(30.0) == []  # returns at once once closed
+    assert backend.wait_xid_events(0, 30.0) == []  # returns at once once closed
