@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
+from exporters.node import _files, processes
 from exporters.node.cgroups import find_job_cgroups, read_cgroup
 from exporters.node.jobs import JobsCollector
 from exporters.node.processes import parse_io, parse_stat, parse_vmrss
@@ -249,3 +252,45 @@ def test_an_old_process_without_a_job_is_not_asked_again(tmp_path: Path) -> None
     # Same start time, past the young window: its answer stays (an environment does not change
     # without an exec, and exec happens right after fork).
     assert "6000" not in _jobs(samples(scrape({"jobs": collector})), "jobsight_job_processes")
+
+
+def test_by_default_only_the_processes_of_job_cgroups_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cost follows job processes: with job cgroups mounted and the environment not trusted,
+    no other PID's files are opened, however many there are."""
+    procfs, sysfs = copy_fixtures(tmp_path)
+    for pid in range(10000, 10200):  # a crowd of unrelated processes
+        shutil.copytree(procfs / "4400", procfs / str(pid))
+    opened: list[str] = []
+    real = _files.read_bytes
+
+    def spy(path: str, limit: int = 16 * 1024 * 1024) -> bytes:
+        opened.append(path)
+        return real(path, limit)
+
+    monkeypatch.setattr(processes, "read_bytes", spy)
+    collector = JobsCollector(str(procfs), str(sysfs))
+    for _ in range(2):
+        found = samples(scrape({"jobs": collector}))
+        assert _jobs(found, "jobsight_job_processes") == {"4800": 3}
+    read_pids = {Path(path).parent.name for path in opened}
+    assert read_pids == {"4300", "4301", "4302"}  # 4302 is listed in cgroup.procs but has exited
+
+    opened.clear()
+    trusting = JobsCollector(str(procfs), str(sysfs), trust_environment=True)
+    scrape({"jobs": trusting})
+    assert "10000" in {Path(path).parent.name for path in opened}  # the opt-in walks every PID
+
+
+def test_kernel_threads_are_skipped_without_asking_for_their_job(tmp_path: Path) -> None:
+    procfs, sysfs = copy_fixtures(tmp_path)
+    stat = procfs / "4400" / "stat"
+    head, _, rest = stat.read_text().partition(") ")
+    fields = rest.split()
+    fields[6] = str(int(fields[6]) | 0x00200000)  # field 9, flags: PF_KTHREAD
+    stat.write_text(f"{head}) {' '.join(fields)}\n")
+    (procfs / "4400" / "environ").write_bytes(b"JOBSIGHT_JOB_ID=6000\0")
+    found = samples(scrape({"jobs": JobsCollector(str(procfs), str(sysfs), trust_environment=True)}))
+    assert "6000" not in _jobs(found, "jobsight_job_processes")
+    assert _jobs(found, "jobsight_job_processes")["4711"] == 2  # user processes still resolved
