@@ -188,12 +188,19 @@ class JobService:
         if existing is not None and not caller.all_tenants and existing.tenant != caller.tenant:
             # Same answer as for a job that does not exist: ids of other tenants stay hidden.
             raise NotFound(job_id)
+        given = body.model_fields_set
+
+        def kept(field: str, value: Any) -> Any:
+            # What the tenant annotated survives a scheduler's update that does not mention it.
+            return getattr(existing, field) if existing is not None and field not in given else value
+
         job = Job(
-            job_id=job_id, tenant=tenant, name=body.name, user=body.user, scheduler=body.scheduler,
-            nodes=list(dict.fromkeys(body.nodes)), gpus=[g.model_dump() for g in body.gpus],
-            started_at=ts(body.started_at), ended_at=ts(body.ended_at), status=body.status,
-            exit_code=body.exit_code, reason=body.reason, tensorboard_logdir=body.tensorboard_logdir,
-            labels=dict(body.labels),
+            job_id=job_id, tenant=tenant, name=kept("name", body.name), user=body.user,
+            scheduler=body.scheduler, nodes=list(dict.fromkeys(body.nodes)),
+            gpus=[g.model_dump() for g in body.gpus], started_at=ts(body.started_at),
+            ended_at=ts(body.ended_at), status=body.status, exit_code=body.exit_code, reason=body.reason,
+            tensorboard_logdir=kept("tensorboard_logdir", body.tensorboard_logdir),
+            labels=dict(kept("labels", body.labels)),
         )
         result = self.store.upsert_job(job, notify_targets=len(self.settings.notify.get(tenant, [])))
         if result.created:
