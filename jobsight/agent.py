@@ -65,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
     parts: list[ExporterParts] = []
     try:
         for name in enabled:
-            parts.append(clis[name].build(args))
+            # A node without a usable NVIDIA driver (CPU-only, or the driver loads later) still
+            # gets its node and RDMA metrics: the GPU part waits for NVML in the background.
+            if name == "gpu":
+                parts.append(clis[name].build(args, wait_for_driver=True))
+            else:
+                parts.append(clis[name].build(args))
     except BaseException:
         for part in parts:
             part.close()

@@ -79,15 +79,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read NVML GPM profiling metrics, DCGM_FI_PROF_* (default: enabled)",
     )
     parser.add_argument(
+        "--collector.gpu.hostname-label", dest="gpu_hostname_label", choices=("Hostname", "hostname"),
+        default="Hostname",
+        help="name of the host label on GPU series: dcgm-exporter <= 4.8.2 says Hostname, 4.8.3 and later "
+        "hostname (default Hostname, the name jobsight's rules, dashboards and API join on)",
+    )
+    parser.add_argument(
+        "--collector.gpu.hpc-job-label", dest="gpu_hpc_job_label", action="store_true", default=False,
+        help="also copy every DCGM series once per job on the GPU with an hpc_job label, as dcgm-exporter's "
+        "--hpc-job-mapping-dir does (multiplies series by jobs; default: off, join jobsight_gpu_job_info)",
+    )
+    parser.add_argument(
+        "--wait-for-driver", dest="gpu_wait_for_driver", action="store_true", default=False,
+        help="when NVML cannot be used yet (no driver loaded), serve jobsight_gpu_backend_up 0 and keep "
+        "trying in the background instead of exiting 3 (always on in `jobsight agent`)",
+    )
+    parser.add_argument(
         "--collector.gpu.release-hold", dest="gpu_release_hold", type=float, metavar="SECONDS", default=120.0,
         help="on SIGUSR1, let go of NVML for this long so that `nvidia-smi -r` can reset a GPU (default 120)",
     )
 
 
-def build(args: argparse.Namespace) -> ExporterParts:
+def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> ExporterParts:
     """The GPU exporter's collectors (named ``gpu``, prefix ``jobsight``), health check and
     close; starts the background threads. Raises ConfigError for bad flags or a bad scenario and
-    BackendUnavailable when NVML cannot be used and no simulation was asked for."""
+    BackendUnavailable when NVML cannot be used and no simulation was asked for, unless
+    ``wait_for_driver`` (default: ``--wait-for-driver``): then the GPU part waits for NVML in the
+    background and serves ``jobsight_gpu_backend_up 0`` meanwhile."""
     import time
 
     from exporters.gpu.attribution import JobAttributor
@@ -97,8 +115,9 @@ def build(args: argparse.Namespace) -> ExporterParts:
     from exporters.gpu.sampler import Sampler
     from exporters.gpu.scenario import FixedScenario, ScenarioFile, default_scenario
     from exporters.gpu.simulated import SimulatedBackend
+    from exporters.gpu.waiting import DriverWait, Running
     from exporters.gpu.xid import XidLedger
-    from jobsight.errors import ConfigError
+    from jobsight.errors import BackendUnavailable, ConfigError
     from jobsight.host import host_key
     from jobsight.identity import JobMapDir, ProcessJobResolver
     from jobsight.serving import Collector, ExporterParts
@@ -112,10 +131,17 @@ def build(args: argparse.Namespace) -> ExporterParts:
             f"--collector.gpu.stale-after ({stale_after}s) must be at least twice "
             f"--collector.gpu.interval ({interval}s)"
         )
+    release_hold = float(args.gpu_release_hold)
+    if not 0 < release_hold <= 3600:
+        raise ConfigError(f"--collector.gpu.release-hold: {release_hold} is outside 0-3600 seconds")
+    if wait_for_driver is None:
+        wait_for_driver = bool(args.gpu_wait_for_driver)
 
     extra: list[Collector] = []
     backend: GpuBackend
     hostname = args.hostname
+    host_label = str(args.gpu_hostname_label)
+    restore_signal: Callable[[], None] | None = None
     if args.scenario is not None:
         source = ScenarioFile(args.scenario)
         hostname = hostname or source.current().hostname or host_key()
@@ -129,19 +155,42 @@ def build(args: argparse.Namespace) -> ExporterParts:
         backend = SimulatedBackend(FixedScenario(default_scenario(int(args.simulate))), hostname=hostname)
     else:
         hostname = host_key(hostname)
-        backend = NvmlBackend(gpm=bool(args.gpu_gpm))
-    backend.open()
+        nvml = NvmlBackend(gpm=bool(args.gpu_gpm))
+        restore_signal = install_release_signal(nvml, release_hold)
+        backend = nvml
 
-    ledger = XidLedger()
-    attributor = JobAttributor(
-        JobMapDir(args.job_map_dir), ProcessJobResolver(args.path_procfs), clock=time.monotonic,
-        map_ttl_s=interval,
-    )
-    sampler = Sampler(backend, attributor, ledger, interval_s=interval, stale_after_s=stale_after)
-    sampler.start(wait_first_s=min(stale_after, 5.0))
-    collector = GpuCollector(sampler, ledger, backend.info(), hostname, extra=extra)
-    return ExporterParts(collectors={"gpu": collector}, prefix="jobsight", health=sampler.health,
-                         close=sampler.close)
+    def start(opened: GpuBackend) -> Running:
+        ledger = XidLedger()
+        attributor = JobAttributor(
+            JobMapDir(args.job_map_dir), ProcessJobResolver(args.path_procfs), clock=time.monotonic,
+            map_ttl_s=interval,
+        )
+        sampler = Sampler(opened, attributor, ledger, interval_s=interval, stale_after_s=stale_after)
+        sampler.start(wait_first_s=min(stale_after, 5.0))
+        collector = GpuCollector(sampler, ledger, opened.info(), hostname, extra=extra, host_label=host_label,
+                                 hpc_job=bool(args.gpu_hpc_job_label))
+        return Running(collector, sampler.health, sampler.close)
+
+    def closing(close: Callable[[], None]) -> Callable[[], None]:
+        def close_all() -> None:
+            close()
+            if restore_signal is not None:
+                restore_signal()
+        return close_all
+
+    try:
+        backend.open()
+    except BackendUnavailable as exc:
+        if not wait_for_driver:
+            if restore_signal is not None:
+                restore_signal()
+            raise
+        waiting = DriverWait(backend, start, exc, hostname, host_label=host_label)
+        return ExporterParts(collectors={"gpu": waiting}, prefix="jobsight", health=waiting.health,
+                             close=closing(waiting.close))
+    running = start(backend)
+    return ExporterParts(collectors={"gpu": running.collector}, prefix="jobsight", health=running.health,
+                         close=closing(running.close))
 
 
 def install_release_signal(backend: NvmlBackend, hold_s: float) -> Callable[[], None]:

@@ -10,16 +10,33 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from exporters.gpu.fields import FIELDS
 from exporters.gpu.model import BackendInfo, GpuIdentity
 from exporters.gpu.sampler import GpuView, Sampler
+from exporters.gpu.waiting import backend_up
 from exporters.gpu.xid import XidLedger
 from jobsight.serving import Collector
 
-GPU_LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"]
-JOB_LABELS = ["Hostname", "gpu", "UUID", "job_id"]
-SELF_LABELS = ["Hostname", "gpu"]
+# dcgm-exporter's host label: "Hostname" up to 4.5.3-4.8.2, "hostname" from 4.6.0-4.8.3 on.
+DEFAULT_HOST_LABEL = "Hostname"
+HOST_LABELS = ("Hostname", "hostname")
+# dcgm-exporter's default counters make the driver version a label of every DCGM series
+# (DCGM_FI_DRIVER_VERSION, type "label" in default-counters.csv).
+DRIVER_VERSION_LABEL = "DCGM_FI_DRIVER_VERSION"
+HPC_JOB_LABEL = "hpc_job"
 _PROM_TYPES = {"gauge": "gauge", "dcgm_counter": "unknown", "counter": "counter"}
 
 
+def gpu_labels(host_label: str = DEFAULT_HOST_LABEL) -> list[str]:
+    return ["gpu", "UUID", "pci_bus_id", "device", "modelName", host_label]
+
+
+GPU_LABELS = gpu_labels()
+
+
 class GpuCollector:
+    """``host_label`` names the host label (``Hostname`` or ``hostname``, dcgm-exporter's spelling
+    before and after 4.8.3). ``hpc_job`` copies every DCGM series once per job holding the GPU
+    with an ``hpc_job`` label, as dcgm-exporter's ``--hpc-job-mapping-dir`` does: off by default,
+    because it multiplies series by jobs; ``jobsight_gpu_job_info`` is the join that does not."""
+
     def __init__(
         self,
         sampler: Sampler,
@@ -27,15 +44,33 @@ class GpuCollector:
         info: BackendInfo,
         hostname: str,
         extra: Sequence[Collector] = (),
+        host_label: str = DEFAULT_HOST_LABEL,
+        hpc_job: bool = False,
     ) -> None:
+        if host_label not in HOST_LABELS:
+            raise ValueError(f"host label must be one of {', '.join(HOST_LABELS)}, not {host_label!r}")
         self.sampler = sampler
         self.ledger = ledger
         self.info = info
         self.hostname = hostname
         self.extra = tuple(extra)
+        self.host_label = host_label
+        self.hpc_job = hpc_job
+        self.gpu_labels = gpu_labels(host_label)
+        self.dcgm_labels = [*self.gpu_labels, DRIVER_VERSION_LABEL]
+        self.job_labels = [host_label, "gpu", "UUID", "job_id"]
+        self.self_labels = [host_label, "gpu"]
 
     def _labels(self, ident: GpuIdentity) -> list[str]:
         return [str(ident.index), ident.uuid, ident.pci_bus_id, ident.device, ident.model_name, self.hostname]
+
+    def _dcgm_label_sets(self, view: GpuView) -> list[dict[str, str]]:
+        """The label sets of one GPU's DCGM series: one, or one per job with ``hpc_job``."""
+        base = dict(zip(self.dcgm_labels, [*self._labels(view.identity), self.info.driver_version],
+                        strict=True))
+        if not self.hpc_job or not view.jobs.jobs:
+            return [base]
+        return [{**base, HPC_JOB_LABEL: job_id} for job_id in view.jobs.jobs]
 
     def collect(self) -> Iterator[Metric]:
         views = self.sampler.views()
@@ -48,43 +83,50 @@ class GpuCollector:
             yield from collector.collect()
 
     def _values(self, views: Sequence[GpuView]) -> Iterable[Metric]:
-        # One label dict per GPU, shared by all its samples (the renderer only reads it): this
-        # loop is most of the collector's cost on a scrape.
-        read = [(dict(zip(GPU_LABELS, self._labels(v.identity), strict=True)), v.reading.values)
-                for v in views if v.reading is not None]
+        # Label dicts per GPU, shared by all its samples (the renderer only reads them): this
+        # loop is most of the collector's cost on a scrape. DCGM series carry dcgm-exporter's
+        # label set (with the driver version, and hpc_job when asked); jobsight_* series the GPU
+        # labels only.
+        read = [(self._dcgm_label_sets(v), dict(zip(self.gpu_labels, self._labels(v.identity), strict=True)),
+                 v.reading.values) for v in views if v.reading is not None]
         for spec in FIELDS:
             family = Metric(spec.name, spec.help, _PROM_TYPES[spec.kind])
             name = spec.name
             sample_name = f"{name}_total" if spec.kind == "counter" else name
-            for labels, values in read:
+            dcgm = name.startswith("DCGM_")
+            for dcgm_sets, own, values in read:
                 value = values.get(name)
-                if value is not None:
+                if value is None:
+                    continue
+                for labels in dcgm_sets if dcgm else (own,):
                     family.add_sample(sample_name, labels, float(value))
             if family.samples:
                 yield family
 
     def _xids(self, views: Sequence[GpuView]) -> Iterable[Metric]:
         xids = self.ledger.view()
-        last = GaugeMetricFamily(
+        last = Metric(
             "DCGM_FI_DEV_XID_ERRORS",
             "Value of the last XID error encountered (0: none since the exporter started).",
-            labels=GPU_LABELS,
+            "gauge",
         )
         total = CounterMetricFamily(
             "jobsight_gpu_xid_errors",
             "jobsight: critical XID events per GPU and XID code since the exporter started.",
-            labels=[*GPU_LABELS, "xid"],
+            labels=[*self.gpu_labels, "xid"],
         )
         # A counter series is born at 1 with its first event, which increase() cannot see; the
         # last-seen time lets a rule catch that first XID too (time() - ts < window).
         seen = GaugeMetricFamily(
             "jobsight_gpu_xid_last_seen_timestamp_seconds",
             "jobsight: when the last critical XID event of this code was seen on the GPU (Unix time).",
-            labels=[*GPU_LABELS, "xid"],
+            labels=[*self.gpu_labels, "xid"],
         )
         by_index = {view.identity.index: view.identity for view in views}
         for view in views:
-            last.add_metric(self._labels(view.identity), float(xids.last.get(view.identity.index, 0)))
+            xid = float(xids.last.get(view.identity.index, 0))
+            for labels in self._dcgm_label_sets(view):
+                last.add_sample("DCGM_FI_DEV_XID_ERRORS", labels, xid)
         for (index, xid), count in sorted(xids.counts.items()):
             ident = by_index.get(index)
             if ident is not None:
@@ -95,15 +137,16 @@ class GpuCollector:
         yield seen
 
     def _state(self, views: Sequence[GpuView]) -> Iterable[Metric]:
+        yield backend_up(1.0, self.host_label, self.hostname)
         up = GaugeMetricFamily(
             "jobsight_gpu_up",
             "jobsight: 1 if the GPU answered its last read within the staleness bound, else 0.",
-            labels=GPU_LABELS,
+            labels=self.gpu_labels,
         )
         info = GaugeMetricFamily(
             "jobsight_gpu_info",
             "jobsight: static facts about the GPU and the backend reading it.",
-            labels=[*GPU_LABELS, "driver_version", "cuda_version", "backend"],
+            labels=[*self.gpu_labels, "driver_version", "cuda_version", "backend"],
         )
         for view in views:
             labels = self._labels(view.identity)
@@ -118,12 +161,12 @@ class GpuCollector:
         job_info = GaugeMetricFamily(
             "jobsight_gpu_job_info",
             "jobsight: 1 for each job holding the GPU (job map directory, else the processes on it).",
-            labels=JOB_LABELS,
+            labels=self.job_labels,
         )
         memory = GaugeMetricFamily(
             "jobsight_gpu_job_memory_used_bytes",
             "jobsight: GPU memory used by the job's processes on the GPU.",
-            labels=JOB_LABELS,
+            labels=self.job_labels,
         )
         for view in views:
             ident = view.identity
@@ -138,17 +181,17 @@ class GpuCollector:
         errors = CounterMetricFamily(
             "jobsight_gpu_collect_errors",
             "jobsight: errors met while collecting, by GPU and reason (gpu=\"\" for host-wide ones).",
-            labels=[*SELF_LABELS, "reason"],
+            labels=[*self.self_labels, "reason"],
         )
         duration = GaugeMetricFamily(
             "jobsight_gpu_collect_duration_seconds",
             "jobsight: how long the last background read of the GPU took.",
-            labels=SELF_LABELS,
+            labels=self.self_labels,
         )
         age = GaugeMetricFamily(
             "jobsight_gpu_collect_age_seconds",
             "jobsight: age of the GPU's last completed read at scrape time.",
-            labels=SELF_LABELS,
+            labels=self.self_labels,
         )
         for view in views:
             labels = [self.hostname, str(view.identity.index)]

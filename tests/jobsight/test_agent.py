@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.exporters.gpu.test_collector import PROMTOOL_ALLOW
-from tests.support import FIXTURES, Proc, free_port, jobsight_command, promtool_check_metrics, wait_for_http
+from tests.support import (
+    FIXTURES,
+    Proc,
+    free_port,
+    jobsight_command,
+    nvml_loads,
+    promtool_check_metrics,
+    wait_for_http,
+)
 
 RDMA_SYSFS = FIXTURES / "rdma" / "good" / "sys"
 
@@ -72,13 +81,27 @@ def test_agent_with_every_collector_off_is_a_usage_error(spawn: Callable[..., Pr
     assert "every collector is switched off" in proc.output()
 
 
-def test_agent_without_nvml_says_so_and_exits_3(spawn: Callable[..., Proc]) -> None:
-    """No GPU here: asking for the real GPU collector fails clearly instead of serving nothing."""
+@pytest.mark.skipif(nvml_loads(), reason="NVML works on this machine")
+def test_agent_without_nvml_serves_node_and_rdma_and_waits_for_the_driver(spawn: Callable[..., Proc]) -> None:
+    """No NVIDIA driver here (a CPU-only node, or a GPU node before the driver loads): node and
+    RDMA metrics are served, the GPU part says so and waits; only SIGTERM ends the agent."""
+    port = free_port()
     proc = spawn(
         jobsight_command(
-            "agent", "--web.listen-address", f"127.0.0.1:{free_port()}", "--path.sysfs", str(RDMA_SYSFS)
+            "agent", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", str(RDMA_SYSFS),
+            "--hostname", "cpu1", "--no-collector.filesystem",
         ),
         name="agent",
     )
-    assert proc.popen.wait(timeout=60) == 3
-    assert "NVML" in proc.output()
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    for _ in range(3):
+        samples = _samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        names = {name for name, _ in samples}
+        assert "node_cpu_seconds_total" in names
+        assert "node_infiniband_port_data_received_bytes_total" in names
+        assert samples[("jobsight_gpu_backend_up", (("Hostname", "cpu1"),))] == 0.0
+        assert samples[("jobsight_scrape_collector_success", (("collector", "gpu"),))] == 1.0
+        assert not any(name.startswith("DCGM_") for name in names)
+    assert "NVML" in proc.output() and "tried again in the background" in proc.output()
+    assert proc.alive()
+    assert proc.stop() == 0  # SIGTERM is the way out, and it is a clean one

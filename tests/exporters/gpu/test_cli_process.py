@@ -65,7 +65,9 @@ def test_simulate_8_serves_every_metric_for_8_gpus(spawn: Spawn) -> None:
         assert len(by_name(text, name)) == 8, name
     assert {s.value for s in by_name(text, "jobsight_gpu_up")} == {1.0}
     first = by_name(text, "DCGM_FI_DEV_GPU_UTIL")[0]
-    assert set(first.labels) == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
+    assert set(first.labels) == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname",
+                                 "DCGM_FI_DRIVER_VERSION"}
+    assert first.labels["DCGM_FI_DRIVER_VERSION"] == "550.90.07"  # the scenario's driver
     assert first.labels["Hostname"] == "node1" and first.labels["device"] == "nvidia0"
     assert {s.labels["backend"] for s in by_name(text, "jobsight_gpu_info")} == {"simulated"}
     assert {s.labels["job_id"] for s in by_name(text, "jobsight_gpu_job_info")} == {"sim-1000", "sim-1001"}

@@ -27,6 +27,7 @@ from tests.support import FIXTURES, promtool_check_metrics, wait_until
 GPU_FIXTURES = FIXTURES / "gpu"
 UUID0 = "GPU-00000000-1111-2222-3333-444444444444"
 UUID1 = "GPU-55555555-6666-7777-8888-999999999999"
+DRIVER = {"DCGM_FI_DRIVER_VERSION": "570.133.20"}  # on every DCGM series, as dcgm-exporter's default counters
 
 # promtool lint findings allowed, and why: dcgm-exporter's label names are camelCase (`modelName`)
 # and upper case (`UUID`, `Hostname`), which the dashboards and rules people already run select
@@ -77,12 +78,13 @@ def test_nvml_values_carry_dcgm_labels() -> None:
     read_all(parts)
     labels = {"gpu": "0", "UUID": UUID0, "pci_bus_id": "00000000:18:00.0", "device": "nvidia0",
               "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1"}
-    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **labels) == 87
-    assert parts.value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", **labels) == 123_456_789
+    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **labels, **DRIVER) == 87
+    assert parts.value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", **labels, **DRIVER) == 123_456_789
     assert parts.value("jobsight_gpu_up", **labels) == 1
     assert parts.value("jobsight_gpu_info", **labels, driver_version="570.133.20", cuda_version="12.8",
                        backend="nvml") == 1
-    assert parts.value("DCGM_FI_DEV_XID_ERRORS", **labels) == 0
+    assert parts.value("DCGM_FI_DEV_XID_ERRORS", **labels, **DRIVER) == 0
+    assert parts.value("jobsight_gpu_backend_up", Hostname="node1") == 1
     text = parts.text()
     assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION untyped" in text
     assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total" not in text
@@ -135,16 +137,16 @@ def test_lost_gpu_is_down_and_the_other_keeps_serving() -> None:
     gpu1 = {"gpu": "1", "UUID": UUID1, "pci_bus_id": "00000000:2A:00.0", "device": "nvidia1",
             "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1"}
     assert parts.value("jobsight_gpu_up", **gpu1) == 0
-    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1) is None
+    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1, **DRIVER) is None
     assert parts.value("jobsight_gpu_info", **gpu1, driver_version="570.133.20", cuda_version="12.8",
                        backend="nvml") == 1
     assert parts.value("jobsight_gpu_collect_errors_total", Hostname="node1", gpu="1", reason="gpu_lost") == 1
     assert parts.value("DCGM_FI_DEV_GPU_UTIL", **{**gpu1, "gpu": "0", "UUID": UUID0,
-                       "pci_bus_id": "00000000:18:00.0", "device": "nvidia0"}) == 87
+                       "pci_bus_id": "00000000:18:00.0", "device": "nvidia0"}, **DRIVER) == 87
     devices[1].lost = False
     read_all(parts)
     assert parts.value("jobsight_gpu_up", **gpu1) == 1
-    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1) == 87
+    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1, **DRIVER) == 87
 
 
 def test_xid_events_feed_the_counter_and_the_last_value_gauge() -> None:
@@ -157,7 +159,7 @@ def test_xid_events_feed_the_counter_and_the_last_value_gauge() -> None:
               "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1"}
     assert parts.value("jobsight_gpu_xid_errors_total", **labels, xid="79") == 2
     assert parts.value("jobsight_gpu_xid_errors_total", **labels, xid="48") == 1
-    assert parts.value("DCGM_FI_DEV_XID_ERRORS", **labels) == 79
+    assert parts.value("DCGM_FI_DEV_XID_ERRORS", **labels, **DRIVER) == 79
     seen = parts.value("jobsight_gpu_xid_last_seen_timestamp_seconds", **labels, xid="48")
     assert seen is not None and abs(seen - time.time()) < 600
     # XID 79 is followed by the GPU falling off the bus: the XID series stay.
@@ -217,7 +219,7 @@ def test_hung_call_on_one_gpu_does_not_hang_the_scrape(hanging: tuple[HangingBac
     # while GPU 0 keeps fresh values.
     wait_until(lambda: parts.value("jobsight_gpu_up", **gpu1) == 0, timeout=10, message="GPU 1 stale")
     assert parts.value("jobsight_gpu_up", **gpu0) == 1
-    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1) is None
+    assert parts.value("DCGM_FI_DEV_GPU_UTIL", **gpu1, **DRIVER) is None
     ok, message = parts.sampler.health()
     assert not ok and "GPU 1" in message
     backend.hanging.clear()
