@@ -37,8 +37,9 @@ JOB_STALLED_EXPR = """\
 (time() - max by (job_id) (jobsight_log_job_last_record_timestamp_seconds)) > {seconds}
   and on (job_id)
 max by (job_id) (
+  jobsight_gpu_job_info
+    * on (Hostname, gpu) group_left ()
   max_over_time(DCGM_FI_DEV_GPU_UTIL[{seconds}s])
-    * on (Hostname, gpu) group_left (job_id) jobsight_gpu_job_info
 ) < 1
 """
 

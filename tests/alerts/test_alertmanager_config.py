@@ -74,8 +74,12 @@ def test_config_with_tenants_and_token_file_passes_amtool(tmp_path: Path) -> Non
 
 def test_inhibition_rules_cover_node_down_and_severity_ladder() -> None:
     document = yaml.safe_load(render_alertmanager_config(URL, "tok"))
-    node_down, critical, warning = document["inhibit_rules"]
+    node_down, physical, flapping, critical, warning = document["inhibit_rules"]
     assert node_down["source_matchers"] == ['alertname="NodeDown"']
+    assert physical["source_matchers"] == ['alertname="RDMAPhysicalLinkDown"']
+    assert physical["target_matchers"] == ['alertname="RDMAPortNotActive"']
+    assert physical["equal"] == flapping["equal"] == ["Hostname", "device", "port"]
+    assert flapping["target_matchers"] == ['alertname="RDMALinkDowned"']
     assert node_down["equal"] == ["Hostname"]
     assert critical["source_matchers"] == ['severity="critical"']
     assert "alertname" in critical["equal"] and "Hostname" in critical["equal"]

@@ -182,6 +182,42 @@ def test_critical_inhibits_the_warning_of_the_same_alert_on_the_same_gpu(
     assert not any(a["labels"].get("xid") == "13" and a["labels"]["gpu"] == "1" for a in _delivered(server))
 
 
+def test_a_port_without_physical_link_pages_once_not_twice(
+    alertmanager: tuple[str, RecordingServer],
+) -> None:
+    # Issue 16, defect 10: one cable fault fired both port alerts.
+    base, server = alertmanager
+    port = {"Hostname": "node6", "device": "mlx5_1", "port": "1", "severity": "critical"}
+    _post_alerts(base, [{**port, "alertname": "RDMAPhysicalLinkDown"}])
+    wait_until(lambda: _am_alert(base, alertname="RDMAPhysicalLinkDown"), timeout=30, message="physical down")
+    _post_alerts(
+        base,
+        [
+            {**port, "alertname": "RDMAPortNotActive"},
+            # The other port of the card is a fault of its own.
+            {**port, "port": "2", "alertname": "RDMAPortNotActive"},
+        ],
+    )
+    wait_until(
+        lambda: (a := _am_alert(base, alertname="RDMAPortNotActive", port="1"))
+        and a["status"]["state"] == "suppressed",
+        timeout=30,
+        message="RDMAPortNotActive on port 1 to be inhibited",
+    )
+    def port_not_active(port: str) -> bool:
+        return any(
+            a["labels"]["alertname"] == "RDMAPortNotActive" and a["labels"]["port"] == port
+            for a in _delivered(server)
+        )
+
+    wait_until(
+        lambda: port_not_active("2"),
+        timeout=30,
+        message="RDMAPortNotActive on port 2 to be delivered",
+    )
+    assert not port_not_active("1")
+
+
 def test_a_tenants_alerts_also_reach_its_own_receiver(tmp_path: Path, spawn: Callable[..., Proc]) -> None:
     require_binary(ALERTMANAGER)
     with RecordingServer() as api, RecordingServer() as acme:
