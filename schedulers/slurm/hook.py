@@ -149,6 +149,8 @@ class Hook:
 
 
 def _say(line: str, stderr: TextIO) -> None:
+    # One line, whatever the error's own formatting: slurmd logs and syslog are read line by line.
+    line = " ".join(line.split())
     print(f"jobsight slurm hook: {line}", file=stderr, flush=True)
     try:
         syslog.openlog("jobsight-slurm", syslog.LOG_PID, syslog.LOG_DAEMON)

@@ -1,0 +1,1 @@
+"""Slurm: unit tests and tests against a real one-host, two-node Slurm."""
