@@ -179,7 +179,9 @@ def raw_nvml_read_all() -> Callable[[], object]:
 
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-    field_ids = [82, 83, 94, 3, 4, 5, 6, 142, 143, 145, 74, 75, (138, 0xFFFFFFFF), (139, 0xFFFFFFFF)]
+    # The exporter's batch (exporters/gpu/nvml.py _FIELD_IDS), in the same order.
+    field_ids = [82, 83, 94, 3, 4, 5, 6, 142, 143, 144, 145, 74, 75, 230,
+                 (138, 0xFFFFFFFF), (139, 0xFFFFFFFF)]
 
     def quiet(fn: Callable[..., object], *args: object) -> object:
         try:
@@ -282,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     extra: list[str] = []
     if args.nvml:
+        if shutil.which("nvidia-smi"):
+            query = ["nvidia-smi", "--query-gpu=index,name,driver_version", "--format=csv,noheader"]
+            gpus = subprocess.run(query, capture_output=True, text=True, timeout=60).stdout.splitlines()
+            print("GPUs (index, name, driver):\n\n" + "\n".join(f"    {line}" for line in gpus) + "\n")
         real = measure_exporter([], args.scrapes, args.idle, PROMETHEUS_HEADERS)
         rows.append(("real NVML", real))
         runs = max(20, args.scrapes // 10)
