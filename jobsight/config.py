@@ -5,14 +5,18 @@ YAML and validation failures into :class:`~jobsight.errors.ConfigError`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from jobsight.errors import ConfigError
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+# pydantic is imported where a model is validated, not here: a Slurm hook reads its YAML through
+# load_yaml_file on every job's start and has no time for pydantic's import.
+ModelT = TypeVar("ModelT", bound="BaseModel")
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -50,6 +54,8 @@ def format_validation_error(exc: ValidationError) -> str:
 def parse_model(model: type[ModelT], data: Any, source: str) -> ModelT:
     """Validate ``data`` as ``model``; ``source`` (a file name, "flags", "environment") prefixes
     every problem reported."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as exc:

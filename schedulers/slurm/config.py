@@ -2,66 +2,53 @@
 
 Slurm runs a hook by path with no arguments and a scrubbed environment, so the path is fixed and
 the file carries everything the hook cannot learn from Slurm's variables: the controller-side
-hooks get no ``SLURM_CONF``, so ``slurm_conf`` tells them where scontrol finds the cluster.
+hooks get no ``SLURM_CONF``, so ``slurm_conf`` tells scontrol where the cluster is.
+
+Validated by hand rather than with a pydantic model, unlike the other components' configs: a
+Prolog runs on every job's start and importing pydantic alone costs more than the whole hook may
+(benchmarks/slurm_hooks.py). Errors still name the file, the field and the problem.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from jobsight.config import load_model
+from jobsight.config import load_yaml_file
 from jobsight.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/jobsight/slurm.yaml")
 CONFIG_ENV_VAR = "JOBSIGHT_SLURM_CONFIG"
 
-_TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_URL = re.compile(r"^https?://[^\s/]+(/[^\s]*)?$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
 
-class SlurmHookConfig(BaseModel):
-    """Settings of ``jobsight slurm hook`` and ``jobsight slurm flush``.
+@dataclass(frozen=True)
+class SlurmHookConfig:
+    """Settings of ``jobsight slurm hook`` and ``jobsight slurm flush`` (docs/slurm.md).
 
-    Paths may contain ``%n``, replaced by the node's name (``SLURMD_NODENAME``), the way
-    slurm.conf's own per-node paths do; that lets several slurmd on one host keep apart.
+    Paths may contain ``%n``, replaced by the node's name (``SLURMD_NODENAME``; ``slurmctld`` for
+    the controller's spool), the way slurm.conf's own per-node paths do.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    api_url: str | None = Field(
-        default=None, pattern=r"^https?://[^\s]+$",
-        description="the jobsight API; without it the controller hooks only spool",
-    )
-    token: str | None = Field(default=None, min_length=1, max_length=4096)
+    api_url: str | None = None
+    token: str | None = None
     token_file: Path | None = None
     job_map_dir: str = "/run/jobsight/jobs"
     spool_dir: str = "/var/spool/jobsight/slurm"
-    tenant: str | None = Field(default=None, pattern=_TENANT,
-                               description="fixed tenant; default: the job's Slurm account")
-    tenant_map: dict[str, str] = Field(default_factory=dict,
-                                       description="Slurm account → jobsight tenant")
-    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    slurm_conf: Path | None = Field(default=None,
-                                    description="slurm.conf for scontrol in the controller hooks")
-    gres_conf: Path | None = Field(default=None,
-                                   description="default: gres.conf beside $SLURM_CONF")
+    tenant: str | None = None
+    tenant_map: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 5.0
+    slurm_conf: Path | None = None
+    gres_conf: Path | None = None
     scontrol: str = "scontrol"
-    nvidia_procfs: str = Field(default="/proc/driver/nvidia/gpus",
-                               description="where the driver lists each GPU's minor and UUID")
-    hostname: str | None = Field(default=None, max_length=253,
-                                 description="the node's host key; default: Slurm's NodeName")
-
-    @model_validator(mode="after")
-    def _one_token_source(self) -> SlurmHookConfig:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give token or token_file, not both")
-        for account, tenant in self.tenant_map.items():
-            if not _valid_tenant(tenant):
-                raise ValueError(f"tenant_map.{account}: {tenant!r} is not a valid tenant name")
-        return self
+    nvidia_procfs: str = "/proc/driver/nvidia/gpus"
+    hostname: str | None = None
 
     def node_path(self, template: str, node: str) -> Path:
         return Path(template.replace("%n", node))
@@ -78,8 +65,53 @@ class SlurmHookConfig(BaseModel):
         return text
 
 
-def _valid_tenant(value: str) -> bool:
-    return re.match(_TENANT, value) is not None
+def _str(data: Mapping[str, Any], key: str, pattern: re.Pattern[str] | None = None,
+         what: str = "") -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key}: must be a non-empty string")
+    if pattern is not None and not pattern.match(value):
+        raise ValueError(f"{key}: {value!r} is not {what}")
+    return value
+
+
+def _parse(data: Mapping[str, Any]) -> SlurmHookConfig:
+    known = set(SlurmHookConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    if data.get("token") is not None and data.get("token_file") is not None:
+        raise ValueError("token, token_file: give one, not both")
+    tenant_map = data.get("tenant_map") or {}
+    if not isinstance(tenant_map, dict):
+        raise ValueError("tenant_map: must be a mapping of Slurm account to tenant")
+    for account, tenant in tenant_map.items():
+        if not isinstance(tenant, str) or not _TENANT.match(tenant):
+            raise ValueError(f"tenant_map.{account}: {tenant!r} is not a valid tenant name")
+    timeout = data.get("timeout_seconds", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+        raise ValueError(f"timeout_seconds: {timeout!r} is not a number of seconds in (0, 60]")
+    defaults = SlurmHookConfig()
+    token_file = _str(data, "token_file")
+    slurm_conf = _str(data, "slurm_conf")
+    gres_conf = _str(data, "gres_conf")
+    return SlurmHookConfig(
+        api_url=_str(data, "api_url", _URL, "an http(s) URL"),
+        token=_str(data, "token"),
+        token_file=Path(token_file) if token_file else None,
+        job_map_dir=_str(data, "job_map_dir") or defaults.job_map_dir,
+        spool_dir=_str(data, "spool_dir") or defaults.spool_dir,
+        tenant=_str(data, "tenant", _TENANT, "a tenant name (letters, digits, ._-)"),
+        tenant_map={str(k): str(v) for k, v in tenant_map.items()},
+        timeout_seconds=float(timeout),
+        slurm_conf=Path(slurm_conf) if slurm_conf else None,
+        gres_conf=Path(gres_conf) if gres_conf else None,
+        scontrol=_str(data, "scontrol") or defaults.scontrol,
+        nvidia_procfs=_str(data, "nvidia_procfs") or defaults.nvidia_procfs,
+        hostname=_str(data, "hostname", _HOST, "a host name"),
+    )
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
@@ -87,4 +119,7 @@ def config_path(environ: Mapping[str, str]) -> Path:
 
 
 def load_config(path: Path) -> SlurmHookConfig:
-    return load_model(SlurmHookConfig, path)
+    try:
+        return _parse(load_yaml_file(path))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
