@@ -11,6 +11,7 @@ import os
 import pathlib
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -28,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.annotations import GrafanaAnnotator, JobAnnotator, NoAnnotations
 from api.catalog import CATALOG
 from api.db import open_database
-from api.deadline import DeadlineTransport
+from api.deadline import DeadlineTransport, deadline
 from api.logsource import LogSource, UnconfiguredLogSource, open_log_source
 from api.models import (
     AlertList,
@@ -63,7 +65,7 @@ from api.telemetry import (
     TracingTransport,
     make_tracer_provider,
 )
-from api.tensorboard import TensorBoardManager, check_logdir, read_scalars
+from api.tensorboard import NotAllowed, TensorBoardManager, WalkLimits, check_logdir, read_scalars, roots_for
 from jobsight import __version__
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.identity import JOB_ID_PATTERN
@@ -208,10 +210,15 @@ def create_app(
                                                 max_bytes=settings.prometheus_max_response_bytes)
     logs = log_source if log_source is not None else open_log_source(settings.log_store, timeout)
     tb_settings = settings.tensorboard
+    walk_limits = WalkLimits(files=tb_settings.max_event_files, bytes=tb_settings.max_event_bytes,
+                             seconds=tb_settings.max_walk_seconds)
     tensorboard = tensorboard or TensorBoardManager(
-        tb_settings.command, host=tb_settings.host, public_host=tb_settings.public_host,
-        max_instances=tb_settings.max_instances, idle_seconds=tb_settings.idle_seconds,
+        tb_settings.command, host=tb_settings.host, max_instances=tb_settings.max_instances,
+        idle_seconds=tb_settings.idle_seconds, limits=walk_limits,
     )
+    if not tb_settings.allowed_roots:
+        log.warning("no tensorboard.allowed_roots are configured: TensorBoard and /scalars are off for "
+                    "every tenant")
     executor = ContextExecutor(max_workers=settings.query_workers, thread_name_prefix="jobsight-api-query")
     if annotator is None:
         annotator = (GrafanaAnnotator(settings.grafana_url, settings.grafana_token, timeout=timeout)
@@ -265,6 +272,10 @@ def create_app(
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": f"job {exc} not found"}, status_code=404)
+
+    @app.exception_handler(NotAllowed)
+    async def _tensorboard_off(_: Request, exc: NotAllowed) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
@@ -446,15 +457,48 @@ def create_app(
              responses=ERROR_RESPONSES)
     def job_tensorboard(job_id: JobIdParam, who: Reader) -> TensorBoardOut:
         logdir = _logdir(job_id, who)
-        url, ready = tensorboard.ensure(logdir)
+        _, ready = tensorboard.ensure(logdir)
+        # The TensorBoard itself listens on loopback under a secret prefix; users reach it only
+        # through the proxy route below, with their token.
+        url = f"{service.api_url.rstrip('/')}/v1/jobs/{job_id}/tensorboard/ui/"
         return TensorBoardOut(url=url, state="running" if ready else "starting", logdir=str(logdir))
+
+    @app.api_route("/v1/jobs/{job_id}/tensorboard/ui/{path:path}", methods=["GET", "POST"],
+                   include_in_schema=False)
+    async def tensorboard_ui(job_id: JobIdParam, path: str, request: Request, who: Reader) -> Response:
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _PROXIED_REQUEST_HEADERS}
+        return await run_in_threadpool(_proxy_tensorboard, job_id, who, request.method, path,
+                                       request.url.query, headers, body)
+
+    def _proxy_tensorboard(job_id: str, who: Caller, method: str, path: str, query: str,
+                           headers: dict[str, str], body: bytes) -> Response:
+        logdir = _logdir(job_id, who)
+        base, ready = tensorboard.ensure(logdir)
+        if not ready:
+            raise DependencyUnavailable("tensorboard", "starting; try again in a few seconds")
+        target = base + path.lstrip("/") + (f"?{query}" if query else "")
+        try:
+            with deadline(tb_settings.proxy_timeout_seconds):
+                upstream = http_client.request(method, target, headers=headers, content=body,
+                                               timeout=tb_settings.proxy_timeout_seconds,
+                                               follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable("tensorboard", f"{type(exc).__name__}: {exc}") from exc
+        out = {k: v for k, v in upstream.headers.items() if k.lower() in _PROXIED_RESPONSE_HEADERS}
+        if "location" in upstream.headers:
+            public = f"{service.api_url.rstrip('/')}/v1/jobs/{job_id}/tensorboard/ui/"
+            location = _public_location(upstream.headers["location"], base, public)
+            if location is not None:
+                out["location"] = location
+        return Response(upstream.content, status_code=upstream.status_code, headers=out)
 
     @app.get("/v1/jobs/{job_id}/scalars", response_model=ScalarsResponse, tags=["tensorboard"],
              responses=ERROR_RESPONSES)
     def job_scalars(job_id: JobIdParam, who: Reader,
                     tag: Annotated[str | None, Query(max_length=512)] = None) -> ScalarsResponse:
         logdir = _logdir(job_id, who)
-        tags, runs = read_scalars(logdir, tag)
+        tags, runs = read_scalars(logdir, tag, limits=walk_limits, stop=tensorboard.stop)
         return ScalarsResponse.model_validate({
             "logdir": str(logdir), "tags": tags,
             "series": [
@@ -467,7 +511,9 @@ def create_app(
         job, _ = service.visible_job(job_id, who)
         if not job.tensorboard_logdir:
             raise NotFound(f"{job_id} (it has no tensorboard_logdir)")
-        return check_logdir(job.tensorboard_logdir, settings.tensorboard.allowed_roots)
+        # The job's tenant's roots, whoever asks: an admin reads a job as its tenant would.
+        roots = roots_for(settings.tensorboard.allowed_roots, job.tenant)
+        return check_logdir(job.tensorboard_logdir, roots, job.tenant)
 
     # -- alerts and notifications -----------------------------------------------------------
 
@@ -577,11 +623,27 @@ Who = Annotated[Caller, Depends(caller)]
 Admin = Annotated[Caller, Depends(admin)]
 Reader = Annotated[Caller, Depends(reader)]
 WebhookAuth = Annotated[None, Depends(webhook_caller)]
+# Only what TensorBoard needs; never the caller's Authorization or cookies.
+_PROXIED_REQUEST_HEADERS = frozenset({"accept", "accept-language", "content-type", "x-xsrf-protected"})
+_PROXIED_RESPONSE_HEADERS = frozenset({"content-type", "cache-control", "etag", "last-modified",
+                                       "content-security-policy", "x-content-type-options"})
 LogQ = Annotated[str | None, Query(max_length=1000, description="words to match in the message")]
 Kind = Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Rank = Annotated[int | None, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(max_length=500)]
+
+
+def _public_location(location: str, internal: str, public: str) -> str | None:
+    """A TensorBoard redirect, pointed at the proxy; None if it would reveal the secret prefix."""
+    internal_path = urllib.parse.urlsplit(internal).path  # "/<prefix>/"
+    if location.startswith(internal):
+        location = public + location[len(internal):]
+    elif location.startswith(internal_path):
+        location = public + location[len(internal_path):]
+    elif location == internal_path.rstrip("/"):
+        location = public
+    return None if internal_path.strip("/") in location else location
 
 
 def _encode_job_cursor(created_at: float, job_id: str) -> str:

@@ -58,17 +58,40 @@ class TensorBoardConfig(BaseModel):
     command: list[str] = Field(
         # The TensorBoard installed next to the API, without relying on PATH.
         default_factory=lambda: [sys.executable, "-m", "tensorboard.main"],
-        description="argv prefix that runs TensorBoard; --logdir/--port/--host are appended",
+        description="argv prefix that runs TensorBoard; --flagfile/--logdir/--port/--host are appended",
     )
-    host: str = "127.0.0.1"
-    public_host: str | None = Field(default=None, description="host name put into returned URLs")
+    host: str = Field(default="127.0.0.1", description="loopback address TensorBoards listen on")
+    public_host: str | None = Field(
+        default=None, description="ignored: TensorBoard is reached through the API's proxy")
     max_instances: int = Field(default=4, ge=1, le=64)
     idle_seconds: float = Field(default=1800.0, gt=0)
     start_timeout_seconds: float = Field(default=60.0, gt=0)
-    allowed_roots: list[Path] = Field(
-        default_factory=list,
-        description="logdirs must lie under one of these; empty allows any path",
+    allowed_roots: dict[str, list[Path]] = Field(
+        default_factory=dict,
+        description="per tenant, the directories a job's tensorboard_logdir must lie under; the key '*' "
+                    "applies to every tenant and '{tenant}' in a path is replaced by the tenant's name. "
+                    "A tenant with no roots gets no TensorBoard. A plain list is read as {'*': list}",
     )
+    max_event_files: int = Field(default=1000, ge=1, description="event files one /scalars call reads")
+    max_event_bytes: int = Field(default=512 * 1024 * 1024, ge=1024,
+                                 description="bytes one /scalars call reads")
+    max_walk_seconds: float = Field(default=20.0, gt=0, le=600, description="time one /scalars call may take")
+    proxy_timeout_seconds: float = Field(default=60.0, gt=0, le=600,
+                                         description="one proxied request to a TensorBoard")
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _list_means_every_tenant(cls, value: Any) -> Any:
+        return {"*": value} if isinstance(value, list) else value
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        # Anyone who can reach a TensorBoard reads the logdir it serves: only the API may.
+        if value not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("must be a loopback address (127.0.0.1, ::1 or localhost): TensorBoard is "
+                             "reached through the API")
+        return value
 
 
 class ServerConfig(BaseModel):

@@ -371,7 +371,7 @@ class Stack:
             # Give the failure's log events and alerts a moment to land before the diagnosis is
             # written: the ranks' last lines reach the store within a second or two.
             "notify_delay_seconds": 5,
-            "tensorboard": {"allowed_roots": [str(self.state / "jobs")]},
+            "tensorboard": {"allowed_roots": {"demo": [str(self.state / "jobs")]}},
         }
         if self.grafana_token:
             api_config["grafana_token"] = self.grafana_token

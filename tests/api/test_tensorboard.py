@@ -4,6 +4,7 @@ TensorBoard started and reused for a job; the process bound and idle stop of the
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary import Writer
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from api.tensorboard import TensorBoardManager, read_scalars
+from api.tensorboard import TensorBoardManager, WalkLimits, read_scalars
+from jobsight.errors import DependencyUnavailable, InvalidInput
 from tests.api.conftest import SCHEDULER, TEAM_A, TEAM_B, auth
 from tests.support import FIXTURES, wait_until
 
@@ -133,7 +135,7 @@ def _answers(url: str) -> bool:
 def test_real_tensorboard_for_a_job(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
     logdir = tmp_path / "job-tb"
     write_runs(logdir)
-    client = make_client()
+    client = make_client(settings={"tensorboard": {"allowed_roots": {"team-a": [str(tmp_path)]}}})
     client.put(
         "/v1/jobs/job-tb",
         json={"tenant": "team-a", "tensorboard_logdir": str(logdir)},
@@ -141,20 +143,44 @@ def test_real_tensorboard_for_a_job(make_client: Callable[..., TestClient], tmp_
     )
     first = client.get("/v1/jobs/job-tb/tensorboard", headers=auth(TEAM_A))
     assert first.status_code == 200, first.text
-    url = first.json()["url"]
-    assert url.startswith("http://127.0.0.1:")
+    # Users get the API's proxy, never the TensorBoard's own address.
+    assert first.json()["url"] == "http://api.example:8000/v1/jobs/job-tb/tensorboard/ui/"
 
     def running() -> bool:
         body = client.get("/v1/jobs/job-tb/tensorboard", headers=auth(TEAM_A)).json()
-        assert body["url"] == url  # reused while it starts
         return bool(body["state"] == "running")
 
     wait_until(running, timeout=120, interval=0.5, message="TensorBoard to start")
+    tags_path = "/v1/jobs/job-tb/tensorboard/ui/data/plugin/scalars/tags"
     tags = wait_until(
-        lambda: httpx.get(f"{url}data/plugin/scalars/tags", timeout=5).json(),
+        lambda: client.get(tags_path, headers=auth(TEAM_A)).json(),
         timeout=60,
         message="TensorBoard to load the event files",
     )
     assert "loss" in tags["train"] and "loss" in tags["eval"]
+    assert client.get(tags_path).status_code == 401
+    assert client.get(tags_path, headers=auth(TEAM_B)).status_code == 404
+    # The process listens on loopback, but without the secret prefix it serves nothing.
+    (port,) = client.app.state.service.tensorboard.running().values()  # type: ignore[attr-defined]
+    direct = f"http://127.0.0.1:{port}/"
+    assert httpx.get(f"{direct}data/plugin/scalars/tags", timeout=5).status_code == 404
     client.__exit__(None, None, None)  # app shutdown stops the TensorBoard
-    wait_until(lambda: not _answers(url), timeout=30, message="TensorBoard to stop with the app")
+    wait_until(lambda: not _answers(direct), timeout=30, message="TensorBoard to stop with the app")
+
+
+def test_scalar_walk_is_bounded_and_stops_on_shutdown(tmp_path: Path) -> None:
+    write_runs(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(DependencyUnavailable, match="shutting down"):
+        read_scalars(tmp_path, stop=stop)
+    ticks = iter(range(1000))
+    with pytest.raises(DependencyUnavailable, match="took over 5 s"):
+        read_scalars(tmp_path, limits=WalkLimits(seconds=5), clock=lambda: float(next(ticks)))
+    with pytest.raises(InvalidInput, match="exceed 100 bytes"):
+        read_scalars(tmp_path, limits=WalkLimits(bytes=100))
+    with pytest.raises(InvalidInput, match="over 1 event files"):
+        read_scalars(tmp_path, limits=WalkLimits(files=1))
+    # Within the bounds, the same walk reads everything.
+    tags, _ = read_scalars(tmp_path, limits=WalkLimits(files=2, bytes=100_000))
+    assert tags == ["loss", "lr"]
