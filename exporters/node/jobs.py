@@ -13,8 +13,9 @@ cgroup always gets that cgroup's job, whatever its environment says.
 - ``jobsight_job_cpu_seconds_total{job_id}``: the cgroup's ``usage_usec`` when the job has a
   cgroup directory (exact, and counts every process that ever ran in it), else utime+stime of the
   job's processes;
-- ``jobsight_job_memory_rss_bytes{job_id}``: the sum of VmRSS of the job's live processes (shared
-  pages count once per process, as in ``ps``);
+- ``jobsight_job_memory_rss_bytes{job_id}``: the sum of the resident memory of the job's live
+  processes (VmRSS, or ``statm``'s resident pages for jobs whose cgroup counts CPU and I/O, when
+  nothing else of a process is needed; shared pages count once per process, as in ``ps``);
 - ``jobsight_job_memory_cgroup_bytes{job_id}``: the cgroup's ``memory.current`` (anon + page
   cache: what ``memory.max`` and the OOM killer judge), only for jobs with a cgroup directory;
 - ``jobsight_job_io_read_bytes_total``/``_write_bytes_total{job_id}``: the cgroup's ``io.stat``
@@ -101,7 +102,9 @@ class JobsCollector:
         with self._lock:
             cgroups = self.cgroups.usage()
             in_cgroups = {pid: job_id for job_id, cg in cgroups.items() for pid in cg.pids}
-            samples = self.scanner.sample(in_cgroups)
+            counted = {job_id for job_id, cg in cgroups.items()
+                       if None not in (cg.cpu_seconds, cg.read_bytes, cg.write_bytes)}
+            samples = self.scanner.sample(in_cgroups, rss_only=counted)
             if self.scanner.resolver.trust_environment or not self.cgroups.present():
                 samples += self.scanner.scan(known=in_cgroups.keys())
             totals = self._account(samples)

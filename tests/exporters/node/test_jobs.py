@@ -276,6 +276,8 @@ def test_by_default_only_the_processes_of_job_cgroups_are_read(
         assert _jobs(found, "jobsight_job_processes") == {"4800": 3}
     read_pids = {Path(path).parent.name for path in opened}
     assert read_pids == {"4300", "4301", "4302"}  # 4302 is listed in cgroup.procs but has exited
+    # Job 4800's cgroup counts its CPU and I/O: of its processes only the resident memory is read.
+    assert {Path(path).name for path in opened} == {"statm"}
 
     opened.clear()
     trusting = JobsCollector(str(procfs), str(sysfs), trust_environment=True)
