@@ -48,7 +48,7 @@ HARDWARE_KINDS = frozenset(
 )
 NCCL_KINDS = frozenset({"nccl_timeout", "nccl_error", "nccl_watchdog", "nccl_heartbeat"})
 OOM_KINDS = frozenset({"cuda_oom", "oom_killed", "kernel_oom_kill", "slurm_oom"})
-APP_KINDS = frozenset({"cuda_illegal_access", "cuda_launch_failure", "nan_loss"})
+APP_KINDS = frozenset({"cuda_illegal_access", "cuda_launch_failure", "nan_loss", "checkpoint_error"})
 GENERIC_KINDS = frozenset({"child_failed", "exit_code"})
 # Never causes: the host's own memory (EDAC), host OOM alerts without a victim.
 INFO_KINDS = frozenset({"host_edac", "host_oom_kill"})
@@ -120,8 +120,9 @@ def _is_hardware(f: Finding) -> bool:
         return False
     if f.kind == "gpu_xid":
         return xid_class(f) in ("hardware", "driver", "unclassified")
-    if f.kind == "ib_port_error":
-        return f.extra.get("severity", "error") != "info"
+    if f.kind == "nvswitch_sxid":
+        # A non-fatal SXid is corrected by the switch; only a fatal one stops NVLink traffic.
+        return f.extra.get("fatal", "Fatal") == "Fatal"
     return True
 
 

@@ -17,7 +17,8 @@ CASES: list[dict[str, Any]] = yaml.safe_load((FIXTURES / "logs" / "event_lines.y
 REQUIRED_KINDS = {
     "nccl_timeout", "nccl_error", "cuda_oom", "cuda_illegal_access", "nan_loss", "loss_scale_overflow",
     "child_failed", "oom_killed", "kernel_oom_kill", "gpu_xid", "gpu_fallen_off_bus", "ecc_error",
-    "ib_link_down", "host_edac",
+    "ib_link_down", "host_edac", "nccl_watchdog", "nccl_heartbeat", "cuda_launch_failure", "nvlink_error",
+    "slurm_oom", "nvswitch_sxid", "ib_port_error", "checkpoint_error",
 }
 # Ordinary training output that must not become an event.
 QUIET_LINES = [
@@ -35,6 +36,15 @@ QUIET_LINES = [
 ]
 
 
+# Issue 16: signatures added with the fault knowledge, in the formats the tools print today.
+SIGNATURES: list[dict[str, Any]] = yaml.safe_load((FIXTURES / "logs" / "fault_signatures.yaml").read_text())
+# Not faults: a running minimum that starts at inf, and corrected host memory errors are no GPU ECC error.
+NOT_FAULTS = [
+    "step 10 | best val loss: inf | val loss 2.81",
+    "min_loss = inf",
+]
+
+
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
     return RuleSet.build()
@@ -42,7 +52,7 @@ def rules() -> RuleSet:
 
 def test_defaults_cover_every_kind_the_other_components_use(rules: RuleSet) -> None:
     assert set(kinds(rules)) == REQUIRED_KINDS
-    assert {case["kind"] for case in CASES} == REQUIRED_KINDS
+    assert {case["kind"] for case in CASES} | {case["kind"] for case in SIGNATURES} == REQUIRED_KINDS
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['kind']}-{i}" for i, c in enumerate(CASES)])
@@ -84,6 +94,28 @@ def test_a_user_rule_cannot_make_a_hardware_kind_from_a_file(tmp_path: Path) -> 
     rules = RuleSet.build([user])
     assert rules.match("FAKE XID 79", "file") is None
     assert take_refused(rules) == {("file", "gpu_xid"): 1}
+
+
+@pytest.mark.parametrize("case", SIGNATURES, ids=[f"{c['kind']}-{i}" for i, c in enumerate(SIGNATURES)])
+def test_issue_16_signatures(rules: RuleSet, case: dict[str, Any]) -> None:
+    event = rules.match(case["line"], "kmsg")
+    assert event is not None, case["line"]
+    assert (event.kind, event.severity) == (case["kind"], case["severity"])
+    for key, value in case["fields"].items():
+        assert event.fields.get(key) == value, (key, event.fields)
+
+
+@pytest.mark.parametrize("line", NOT_FAULTS)
+def test_running_minimum_of_inf_is_no_nan_loss(rules: RuleSet, line: str) -> None:
+    assert rules.match(line) is None
+
+
+def test_host_edac_correctable_error_is_information_not_a_gpu_ecc_error(rules: RuleSet) -> None:
+    line = "EDAC MC0: 1 CE memory read error on CPU_SrcID#0_MC#0_Chan#1_DIMM#0 (channel:1)"
+    event = rules.match(line, "kmsg")
+    assert event is not None and event.kind == "host_edac" and event.severity == "info"
+    # A corrected single-bit GPU ECC line is no event either: the exporter counts those.
+    assert rules.match("GPU 0: Correctable ECC error count 3 (single-bit)", "kmsg") is None
 
 
 @pytest.mark.parametrize("line", QUIET_LINES)
