@@ -12,12 +12,12 @@ Two rounds:
 1. this host's real /proc and /sys;
 2. a generated /proc with ``--pids`` processes (default 20 000), a tenth of them in 10 Slurm jobs
    whose cgroup v2 job directories (``/system.slice/slurmstepd.scope/job_<id>``) list them in
-   ``cgroup.procs``, every process with a ``cgroup``, ``environ``, ``stat``, ``statm``, ``status``
-   and ``io`` file; the node-level files (``stat``, ``meminfo``, ...) come from the test fixtures, so that both
-   exporters serve the same values. Served: node_exporter, ours without ``--collector.jobs``, ours
-   with it (default: job cgroups first), and ours with ``--collector.jobs.trust-environment`` (which
-   has to look at every process). Files on disk are cheaper to read than the kernel's /proc, so the
-   per-process costs here are a lower bound.
+   ``cgroup.procs``; every process has a ``cgroup``, ``environ``, ``stat``, ``statm``, ``status``
+   and ``io`` file. The node-level files (``stat``, ``meminfo``, ...) come from the test fixtures,
+   so that both exporters serve the same values. Served: node_exporter, ours without
+   ``--collector.jobs``, ours with it (default: job cgroups first), and ours with
+   ``--collector.jobs.trust-environment`` (which has to look at every process). Files on disk are
+   cheaper to read than the kernel's /proc, so the per-process costs here are a lower bound.
 
 Reported: median and p99 scrape time seen by the client, and CPU seconds per scrape of each
 server process (utime+stime from /proc/<pid>/stat before and after), as ratios ours/theirs.
