@@ -72,8 +72,14 @@ _K8S_POD_CGROUP = re.compile(
 # Linux's PF_KTHREAD in the flags field (9) of /proc/<pid>/stat: kernel threads belong to no job.
 PF_KTHREAD = 0x00200000
 
+# Log path patterns are matched against the WHOLE path (re.fullmatch) and must start at the root
+# ("/"), so that they can only name directories an administrator chose: the scheduler's spool
+# directory, the kubelet's /var/log/pods. An unanchored ``slurm-(\d+)\.out`` would hand job 4711
+# to ``~/slurm-4711.out`` written by any user (issue 9, finding 2). A pattern ending in "/" names a
+# directory and matches every path below it. Both defaults point at directories only root writes:
+# slurmd's spool directory (``/var/spool/slurmd/job04711/``) and the kubelet's pod log directory.
 DEFAULT_LOG_PATH_PATTERNS: tuple[str, ...] = (
-    r"slurm-(?P<job_id>\d+(?:_\d+)?)\.out$",
+    r"/var/spool/slurm[^/]*/job[^/]+/slurm-(?P<job_id>\d+(?:_\d+)?)\.out",
     r"/var/log/pods/[^/_]+_[^/_]+_(?P<job_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/",
 )
 
@@ -299,25 +305,67 @@ def _start_time(base: Path) -> str | None:
 
 
 class PathJobMatcher:
-    """Finds a job id in a log file's path with regexes holding a named group ``job_id``."""
+    """Finds a job id in a log file's path with regexes holding a named group ``job_id``, each
+    matched against the whole path (see :func:`compile_path_pattern`)."""
 
     def __init__(self, patterns: Sequence[str] = DEFAULT_LOG_PATH_PATTERNS) -> None:
-        compiled: list[re.Pattern[str]] = []
-        for pattern in patterns:
-            try:
-                regex = re.compile(pattern)
-            except re.error as exc:
-                raise InvalidInput(f"job_id pattern {pattern!r} is not a valid regex: {exc}") from exc
-            if "job_id" not in regex.groupindex:
-                raise InvalidInput(f"job_id pattern {pattern!r} has no named group (?P<job_id>...)")
-            compiled.append(regex)
-        self.patterns = tuple(compiled)
+        self.patterns = tuple(compile_path_pattern(pattern) for pattern in patterns)
 
     def job_of(self, path: str) -> JobRef | None:
         for regex in self.patterns:
-            match = regex.search(path)
+            match = regex.fullmatch(path)
             if match:
                 value = match.group("job_id")
                 if value and is_valid_job_id(value):
                     return JobRef(value, "path")
         return None
+
+
+def compile_path_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a log path pattern for :class:`PathJobMatcher`, refusing one that is not anchored.
+
+    The pattern is matched against the whole path (``re.fullmatch``); it must start with ``/``
+    (``^/`` is accepted too) so it names a directory from the root, and have a named group
+    ``job_id``. A pattern ending in ``/`` (or ``/$``) names a directory: it matches every path
+    below it. Raises :class:`InvalidInput` saying what is wrong."""
+    body = pattern[1:] if pattern.startswith("^") else pattern
+    if body.endswith("$") and not body.endswith("\\$"):
+        body = body[:-1]
+    if not body.startswith("/") or _has_top_level_alternation(body):
+        raise InvalidInput(
+            f"job_id pattern {pattern!r} must start with '/' (and put alternatives in a group after "
+            f"it): patterns match the whole path, from the root, so that only a directory you name "
+            f"(one the scheduler owns) can give a job id")
+    if body.endswith("/"):
+        body = f"(?:{body}).+"
+    try:
+        regex = re.compile(body)
+    except re.error as exc:
+        raise InvalidInput(f"job_id pattern {pattern!r} is not a valid regex: {exc}") from exc
+    if "job_id" not in regex.groupindex:
+        raise InvalidInput(f"job_id pattern {pattern!r} has no named group (?P<job_id>...)")
+    return regex
+
+
+def _has_top_level_alternation(pattern: str) -> bool:
+    """Whether ``pattern`` has a ``|`` outside every group and character class: ``/a/([0-9]+)|.*x``
+    starts with ``/`` yet its second branch matches anywhere."""
+    depth = 0
+    in_class = False
+    escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+    return False

@@ -30,6 +30,7 @@ import binascii
 import contextlib
 import json
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -264,11 +265,29 @@ class SQLiteLogStore:
                                                [(key,) for key in remove_checkpoints])
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    self._rollback_locked()
                     raise
             except sqlite3.Error as exc:
-                raise DependencyUnavailable("log store", f"write failed: {exc}") from exc
+                raise DependencyUnavailable("log store", self._describe_locked("write failed", exc)) from exc
         return inserted
+
+    def _rollback_locked(self) -> None:
+        """Undo the open transaction, if there still is one. On some errors (SQLITE_FULL,
+        SQLITE_IOERR, SQLITE_NOMEM) SQLite has already rolled it back itself; a ROLLBACK then
+        fails with "cannot rollback - no transaction is active", and that message must not replace
+        the error that says what went wrong."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the original error is the one to report
+                self._conn.execute("ROLLBACK")
+
+    def _describe_locked(self, what: str, exc: sqlite3.Error) -> str:
+        """The message for a failed write: "disk full" with the store's path when the file system
+        has no room (SQLITE_FULL, or an I/O error while the file system is full), else ``what``
+        and SQLite's message."""
+        if is_disk_full(exc, self.path):
+            return (f"disk full: cannot write to {self.db_path} ({exc}); records are kept in their "
+                    f"input files and stored once there is room again")
+        return f"{what}: {exc}"
 
     def checkpoints(self) -> dict[str, str]:
         """Every stored checkpoint (key → value)."""
@@ -299,7 +318,9 @@ class SQLiteLogStore:
                 if max_bytes is not None:
                     deleted += self._shrink_locked(max_bytes)
             except sqlite3.Error as exc:
-                raise DependencyUnavailable("log store", f"retention failed: {exc}") from exc
+                self._rollback_locked()
+                message = self._describe_locked("retention failed", exc)
+                raise DependencyUnavailable("log store", message) from exc
         return deleted
 
     def _shrink_locked(self, max_bytes: int) -> int:
@@ -425,6 +446,28 @@ class SQLiteLogStore:
         # Closing a broken connection: nothing left to release.
         with self._lock, contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+
+
+# Less than this many bytes free for the store's directory counts as a full file system when
+# SQLite reports an I/O error (a WAL or journal write that failed with ENOSPC is SQLITE_IOERR, not
+# SQLITE_FULL).
+_NEARLY_FULL_BYTES = 256 * 1024
+
+
+def is_disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """True when ``exc`` means the store's file system (or the database's size limit) is full."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc):
+        return True
+    if primary == sqlite3.SQLITE_IOERR or "disk I/O error" in str(exc):
+        try:
+            fs = os.statvfs(path)
+        except OSError:
+            return False
+        free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+        return free * fs.f_frsize < _NEARLY_FULL_BYTES
+    return False
 
 
 def _row_to_record(row: Sequence[Any]) -> LogRecord:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from collectors.logs.collector import LogCollector
 from collectors.logs.config import CollectorConfig, load_config
@@ -20,6 +22,21 @@ from jobsight.logstore import SQLiteLogStore
 from jobsight.serving import CollectorSet, MetricsServer, parse_listen_address
 
 log = logging.getLogger(__name__)
+
+
+class LoopProbe:
+    """A collector with no series of its own that fails while the read loop is stalled, so
+    ``jobsight_scrape_collector_success{collector="logs_loop"}`` is 0 and the existing
+    ExporterCollectorFailing alert fires (``jobsight_log_stalled`` says the same as a gauge)."""
+
+    def __init__(self, stats: LogStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stalled = self.stats.loop_stalled_for()
+        if stalled is not None:
+            raise RuntimeError(f"the log collector's read loop has made no progress for {stalled:.0f}s")
+        yield from ()
 
 
 def build_rules(config: CollectorConfig) -> RuleSet:
@@ -68,7 +85,8 @@ def run_collector(config_path: Path, listen_override: str | None = None) -> int:
                 return 0
         collector = LogCollector(config, store, host=host, rules=rules, stats=stats, es=es, stop=stop)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(CollectorSet({"logs": LogMetrics(stats)}, prefix="jobsight"))
+        registry.register(CollectorSet({"logs": LogMetrics(stats), "logs_loop": LoopProbe(stats)},
+                                       prefix="jobsight"))
         server = MetricsServer(registry, listen, health=collector.health).start()
         log.info("jobsight log collector on host %s: metrics on http://%s/metrics, store %s%s", host,
                  server.address, config.store.path, f", elasticsearch {es.stream}" if es else "")

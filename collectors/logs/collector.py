@@ -20,7 +20,7 @@ from collectors.logs.config import CollectorConfig, KmsgSource, source_name
 from collectors.logs.es import ElasticsearchSink, Stopped
 from collectors.logs.files import FileTailer
 from collectors.logs.kmsg import KmsgReader
-from collectors.logs.rules import RuleSet
+from collectors.logs.rules import RuleSet, take_refused
 from collectors.logs.stats import LogStats
 from jobsight.errors import DependencyUnavailable
 from jobsight.logstore import LogRecord, SQLiteLogStore
@@ -77,6 +77,9 @@ class LogCollector:
         self.monotonic = monotonic
         self.healthy = True
         self.last_error = ""
+        self.rules = rules
+        stats.stall_after = config.stall_after
+        stats.loop_progress = stats.monotonic()
         checkpoints = store.checkpoints()
         self.inputs: list[Input] = []
         for index, source in enumerate(config.sources):
@@ -108,6 +111,7 @@ class LogCollector:
     def step(self) -> bool:
         """One round: maybe scan, read up to a batch, deliver when due. True if input was read."""
         now = self.monotonic()
+        self.stats.loop_progress = self.stats.monotonic()
         cfg = self.config
         if now - self._last_scan >= cfg.glob_interval:
             self._last_scan = now
@@ -129,6 +133,10 @@ class LogCollector:
             self._last_retention = now
             self._retention()
         self._update_gauges()
+        refused = take_refused(self.rules)
+        for key, count in refused.items():
+            self.stats.add2(self.stats.refused_events, key, count)
+        self.stats.loop_progress = self.stats.monotonic()
         return read_any and not full
 
     def _add(self, source: str, records: list[LogRecord]) -> None:
@@ -186,6 +194,8 @@ class LogCollector:
                 self.stats.add(self.stats.sink_retries, sink)
                 log.warning("delivery failed (%s); retrying in %.1fs, not reading meanwhile", exc, delay)
                 self._update_gauges()
+                # Waiting on purpose is not a stall: /healthz says "delivery failing" instead.
+                self.stats.loop_progress = self.stats.monotonic()
                 if self.stop.wait(delay):
                     raise Stopped() from exc
         self.healthy = True
@@ -230,6 +240,12 @@ class LogCollector:
         self.stats.backlog_bytes = float(total)
 
     def health(self) -> tuple[bool, str]:
+        """For /healthz, on the server's thread: a stalled read loop first (it cannot say so
+        itself), then a failing delivery."""
+        stalled = self.stats.loop_stalled_for()
+        if stalled is not None:
+            return False, (f"stalled: the read loop has made no progress for {stalled:.0f}s "
+                           f"(stall_after {self.config.stall_after:g}s); an input may block it")
         return (True, "ok") if self.healthy else (False, f"delivery failing: {self.last_error}")
 
     def close(self) -> None:

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from collectors.logs.parsing import DEFAULT_RANK_PREFIX
 from jobsight.config import load_model
-from jobsight.identity import DEFAULT_LOG_PATH_PATTERNS, is_valid_job_id
+from jobsight.errors import InvalidInput
+from jobsight.identity import DEFAULT_LOG_PATH_PATTERNS, compile_path_pattern, is_valid_job_id
 
 DEFAULT_LISTEN = "127.0.0.1:9404"
 
@@ -59,7 +60,18 @@ class _SourceBase(_Strict):
                              "or digit)")
         return value
 
-    @field_validator("job_id_pattern", "rank_prefix")
+    @field_validator("job_id_pattern", "job_id_patterns")
+    @classmethod
+    def _path_patterns(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # Matched against the whole path, from the root: see jobsight.identity.compile_path_pattern.
+        for pattern in [value] if isinstance(value, str) else value or []:
+            try:
+                compile_path_pattern(pattern)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("rank_prefix")
     @classmethod
     def _pattern(cls, value: str | None) -> str | None:
         if value is not None:
@@ -90,6 +102,13 @@ class _FileLike(_SourceBase):
     exclude: list[str] = Field(default_factory=lambda: ["*.gz", "*.bz2", "*.xz", "*.zst", "*.tmp"])
     rotate_wait: float = Field(default=5.0, ge=0, le=3600)
     skip_binary: bool = True
+    # Symbolic links are not followed, anywhere below the fixed part of a glob (Filebeat's default):
+    # a user's `ln -s /etc/shadow job/x.log` is never opened. Turn on only where every link in the
+    # globbed directories is made by root (e.g. /var/log/containers/*.log).
+    follow_symlinks: bool = False
+    # Read a file only when its owner is the owner of the directory it is in (the job directory):
+    # another user's file moved or written into a job's directory is not that job's log.
+    check_owner: bool = False
 
     @field_validator("paths")
     @classmethod
@@ -196,6 +215,15 @@ class CollectorConfig(_Strict):
     retention_interval: float = Field(default=300.0, gt=0)
     retry_initial: float = Field(default=0.5, gt=0)
     retry_max: float = Field(default=30.0, gt=0)
+    # /healthz answers 503 (and jobsight_log_stalled is 1) when the read loop has not completed a
+    # round for this long: an input that blocks the loop stops every job's logs on the node.
+    stall_after: float = Field(default=120.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _stall_bound(self) -> CollectorConfig:
+        if self.stall_after <= self.poll_interval:
+            raise ValueError("stall_after must be longer than poll_interval (an idle loop sleeps that long)")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> CollectorConfig:

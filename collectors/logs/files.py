@@ -14,6 +14,12 @@ record id, so a line read twice gets the same id and is stored once.
   starts again at 0 under a new one. A copy matched by the globs is never read as a new file.
 - **Truncation** without a copy: the rest is counted as lost (``jobsight_log_lost_total``).
 
+Every file, including a rotated copy looked for by name, is opened through
+:class:`~collectors.logs.safeopen.SafeOpener`: no symbolic links below the glob's fixed part, never
+blocking, and the open descriptor (not the path) checked to be a regular file with one link. The
+paths the globs return are in directories users write, so they are only ever ``lstat``-ed as a
+hint; what is read is what the checked descriptor refers to.
+
 Checkpoints hold the *resume offset*: the first byte not yet emitted as a record (the start of a
 held partial line or multi-line block), so a restart never skips a line and never splits one.
 """
@@ -38,6 +44,7 @@ from collectors.logs.multiline import Multiline
 from collectors.logs.parsing import CriDecoder, DockerDecoder, TextDecoder, pod_labels
 from collectors.logs.pipeline import Decoder, Pipeline, RecordContext
 from collectors.logs.rules import RuleSet
+from collectors.logs.safeopen import Refused, SafeOpener, glob_root
 from collectors.logs.stats import LogStats
 from jobsight.identity import JobMapDir, PathJobMatcher
 from jobsight.logstore import LogRecord
@@ -231,6 +238,10 @@ class FileTailer:
         self.clock = clock
         self.monotonic = monotonic
         self.matcher = PathJobMatcher(config.path_patterns())
+        self.opener = SafeOpener([glob_root(pattern) for pattern in config.paths],
+                                 follow_symlinks=config.follow_symlinks, check_owner=config.check_owner)
+        self._refused: dict[str, str] = {}  # path → why it is not read (logged and counted once)
+        self._warned_no_job = False
         self.job_map = JobMapDir(config.job_map_dir) if config.job_map_dir else None
         self.prefix = f"file:{name}:"
         self.known: dict[str, Checkpoint] = {}
@@ -265,13 +276,20 @@ class FileTailer:
         out: list[LogRecord] = []
         now = self.monotonic()
         seen: set[tuple[int, int]] = set()
-        for path in self._paths():
+        paths = self._paths()
+        for path in paths:
             try:
-                st = os.stat(path)
+                # A hint only (what is read is checked on the open descriptor): lstat, so that a
+                # symbolic link is not even looked through.
+                st = os.stat(path) if self.config.follow_symlinks else os.lstat(path)
             except OSError as exc:
                 self._error(path, exc)
                 continue
+            if stat.S_ISLNK(st.st_mode):
+                self._refuse(path, Refused("symlink", f"{path} is a symbolic link"))
+                continue
             if not stat.S_ISREG(st.st_mode):
+                self._refuse(path, Refused("not_regular", f"{path} is not a regular file"))
                 continue
             key = (st.st_dev, st.st_ino)
             seen.add(key)
@@ -294,6 +312,9 @@ class FileTailer:
         self._prune(seen, now)
         # Files skipped for good (binary, read-out copies) stay skipped only while they exist.
         self.ignored = {key: value for key, value in self.ignored.items() if key in seen}
+        if self._refused:
+            current = set(paths)
+            self._refused = {path: why for path, why in self._refused.items() if path in current}
         self.stats.files_open[self.name] = len(self.tracked)
         return out
 
@@ -330,12 +351,26 @@ class FileTailer:
             return False
         return current != tracked.ckpt.fp
 
-    def _open(self, path: str) -> int | None:
+    def _open(self, path: str) -> tuple[int, os.stat_result] | None:
+        """The checked descriptor of ``path`` and its fstat (see :mod:`collectors.logs.safeopen`),
+        or None when it is refused or cannot be opened (both counted and logged once)."""
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            opened = self.opener.open(path)
+        except Refused as refused:
+            self._refuse(path, refused)
+            return None
         except OSError as exc:
             self._error(path, exc)
             return None
+        self._refused.pop(path, None)
+        return opened
+
+    def _refuse(self, path: str, refused: Refused) -> None:
+        if self._refused.get(path) == refused.reason:
+            return
+        self._refused[path] = refused.reason
+        self.stats.add2(self.stats.skipped_files, (self.name, refused.reason))
+        log.warning("%s: not reading %s", self.name, refused.detail)
 
     def _error(self, path: str, exc: OSError) -> None:
         reason = _reason(exc)
@@ -348,12 +383,13 @@ class FileTailer:
         out: list[LogRecord] = []
         if st.st_size == 0:
             return out
-        fd = self._open(path)
-        if fd is None:
+        opened = self._open(path)
+        if opened is None:
             return out
+        fd, fst = opened
+        st = fst  # from here on, only what the descriptor says
         self._warned.discard(path)
         try:
-            fst = os.fstat(fd)
             dev, ino, size = fst.st_dev, fst.st_ino, fst.st_size
             # A checkpoint of this very inode: same content → resume; other content → it was
             # truncated (copytruncate while we were down) or the inode was reused.
@@ -442,19 +478,22 @@ class FileTailer:
         under another name (``by_inode``), or a copy with the same first bytes."""
         for path in self._candidates(ckpt):
             try:
-                st = os.stat(path)
+                hint = os.stat(path) if self.config.follow_symlinks else os.lstat(path)
             except OSError:
                 continue
+            hint_key = (hint.st_dev, hint.st_ino)
+            if not stat.S_ISREG(hint.st_mode) or hint_key in self.tracked or hint.st_size < min_size \
+                    or by_inode != (hint_key == (ckpt.dev, ckpt.ino)):
+                continue  # a link, a FIFO, a file read already, or not it: not opened at all
+            opened = self._open(path)
+            if opened is None:
+                continue
+            fd, st = opened  # the checks that count are on the descriptor
             key = (st.st_dev, st.st_ino)
-            if not stat.S_ISREG(st.st_mode) or key in self.tracked or st.st_size < min_size:
-                continue
-            if by_inode != (key == (ckpt.dev, ckpt.ino)):
-                continue
-            fd = self._open(path)
-            if fd is None:
-                continue
             try:
-                if fingerprint(fd, ckpt.fplen) == ckpt.fp:
+                if key not in self.tracked and st.st_size >= min_size and \
+                        by_inode == (key == (ckpt.dev, ckpt.ino)) and \
+                        fingerprint(fd, ckpt.fplen) == ckpt.fp:
                     return fd, st.st_dev, st.st_ino
             except OSError:
                 pass  # unreadable candidate: try the next one
@@ -513,6 +552,10 @@ class FileTailer:
         ref = self.matcher.job_of(path)
         if ref is not None:
             return ref.job_id
+        if (self.config.job_id_pattern or self.config.job_id_patterns) and not self._warned_no_job:
+            self._warned_no_job = True
+            log.warning("%s: no job_id pattern matches %s; patterns match the whole path from the root "
+                        "(see docs/logs-collector.md)", self.name, path)
         if self.job_map is not None:
             jobs = set(self.job_map.read().by_key.values())
             if len(jobs) == 1:

@@ -37,11 +37,27 @@ class LogStats:
     read_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, reason)
     skipped_files: dict[tuple[str, str], int] = field(default_factory=dict)
     lost: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (source type, kind): hardware events a user-writable source claimed; not believed
+    refused_events: dict[tuple[str, str], int] = field(default_factory=dict)
     files_open: dict[str, int] = field(default_factory=dict)
     backlog_bytes: float = 0.0
     monotonic: Callable[[], float] = time.monotonic
     pending_since: float | None = None  # monotonic time the oldest uncommitted record was read
     last_commit: float | None = None
+    # The read loop's watchdog: monotonic time of its last completed round, and how long without
+    # one counts as stalled (config `stall_after`).
+    loop_progress: float | None = None
+    stall_after: float = 120.0
+
+    def loop_stalled_for(self) -> float | None:
+        """Seconds since the read loop last made progress when that is over ``stall_after``,
+        else None. Read by /healthz and /metrics on their own threads: a loop blocked for good
+        (an open() that never returns) cannot report that itself."""
+        since = self.loop_progress
+        if since is None:
+            return None
+        age = self.monotonic() - since
+        return age if age > self.stall_after else None
 
     def delivery_lag(self) -> float:
         """Age of the oldest record read but not yet committed; 0 when everything read is
@@ -125,6 +141,19 @@ class LogMetrics:
                            "Input known to be lost before it was read, by source and reason "
                            "(kmsg_overwritten: records; truncated: files whose unread rest was not found).",
                            ["source", "reason"], s.lost)
+            yield _counter("jobsight_log_refused_events",
+                           "Hardware events (XID, ECC, link down, kernel OOM kill) claimed by a "
+                           "user-writable source and not believed: only the kernel's log is, by source "
+                           "type and kind.", ["source_type", "kind"], s.refused_events)
+            if s.loop_progress is not None:
+                yield GaugeMetricFamily(
+                    "jobsight_log_loop_last_progress_timestamp_seconds",
+                    "When the read loop last completed a round (unix seconds).",
+                    value=s.clock() - (s.monotonic() - s.loop_progress))
+            yield GaugeMetricFamily(
+                "jobsight_log_stalled",
+                "1 when the read loop has made no progress for longer than stall_after (an input "
+                "blocks it); /healthz then answers 503.", value=0.0 if s.loop_stalled_for() is None else 1.0)
             files = GaugeMetricFamily("jobsight_log_files_open", "Files being tailed, by source.",
                                       labels=["source"])
             for source, count in sorted(s.files_open.items()):

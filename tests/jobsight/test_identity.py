@@ -162,8 +162,8 @@ def test_process_resolver_on_a_real_child_process() -> None:
 
 def test_path_matcher_defaults_and_errors() -> None:
     matcher = PathJobMatcher()
-    assert matcher.job_of("/scratch/u/slurm-4711.out") == JobRef("4711", "path")
-    assert matcher.job_of("/scratch/u/slurm-4711_3.out") == JobRef("4711_3", "path")
+    assert matcher.job_of("/var/spool/slurmd/job04711/slurm-4711.out") == JobRef("4711", "path")
+    assert matcher.job_of("/var/spool/slurm/job04711/slurm-4711_3.out") == JobRef("4711_3", "path")
     pod = "/var/log/pods/ns_trainer-0_0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/pytorch/0.log"
     assert matcher.job_of(pod) == JobRef("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "path")
     assert matcher.job_of("/var/log/syslog") is None
@@ -171,6 +171,29 @@ def test_path_matcher_defaults_and_errors() -> None:
         PathJobMatcher([r"/data/(\d+)/"])
     with pytest.raises(InvalidInput, match="not a valid regex"):
         PathJobMatcher([r"/data/(?P<job_id>"])
+
+
+@pytest.mark.parametrize("path", [
+    "/home/eve/slurm-4711.out",  # a user's own file named like the scheduler's
+    "/home/eve/var/spool/slurmd/job04711/slurm-4711.out",  # the spool path below a user's directory
+    "/var/spool/slurmd/job04711/slurm-4711.out.evil",
+    "/tmp/var/log/pods/ns_p_0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/c/0.log",
+])
+def test_path_patterns_match_the_whole_path(path: str) -> None:
+    assert PathJobMatcher().job_of(path) is None
+
+
+def test_path_patterns_must_be_anchored_at_the_root() -> None:
+    for unanchored in (r"slurm-(?P<job_id>\d+)\.out$", r"(?P<job_id>\d+)/", r"/data/(?P<job_id>\d+)/|.*x"):
+        with pytest.raises(InvalidInput, match="must start with '/'"):
+            PathJobMatcher([unanchored])
+    directory = PathJobMatcher([r"/data/jobs/(?P<job_id>[^/]+)/"])  # a directory: everything below it
+    assert directory.job_of("/data/jobs/4711/train.log") == JobRef("4711", "path")
+    assert directory.job_of("/data/jobs/4711/sub/train.log") == JobRef("4711", "path")
+    assert directory.job_of("/home/eve/data/jobs/4711/train.log") is None
+    explicit = PathJobMatcher([r"^/data/(?P<job_id>\d+)/[^/]+\.log$"])
+    assert explicit.job_of("/data/4711/a.log") == JobRef("4711", "path")
+    assert explicit.job_of("/data/4711/a.log.1") is None
 
 
 @pytest.mark.parametrize("value", ["4711", "4711_3", "train-42", "a.b:c@d", "x" * 128])

@@ -1,10 +1,18 @@
-"""An in-process collector over a real SQLite store and real files, stepped by the test."""
+"""An in-process collector over a real SQLite store and real files, stepped by the test; and the
+collector as a real process (:class:`CollectorProcess`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.logs.collector import LogCollector
 from collectors.logs.config import CollectorConfig
@@ -13,7 +21,7 @@ from collectors.logs.rules import RuleSet
 from collectors.logs.stats import LogStats
 from jobsight.config import parse_model
 from jobsight.logstore import LogRecord, SQLiteLogStore
-from tests.support import wait_until
+from tests.support import Proc, free_port, jobsight_command, wait_until
 
 FAST = {"poll_interval": 0.01, "glob_interval": 0.05, "batch": {"max_wait": 0.01}}
 
@@ -71,3 +79,79 @@ class Harness:
     def close(self) -> None:
         self.collector.close()
         self.store.close()
+
+
+class CollectorProcess:
+    """`jobsight collector logs` as a real process over a YAML config written from ``settings``."""
+
+    def __init__(self, spawn: Callable[..., Proc], workdir: Path, sources: list[dict[str, Any]], *,
+                 store: Path | None = None, name: str = "collector", **settings: Any) -> None:
+        self.port = free_port()
+        self.store = store or workdir / "store"
+        self.url = f"http://127.0.0.1:{self.port}"
+        raw = {"poll_interval": 0.05, "glob_interval": 0.1, "batch": {"max_wait": 0.05}, "sources": sources,
+               "store": {"path": str(self.store)}, "listen": f"127.0.0.1:{self.port}", **settings}
+        self.config = workdir / f"{name}.yaml"
+        self.config.write_text(yaml.safe_dump(raw))
+        self.proc = spawn(jobsight_command("collector", "logs", "--config", str(self.config)), name=name)
+
+    def wait_ready(self) -> None:
+        def up() -> bool:
+            if not self.proc.alive():
+                code = self.proc.popen.returncode
+                raise AssertionError(f"collector exited with {code}:\n{self.proc.output()}")
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503)
+
+        wait_until(up, timeout=30, interval=0.1, message="collector /healthz")
+
+    def healthz(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/healthz", timeout=5)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=5).text
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return None
+
+    def records(self, job_id: str | None = None) -> list[LogRecord]:
+        if not (self.store / "logs.sqlite3").exists():
+            return []
+        reader = SQLiteLogStore(self.store, read_only=True)
+        try:
+            return list(reader.iter_all(job_id=job_id))
+        finally:
+            reader.close()
+
+    def messages(self) -> list[str]:
+        return [r.message for r in self.records()]
+
+
+NOBODY_UID = 65534
+
+
+def as_nobody(*argv: str) -> None:
+    """Run ``argv`` as the unprivileged user ``nobody`` (the attacker): the tests run as root, and
+    every file the attack makes must be one an ordinary cluster user can make."""
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise AssertionError(f"as nobody: {argv} exited with {result.returncode}: {result.stderr}")
+
+
+def nobody_python(code: str) -> subprocess.Popen[bytes]:
+    """Start ``python -c code`` as ``nobody`` (a long-running attacker)."""
+    return subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+                             sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def world_dir(parent: Path, name: str, mode: int = 0o755, owner: int = 0) -> Path:
+    """A directory ``nobody`` can reach (pytest's tmp_path is 0700 root)."""
+    path = parent / name
+    path.mkdir()
+    os.chown(path, owner, owner)
+    path.chmod(mode)
+    return path

@@ -169,7 +169,7 @@ def test_nvrm_fallen_off_the_bus_sentence() -> None:
     ]
     out, _ml = run(lines)
     assert len(out) == 1 and out[0].lines == 3
-    event = RuleSet.build().match(out[0].text)
+    event = RuleSet.build().match(out[0].text, "kmsg")
     assert event is not None and event.kind == "gpu_fallen_off_bus" and event.fields["pci"] == "0000:b3:00.0"
 
 
