@@ -13,8 +13,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from exporters.gpu.model import Clock, GpuIdentity, ProcessUsage
-from jobsight.identity import JobMapDir, JobMapSnapshot, ProcessJobResolver, is_valid_job_id
+from exporters.gpu.model import Clock, GpuIdentity, InstanceReading, ProcessUsage
+from jobsight.identity import JobMapDir, JobMapSnapshot, JobRef, ProcessJobResolver, is_valid_job_id
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ _MAX_LOGGED_ERRORS = 256
 class GpuJobs:
     jobs: tuple[str, ...] = ()
     memory_bytes: dict[str, int] = field(default_factory=dict)
+    # Per MIG instance of the GPU (GPU instance id → its jobs), when MIG mode is on.
+    instances: dict[int, GpuJobs] = field(default_factory=dict)
 
 
 class JobAttributor:
@@ -50,30 +52,46 @@ class JobAttributor:
         self._logged: set[str] = set()
         self.map_errors = 0
 
-    def attribute(self, identity: GpuIdentity, processes: Sequence[ProcessUsage]) -> GpuJobs:
+    def attribute(self, identity: GpuIdentity, processes: Sequence[ProcessUsage],
+                  instances: Sequence[InstanceReading] = ()) -> GpuJobs:
+        """The jobs on the GPU, and on each of its MIG instances: an instance's own map file
+        (``<index>.<GPU instance id>`` as dcgm-exporter names it, or its ``MIG-…`` UUID) first,
+        then the GPU's map file, then the instance's processes."""
         with self._lock:
             snapshot = self._map()
-            self._pids_by_gpu[identity.index] = {p.pid for p in processes}
+            pids = {p.pid for p in processes}
+            for inst in instances:
+                pids.update(p.pid for p in inst.processes)
+            self._pids_by_gpu[identity.index] = pids
             mapped = snapshot.job_for_gpu(identity.index, identity.uuid or None)
-            memory: dict[str, int] = {}
-            jobs: list[str] = []
-            if mapped is not None:
-                jobs.append(mapped.job_id)
-                used = [p.used_bytes for p in processes if p.used_bytes is not None]
-                if used:
-                    memory[mapped.job_id] = sum(used)
-            else:
-                for proc in processes:
-                    job_id = self._job_of(proc)
-                    if job_id is None:
-                        continue
-                    if job_id not in jobs:
-                        jobs.append(job_id)
-                    if proc.used_bytes is not None:
-                        memory[job_id] = memory.get(job_id, 0) + proc.used_bytes
+            per_instance: dict[int, GpuJobs] = {}
+            for inst in instances:
+                key = f"{identity.index}.{inst.instance.gi_id}"
+                own = snapshot.job_for_gpu(key, inst.instance.uuid or None)
+                per_instance[inst.instance.gi_id] = self._jobs(own or mapped, inst.processes)
             live = set().union(*self._pids_by_gpu.values())
             self._resolver.forget_except(live)
-            return GpuJobs(tuple(sorted(jobs)), memory)
+            found = self._jobs(mapped, processes)
+            return GpuJobs(found.jobs, found.memory_bytes, per_instance)
+
+    def _jobs(self, mapped: JobRef | None, processes: Sequence[ProcessUsage]) -> GpuJobs:
+        memory: dict[str, int] = {}
+        jobs: list[str] = []
+        if mapped is not None:
+            jobs.append(mapped.job_id)
+            used = [p.used_bytes for p in processes if p.used_bytes is not None]
+            if used:
+                memory[mapped.job_id] = sum(used)
+            return GpuJobs(tuple(jobs), memory)
+        for proc in processes:
+            job_id = self._job_of(proc)
+            if job_id is None:
+                continue
+            if job_id not in jobs:
+                jobs.append(job_id)
+            if proc.used_bytes is not None:
+                memory[job_id] = memory.get(job_id, 0) + proc.used_bytes
+        return GpuJobs(tuple(sorted(jobs)), memory)
 
     def _job_of(self, proc: ProcessUsage) -> str | None:
         if proc.job_id is not None:

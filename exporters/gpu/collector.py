@@ -3,12 +3,13 @@ every scrape. It never calls the backend, so a scrape costs the same whatever NV
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exporters.gpu.attribution import GpuJobs
 from exporters.gpu.fields import FIELDS
-from exporters.gpu.model import BackendInfo, GpuIdentity
+from exporters.gpu.model import BackendInfo, GpuIdentity, MigInstance
 from exporters.gpu.sampler import GpuView, Sampler
 from exporters.gpu.waiting import backend_up
 from exporters.gpu.xid import XidLedger
@@ -22,6 +23,11 @@ HOST_LABELS = ("Hostname", "hostname")
 DRIVER_VERSION_LABEL = "DCGM_FI_DRIVER_VERSION"
 HPC_JOB_LABEL = "hpc_job"
 _PROM_TYPES = {"gauge": "gauge", "dcgm_counter": "unknown", "counter": "counter"}
+
+
+def _mig_labels(instance: MigInstance) -> dict[str, str]:
+    """dcgm-exporter's labels of a MIG instance's series (next to the physical GPU's labels)."""
+    return {"GPU_I_PROFILE": instance.profile, "GPU_I_ID": str(instance.gi_id)}
 
 
 def gpu_labels(host_label: str = DEFAULT_HOST_LABEL) -> list[str]:
@@ -64,13 +70,33 @@ class GpuCollector:
     def _labels(self, ident: GpuIdentity) -> list[str]:
         return [str(ident.index), ident.uuid, ident.pci_bus_id, ident.device, ident.model_name, self.hostname]
 
-    def _dcgm_label_sets(self, view: GpuView) -> list[dict[str, str]]:
-        """The label sets of one GPU's DCGM series: one, or one per job with ``hpc_job``."""
+    def _dcgm_label_sets(self, view: GpuView, instance: MigInstance | None = None) -> list[dict[str, str]]:
+        """The label sets of one GPU's (or MIG instance's) DCGM series: one, or one per job with
+        ``hpc_job``."""
         base = dict(zip(self.dcgm_labels, [*self._labels(view.identity), self.info.driver_version],
                         strict=True))
-        if not self.hpc_job or not view.jobs.jobs:
+        jobs = view.jobs.jobs
+        if instance is not None:
+            base.update(_mig_labels(instance))
+            jobs = view.jobs.instances.get(instance.gi_id, GpuJobs()).jobs
+        if not self.hpc_job or not jobs:
             return [base]
-        return [{**base, HPC_JOB_LABEL: job_id} for job_id in view.jobs.jobs]
+        return [{**base, HPC_JOB_LABEL: job_id} for job_id in jobs]
+
+    def _rows(self, views: Sequence[GpuView]) -> list[tuple[list[dict[str, str]], dict[str, str],
+                                                            Mapping[str, float]]]:
+        """(DCGM label sets, jobsight label set, values) for every GPU that is up and every MIG
+        instance of it."""
+        rows: list[tuple[list[dict[str, str]], dict[str, str], Mapping[str, float]]] = []
+        for view in views:
+            if view.reading is None:
+                continue
+            own = dict(zip(self.gpu_labels, self._labels(view.identity), strict=True))
+            rows.append((self._dcgm_label_sets(view), own, view.reading.values))
+            for inst in view.reading.instances:
+                mig = _mig_labels(inst.instance)
+                rows.append((self._dcgm_label_sets(view, inst.instance), {**own, **mig}, inst.values))
+        return rows
 
     def collect(self) -> Iterator[Metric]:
         views = self.sampler.views()
@@ -87,8 +113,7 @@ class GpuCollector:
         # loop is most of the collector's cost on a scrape. DCGM series carry dcgm-exporter's
         # label set (with the driver version, and hpc_job when asked); jobsight_* series the GPU
         # labels only.
-        read = [(self._dcgm_label_sets(v), dict(zip(self.gpu_labels, self._labels(v.identity), strict=True)),
-                 v.reading.values) for v in views if v.reading is not None]
+        read = self._rows(views)
         for spec in FIELDS:
             family = Metric(spec.name, spec.help, _PROM_TYPES[spec.kind])
             name = spec.name
@@ -174,6 +199,19 @@ class GpuCollector:
                 job_info.add_metric([self.hostname, str(ident.index), ident.uuid, job_id], 1.0)
             for job_id, used in sorted(view.jobs.memory_bytes.items()):
                 memory.add_metric([self.hostname, str(ident.index), ident.uuid, job_id], float(used))
+            # A MIG instance's jobs: the same series with the instance's GPU_I_ID (and profile).
+            instances = {inst.instance.gi_id: inst.instance
+                         for inst in (view.reading.instances if view.reading else ())}
+            for gi_id, jobs in sorted(view.jobs.instances.items()):
+                instance = instances.get(gi_id)
+                if instance is None:
+                    continue
+                base = {**dict(zip(self.job_labels[:3], [self.hostname, str(ident.index), ident.uuid],
+                                   strict=True)), **_mig_labels(instance)}
+                for job_id in jobs.jobs:
+                    job_info.add_sample(job_info.name, {**base, "job_id": job_id}, 1.0)
+                for job_id, used in sorted(jobs.memory_bytes.items()):
+                    memory.add_sample(memory.name, {**base, "job_id": job_id}, float(used))
         yield job_info
         yield memory
 

@@ -52,6 +52,27 @@ class ProcessUsage:
 
 
 @dataclass(frozen=True)
+class MigInstance:
+    """A MIG device of a GPU: its GPU instance (``GPU_I_ID``, dcgm-exporter's label), compute
+    instance, profile (``GPU_I_PROFILE``, e.g. ``3g.40gb``) and ``MIG-…`` UUID."""
+
+    gi_id: int
+    ci_id: int
+    profile: str
+    uuid: str
+
+
+@dataclass(frozen=True)
+class InstanceReading:
+    """One read of one MIG instance: the values NVML gives per instance (memory, GPM) and the
+    processes on it."""
+
+    instance: MigInstance
+    values: Mapping[str, float]
+    processes: tuple[ProcessUsage, ...] = ()
+
+
+@dataclass(frozen=True)
 class DeviceReading:
     """One read of one GPU: metric name → value for every value that could be read, the
     processes on it, and the reasons of the non-fatal errors met while reading (counted in
@@ -62,6 +83,9 @@ class DeviceReading:
     errors: tuple[str, ...] = ()
     # Set when the backend learnt the GPU's identity only now (it was lost at start).
     identity: GpuIdentity | None = None
+    # The GPU's MIG instances when MIG mode is on (their values and processes are per instance;
+    # ``values`` and ``processes`` above are then the physical GPU's own).
+    instances: tuple[InstanceReading, ...] = ()
 
 
 @dataclass(frozen=True)

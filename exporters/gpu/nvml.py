@@ -36,7 +36,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporters.gpu import fields as f
-from exporters.gpu.model import BackendInfo, Clock, DeviceReading, GpuIdentity, ProcessUsage, XidEvent
+from exporters.gpu.model import (
+    BackendInfo,
+    Clock,
+    DeviceReading,
+    GpuIdentity,
+    InstanceReading,
+    MigInstance,
+    ProcessUsage,
+    XidEvent,
+)
 from jobsight.errors import BackendUnavailable, DeviceLost
 
 log = logging.getLogger(__name__)
@@ -97,6 +106,11 @@ _FIELD_UNSUPPORTED = (*_UNSUPPORTED, "NVMLError_InvalidArgument")
 # Errors on one value that will not change by asking again (counted once, then not asked again).
 _PERMANENT = ("NVMLError_NoPermission",)
 
+# How often a GPU's MIG mode and instances are looked up again (an administrator can change them
+# while the exporter runs: nvidia-smi mig -cgi / -dgi).
+_MIG_REFRESH_S = 60.0
+_PROCESS_CALLS = ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2")
+
 _REINIT_FIRST_S = 5.0
 _REINIT_MAX_S = 300.0
 
@@ -117,6 +131,12 @@ def _handle_key(handle: Any) -> int:
         return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
     except (TypeError, ctypes.ArgumentError):
         return id(handle)
+
+
+@dataclass
+class _Mig:
+    handle: Any
+    instance: MigInstance
 
 
 @dataclass
@@ -147,6 +167,9 @@ class NvmlBackend:
         self._logged: set[tuple[int, str, str]] = set()
         self._gpm_prev: dict[int, Any] = {}
         self._nvlink_prev: dict[int, tuple[float, float]] = {}
+        self._gpm_mig_prev: dict[tuple[int, int], Any] = {}
+        self._migs: dict[int, list[_Mig]] = {}
+        self._mig_checked_at: dict[int, float] = {}
         self._info = BackendInfo("nvml", "", "")
         self._events: dict[int, _EventSlot] = {}
         self._generation = 0
@@ -231,10 +254,13 @@ class NvmlBackend:
         XID threads have stopped: freeing a set another thread waits on is not safe, and NVML
         frees them itself when it shuts down."""
         nvml = self._nvml
-        for sample in self._gpm_prev.values():
+        for sample in [*self._gpm_prev.values(), *self._gpm_mig_prev.values()]:
             self._quietly(nvml.nvmlGpmSampleFree, sample)
         self._gpm_prev.clear()
+        self._gpm_mig_prev.clear()
         self._nvlink_prev.clear()
+        self._migs.clear()
+        self._mig_checked_at.clear()
         with self._events_lock:
             if free_events:
                 for slot in self._events.values():
@@ -396,17 +422,92 @@ class NvmlBackend:
         self._fields(index, handle, values, errors)
         if self._use_gpm:
             self._gpm(index, handle, call, values)
+        migs = self._mig_devices(index, handle, call, errors)
+        instances = tuple(self._read_instance(index, handle, mig, call) for mig in migs)
+        # On a MIG-enabled GPU the processes come from its instances: the physical GPU's list
+        # needs root there (NO_PERMISSION otherwise) and would repeat them.
         # _v3 (R510+), else _v2: the unversioned wrapper raises NVMLLibraryMismatchError instead.
-        procs = call("processes", ("nvmlDeviceGetComputeRunningProcesses_v3",
-                                   "nvmlDeviceGetComputeRunningProcesses_v2"), handle)
-        processes = tuple(
-            ProcessUsage(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
-            for p in (procs or ())
-        )
+        processes = () if migs else _processes(call("processes", _PROCESS_CALLS, handle))
         fresh = identified or index in self._fresh_ident
         self._fresh_ident.discard(index)
         return DeviceReading(values=values, processes=processes, errors=tuple(errors),
-                             identity=self._idents[index] if fresh else None)
+                             identity=self._idents[index] if fresh else None, instances=instances)
+
+    # -- MIG ------------------------------------------------------------------------------------
+
+    def _mig_devices(self, index: int, handle: Any, call: Callable[..., Any],
+                     errors: list[str]) -> list[_Mig]:
+        """The GPU's MIG devices, looked up again every _MIG_REFRESH_S (and after an instance
+        stopped answering); [] when MIG mode is off or the GPU has none."""
+        now = self._clock()
+        checked = self._mig_checked_at.get(index)
+        if checked is not None and now - checked < _MIG_REFRESH_S:
+            return self._migs.get(index, [])
+        self._mig_checked_at[index] = now
+        mode = call("mig_mode", "nvmlDeviceGetMigMode", handle)
+        if mode is None or not int(mode[0]):
+            self._migs[index] = []
+            return []
+        nvml = self._nvml
+        found: list[_Mig] = []
+        for slot in range(int(call("mig_count", "nvmlDeviceGetMaxMigDeviceCount", handle) or 0)):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+                gi_id = int(nvml.nvmlDeviceGetGpuInstanceId(mig))
+                ci_id = int(nvml.nvmlDeviceGetComputeInstanceId(mig))
+                uuid = _text(nvml.nvmlDeviceGetUUID(mig))
+                name = _text(nvml.nvmlDeviceGetName(mig))
+            except nvml.NVMLError_NotFound:
+                continue  # an empty slot
+            except nvml.NVMLError as exc:
+                self._on_error(index, "mig_devices", exc, errors)
+                continue
+            # NVML names a MIG device "<GPU name> MIG <profile>", e.g. "NVIDIA H100 80GB HBM3 MIG 3g.40gb".
+            profile = name.rpartition(" MIG ")[2] if " MIG " in name else ""
+            found.append(_Mig(mig, MigInstance(gi_id, ci_id, profile, uuid)))
+        found.sort(key=lambda m: (m.instance.gi_id, m.instance.ci_id))
+        self._migs[index] = found
+        kept = {(index, m.instance.gi_id) for m in found}
+        for key in [key for key in self._gpm_mig_prev if key[0] == index and key not in kept]:
+            self._quietly(nvml.nvmlGpmSampleFree, self._gpm_mig_prev.pop(key))
+        return found
+
+    def _read_instance(self, index: int, handle: Any, mig: _Mig, call: Callable[..., Any]) -> InstanceReading:
+        """Memory and processes of one MIG device (its own handle), and its GPM metrics (through
+        the physical GPU's handle and the GPU instance id, nvmlGpmMigSampleGet)."""
+
+        def mig_call(name: str, fn_names: str | tuple[str, ...], *args: Any) -> Any:
+            # Cached apart from the physical GPU's answers: an instance may lack what the GPU has.
+            return call(f"mig:{name}", fn_names, *args)
+
+        values: dict[str, float] = {}
+        self._memory(mig.handle, mig_call, values)
+        values.pop(f.FB_RESERVED, None)  # per instance NVML reports no reservation of its own
+        if self._use_gpm and "gpm" not in self._unsupported[index]:
+            self._gpm_mig(index, handle, mig.instance.gi_id, mig_call, values)
+        processes = _processes(mig_call("processes", _PROCESS_CALLS, mig.handle))
+        if not values:
+            # No memory figures: the instance was probably destroyed (nvidia-smi mig -dgi); look
+            # the instances up again on the next read rather than in a minute.
+            self._mig_checked_at.pop(index, None)
+        return InstanceReading(mig.instance, values, processes)
+
+    def _gpm_mig(self, index: int, handle: Any, gi_id: int, call: Callable[..., Any],
+                 values: dict[str, float]) -> None:
+        nvml = self._nvml
+        support = call("gpm", "nvmlGpmQueryDeviceSupport", handle)
+        if support is None or not support.isSupportedDevice:
+            return
+        sample = call("gpm_sample_alloc", "nvmlGpmSampleAlloc")
+        if sample is None:
+            return
+        if call("gpm_mig_sample", "nvmlGpmMigSampleGet", handle, gi_id, sample) is None:
+            self._quietly(nvml.nvmlGpmSampleFree, sample)
+            return
+        previous = self._gpm_mig_prev.get((index, gi_id))
+        self._gpm_mig_prev[(index, gi_id)] = sample
+        if previous is not None:
+            self._gpm_metrics(previous, sample, call, values)
 
     def wait_xid_events(self, index: int, timeout_s: float) -> list[XidEvent]:
         """Critical XIDs of GPU ``index``, from its own event set."""
@@ -484,6 +585,7 @@ class NvmlBackend:
             self._handles[index] = None
             self._gpm_prev.pop(index, None)
             self._nvlink_prev.pop(index, None)
+            self._mig_checked_at.pop(index, None)
             raise DeviceLost(f"GPU {index}: {name}: {exc}") from exc
         errors.append("nvml_error")
         key = (index, name, kind)
@@ -570,6 +672,12 @@ class NvmlBackend:
         self._gpm_prev[index] = sample
         if previous is None:
             return  # the first read has nothing to compare with
+        self._gpm_metrics(previous, sample, call, values)
+
+    def _gpm_metrics(self, previous: Any, sample: Any, call: Callable[..., Any],
+                     values: dict[str, float]) -> None:
+        """The DCGM profiling values between two GPM samples; frees the older one."""
+        nvml = self._nvml
         request = nvml.c_nvmlGpmMetricsGet_t()
         request.version = nvml.NVML_GPM_METRICS_GET_VERSION
         request.numMetrics = len(_GPM_METRICS)
@@ -631,6 +739,13 @@ class NvmlBackend:
         except self._nvml.NVMLError:
             return ""
         return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def _processes(procs: Any) -> tuple[ProcessUsage, ...]:
+    return tuple(
+        ProcessUsage(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
+        for p in (procs or ())
+    )
 
 
 def _text(value: Any) -> str:

@@ -85,7 +85,8 @@ class Sampler:
             if state.up or state.read_at is None:  # once per outage, not every interval
                 log.exception("reading GPU %d failed; it is reported down", index)
         identity = reading.identity if reading is not None and reading.identity else state.identity
-        jobs = self.attributor.attribute(identity, reading.processes) if reading else GpuJobs()
+        jobs = (self.attributor.attribute(identity, reading.processes, reading.instances)
+                if reading else GpuJobs())
         end = self.clock()
         with self._lock:
             if reading is not None and not state.up and state.read_at is not None:
