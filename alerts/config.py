@@ -36,11 +36,19 @@ DEFAULT_JOB_STALL_SECONDS = 900
 JOB_STALLED_EXPR = """\
 (time() - max by (job_id) (jobsight_log_job_last_record_timestamp_seconds)) > {seconds}
   and on (job_id)
-max by (job_id) (
-  jobsight_gpu_job_info
-    * on (Hostname, gpu) group_left ()
-  max_over_time(DCGM_FI_DEV_GPU_UTIL[{seconds}s])
-) < 1
+(
+  max by (job_id) (
+    jobsight_gpu_job_info
+      * on (Hostname, gpu) group_left ()
+    max_over_time(DCGM_FI_PROF_PIPE_TENSOR_ACTIVE[{seconds}s])
+  ) < 0.01
+    or
+  max by (job_id) (
+    jobsight_gpu_job_info
+      * on (Hostname, gpu) group_left ()
+    max_over_time(DCGM_FI_DEV_GPU_UTIL[{seconds}s])
+  ) < 1
+)
 """
 
 # Prometheus/Alertmanager duration syntax, e.g. 5s, 1m30s, 4h, 1d.

@@ -30,8 +30,8 @@ RUNBOOK_SECTIONS = ("Meaning", "Likely causes", "What to check", "What to do")
 
 
 STALL_DESCRIPTION = (
-    "Job 7 has written no log record for 6m 0s and none of its GPUs has been busy in that window. "
-    "It may be hung (deadlock, stuck I/O, dead peer)."
+    "Job 7 has written no log record for 6m 0s and none of its GPUs has computed in that window "
+    "(tensor pipes idle, or utilisation under 1%). It may be hung (deadlock, stuck I/O, dead peer)."
 )
 
 
