@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -386,7 +387,8 @@ class Stack:
                         "name": f"jobs-{node}",
                         "host": node,
                         "paths": [str(self.state / "jobs" / "*" / node / "*.log")],
-                        "job_id_pattern": r"/jobs/(?P<job_id>[^/]+)/",
+                        # Anchored at the state directory: patterns match the whole path.
+                        "job_id_pattern": re.escape(str(self.state / "jobs")) + r"/(?P<job_id>[^/]+)/",
                     }
                 )
                 sources.append(
