@@ -24,6 +24,10 @@ def run_flush_command(args: argparse.Namespace) -> int:
     from schedulers.slurm.flush import flush
 
     path = args.config or config_path(os.environ)
+    if args.wait > 0:
+        # Started detached by a hook: a background delivery must not take CPU from the job
+        # start it runs beside (on a small controller or a shared node).
+        os.nice(10)
     try:
         report = flush(load_config(path), wait_seconds=args.wait)
     except JobsightError as exc:
