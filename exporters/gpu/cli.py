@@ -167,7 +167,7 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> Expo
         )
         sampler = Sampler(opened, attributor, ledger, interval_s=interval, stale_after_s=stale_after)
         sampler.start(wait_first_s=min(stale_after, 5.0))
-        collector = GpuCollector(sampler, ledger, opened.info(), hostname, extra=extra, host_label=host_label,
+        collector = GpuCollector(sampler, ledger, opened.info, hostname, extra=extra, host_label=host_label,
                                  hpc_job=bool(args.gpu_hpc_job_label))
         return Running(collector, sampler.health, sampler.close)
 

@@ -3,7 +3,7 @@ every scrape. It never calls the backend, so a scrape costs the same whatever NV
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -47,7 +47,7 @@ class GpuCollector:
         self,
         sampler: Sampler,
         ledger: XidLedger,
-        info: BackendInfo,
+        info: BackendInfo | Callable[[], BackendInfo],
         hostname: str,
         extra: Sequence[Collector] = (),
         host_label: str = DEFAULT_HOST_LABEL,
@@ -57,7 +57,10 @@ class GpuCollector:
             raise ValueError(f"host label must be one of {', '.join(HOST_LABELS)}, not {host_label!r}")
         self.sampler = sampler
         self.ledger = ledger
-        self.info = info
+        # A callable is asked on every scrape: the NVML backend reads the driver version again
+        # when it initialises NVML again (a driver reload), and the labels must follow.
+        self._info_source: Callable[[], BackendInfo] = info if callable(info) else (lambda: info)
+        self.info = self._info_source()
         self.hostname = hostname
         self.extra = tuple(extra)
         self.host_label = host_label
@@ -99,6 +102,7 @@ class GpuCollector:
         return rows
 
     def collect(self) -> Iterator[Metric]:
+        self.info = self._info_source()
         views = self.sampler.views()
         yield from self._values(views)
         yield from self._xids(views)

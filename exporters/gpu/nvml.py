@@ -334,7 +334,10 @@ class NvmlBackend:
     # -- GpuBackend -----------------------------------------------------------------------------
 
     def info(self) -> BackendInfo:
-        self.open()
+        """Read again after NVML is initialised again (the driver may have changed); a scrape
+        asks it, so after close() it answers from memory instead of opening NVML again."""
+        if not self._shut_down:
+            self.open()
         return self._info
 
     def devices(self) -> list[GpuIdentity]:

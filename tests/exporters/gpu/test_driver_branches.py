@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters.gpu import fields as f
 from exporters.gpu.attribution import JobAttributor
@@ -318,3 +318,27 @@ def test_close_releases_handles_event_sets_and_nvml() -> None:
     assert fake.init_count == 0
     assert fake.event_set_freed and len(fake.event_sets) == 2
     assert fake.gpm_samples_live == 0
+
+
+def test_the_driver_version_label_follows_a_driver_reload() -> None:
+    fake = FakeNvml(two_gpus(), profile=R535)
+    clock = StepClock()
+    backend = NvmlBackend(nvml=fake, clock=clock, reinit_first_s=5)
+    backend.open()
+    ledger = XidLedger()
+    sampler = Sampler(backend, no_jobs(), ledger)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GpuCollector(sampler, ledger, backend.info, "node1"))
+
+    def driver_labels() -> set[str]:
+        for index in (0, 1):
+            sampler.collect_once(index)
+        text = generate_latest(registry).decode()
+        return {line.split('DCGM_FI_DRIVER_VERSION="')[1].split('"')[0]
+                for line in text.splitlines() if line.startswith("DCGM_FI_DEV_GPU_UTIL{")}
+
+    assert driver_labels() == {"535.230.02"}
+    fake.reload_driver(R470)
+    driver_labels()  # every GPU down: the backoff starts
+    clock.now += 5
+    assert driver_labels() == {"470.256.02"}
