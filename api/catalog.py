@@ -77,7 +77,9 @@ CATALOG: dict[str, CatalogMetric] = {
         CatalogMetric("gpu_sm_clock", "hertz", "gpu", "SM clock (DCGM_FI_DEV_SM_CLOCK, MHz scaled to Hz)",
                       _gpu("DCGM_FI_DEV_SM_CLOCK", 1e6)),
         CatalogMetric("gpu_tensor_active", "ratio", "gpu",
-                      "fraction of cycles the tensor pipes were active (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE)",
+                      "fraction of cycles the tensor pipes were active (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, "
+                      "from NVML GPM: Hopper and newer GPUs only; not available on this GPU for A100, A30, "
+                      "A10, L4, L40S and older, which have no series)",
                       _gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")),
         CatalogMetric("rdma_rx_bytes", "bytes_per_second", "node",
                       "RDMA bytes received per second, all ports of each of the job's nodes",
