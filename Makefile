@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the stack and its tests run for real: Prometheus (+ promtool), Alertmanager
-# (+ amtool), node_exporter (the peer we compare with) and PostgreSQL (the registry's SQL layer).
-APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter postgresql
+# (+ amtool), node_exporter (the peer we compare with), PostgreSQL (the registry's SQL layer) and
+# Slurm with munge (the scheduler the hook tests run for real).
+APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter postgresql \
+	slurmctld slurmd slurm-client munge
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all setup system-deps run test lint typecheck pytest bench clean
@@ -50,7 +52,8 @@ test: setup
 	$(BIN)/mypy jobsight exporters collectors api dashboards alerts tests benchmarks
 	$(BIN)/pytest
 
-BENCHMARKS := gpu_scrape.py node_exporters.py rdma_exporter.py logs_throughput.py api_load.py fault_to_notification.py
+BENCHMARKS := gpu_scrape.py node_exporters.py rdma_exporter.py logs_throughput.py api_load.py \
+	fault_to_notification.py slurm_hooks.py
 
 bench: setup
 	@for b in $(BENCHMARKS); do echo "== benchmarks/$$b"; $(BIN)/python benchmarks/$$b || exit 1; done
