@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from exporters.gpu.nvml import NvmlBackend
+    from jobsight.identity import ProcessJobResolver
     from jobsight.serving import ExporterParts
 
 DEFAULT_LISTEN = ":9400"
@@ -66,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "--path.procfs", dest="path_procfs", metavar="DIR", default="/proc",
         help="procfs root used to find the job of a GPU process (default /proc)",
     )
+    _add_shared(
+        parser, "--collector.jobs.trust-environment", dest="jobs_trust_environment",
+        action=argparse.BooleanOptionalAction, default=False,
+        help="also take a GPU process's job from its environment (JOBSIGHT_JOB_ID, SLURM_JOB_ID) when it "
+        "is in no Slurm job or Kubernetes pod cgroup; any user can set these, so enable only where users "
+        "are trusted (default: disabled; shared with the node exporter)",
+    )
     parser.add_argument(
         "--collector.gpu.interval", dest="gpu_collect_interval", type=float, metavar="SECONDS", default=1.0,
         help="how often each GPU is read in the background (default 1)",
@@ -119,7 +127,7 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> Expo
     from exporters.gpu.xid import XidLedger
     from jobsight.errors import BackendUnavailable, ConfigError
     from jobsight.host import host_key
-    from jobsight.identity import JobMapDir, ProcessJobResolver
+    from jobsight.identity import JobMapDir
     from jobsight.serving import Collector, ExporterParts
 
     interval = float(args.gpu_collect_interval)
@@ -161,10 +169,8 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> Expo
 
     def start(opened: GpuBackend) -> Running:
         ledger = XidLedger()
-        attributor = JobAttributor(
-            JobMapDir(args.job_map_dir), ProcessJobResolver(args.path_procfs), clock=time.monotonic,
-            map_ttl_s=interval,
-        )
+        attributor = JobAttributor(JobMapDir(args.job_map_dir), process_resolver(args), clock=time.monotonic,
+                                   map_ttl_s=interval)
         sampler = Sampler(opened, attributor, ledger, interval_s=interval, stale_after_s=stale_after)
         sampler.start(wait_first_s=min(stale_after, 5.0))
         collector = GpuCollector(sampler, ledger, opened.info, hostname, extra=extra, host_label=host_label,
@@ -191,6 +197,14 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> Expo
     running = start(backend)
     return ExporterParts(collectors={"gpu": running.collector}, prefix="jobsight", health=running.health,
                          close=closing(running.close))
+
+
+def process_resolver(args: argparse.Namespace) -> ProcessJobResolver:
+    """How a GPU process's job is found when no job map file names the GPU (jobsight/identity.py:
+    the scheduler's cgroup; the environment only when trusted)."""
+    from jobsight.identity import ProcessJobResolver
+
+    return ProcessJobResolver(args.path_procfs, trust_environment=bool(args.jobs_trust_environment))
 
 
 def install_release_signal(backend: NvmlBackend, hold_s: float) -> Callable[[], None]:

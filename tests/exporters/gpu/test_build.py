@@ -35,6 +35,13 @@ def test_add_arguments_shares_hostname_and_procfs_with_other_exporters() -> None
     assert not hasattr(args, "web_listen_address")
 
 
+def test_gpu_processes_trust_the_environment_only_when_asked() -> None:
+    assert not cli.process_resolver(parse("--simulate", "1")).trust_environment
+    args = parse("--simulate", "1", "--collector.jobs.trust-environment", "--path.procfs", "/host/proc")
+    resolver = cli.process_resolver(args)
+    assert resolver.trust_environment and str(resolver.proc_root) == "/host/proc"
+
+
 def test_a_real_flag_clash_still_fails() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hostname", dest="node_name")
