@@ -74,16 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="REGEX", help="filesystem types to leave out")
     parser.add_argument("--collector.vmstat.fields", dest="vmstat_fields", default=None, metavar="REGEX",
                         help="/proc/vmstat fields to publish (default: oom_kill, pgpg*, pswp*, *fault)")
-    parser.add_argument("--collector.jobs.trust-environment", dest="jobs_trust_environment",
-                        action=argparse.BooleanOptionalAction, default=False,
-                        help="also take a process's job from its environment (--job-env-var) when it is in "
-                             "no Slurm job or Kubernetes pod cgroup; any user can set these variables, so "
-                             "enable only where users are trusted not to name others' jobs "
-                             "(default: disabled)")
-    parser.add_argument("--job-env-var", dest="job_env_vars", action="append", default=None, metavar="NAME",
-                        help="environment variable naming a process's job, read only with "
-                             "--collector.jobs.trust-environment; repeatable (default: JOBSIGHT_JOB_ID, "
-                             "SLURM_JOB_ID)")
+    # _add: the GPU exporter's attribution may offer the same switch inside ``jobsight agent``.
+    _add(parser, "--collector.jobs.trust-environment", dest="jobs_trust_environment",
+         action=argparse.BooleanOptionalAction, default=False,
+         help="also take a process's job from its environment (--job-env-var) when it is in no Slurm job "
+              "or Kubernetes pod cgroup; any user can set these variables, so enable only where users "
+              "are trusted not to name others' jobs (default: disabled)")
+    _add(parser, "--job-env-var", dest="job_env_vars", action="append", default=None, metavar="NAME",
+         help="environment variable naming a process's job, read only with "
+              "--collector.jobs.trust-environment; repeatable (default: JOBSIGHT_JOB_ID, SLURM_JOB_ID)")
 
 
 def register(subparsers: Any) -> None:
