@@ -168,6 +168,7 @@ class NvmlBackend:
         self._gpm_prev: dict[int, Any] = {}
         self._nvlink_prev: dict[int, tuple[float, float]] = {}
         self._gpm_mig_prev: dict[tuple[int, int], Any] = {}
+        self._orphan_samples: list[Any] = []  # GPM samples of an NVML session shut down meanwhile
         self._migs: dict[int, list[_Mig]] = {}
         self._mig_checked_at: dict[int, float] = {}
         self._info = BackendInfo("nvml", "", "")
@@ -234,7 +235,7 @@ class NvmlBackend:
             self._shut_down = True
             if not self._opened:
                 return
-            self._release_locked(free_events=True)
+            self._release_locked(final=True)
             self._opened = False
 
     def release(self, hold_s: float) -> None:
@@ -244,27 +245,33 @@ class NvmlBackend:
         with self._lock:
             if not self._opened or self._shut_down:
                 return
-            self._release_locked(free_events=False)
+            self._release_locked(final=False)
             self._released_until = self._clock() + hold_s
         log.warning("NVML released for %.0f s (SIGUSR1): GPUs can be reset now; they are reported down "
                     "until NVML is initialised again", hold_s)
 
-    def _release_locked(self, free_events: bool) -> None:
-        """Free what NVML gave us and shut it down. Event sets are only freed at close, when the
-        XID threads have stopped: freeing a set another thread waits on is not safe, and NVML
-        frees them itself when it shuts down."""
+    def _release_locked(self, final: bool) -> None:
+        """Drop every handle and shut NVML down; at ``final`` (close, when the reader threads
+        have stopped) also free the GPM samples and event sets. Before that, other reader threads
+        may still hold a sample or wait on a set, and freeing those under them is not safe: the
+        samples are kept aside and freed at close; the event sets belong to the session being
+        shut down."""
         nvml = self._nvml
-        for sample in [*self._gpm_prev.values(), *self._gpm_mig_prev.values()]:
-            self._quietly(nvml.nvmlGpmSampleFree, sample)
+        self._orphan_samples.extend([*self._gpm_prev.values(), *self._gpm_mig_prev.values()])
+        if final:
+            for sample in self._orphan_samples:
+                self._quietly(nvml.nvmlGpmSampleFree, sample)
+            self._orphan_samples.clear()
         self._gpm_prev.clear()
         self._gpm_mig_prev.clear()
         self._nvlink_prev.clear()
         self._migs.clear()
         self._mig_checked_at.clear()
         with self._events_lock:
-            if free_events:
+            if final:
                 for slot in self._events.values():
-                    self._quietly(nvml.nvmlEventSetFree, slot.event_set)
+                    if slot.generation == self._generation:
+                        self._quietly(nvml.nvmlEventSetFree, slot.event_set)
             self._events.clear()
             self._generation += 1
         self._handles = [None] * len(self._handles)
@@ -303,7 +310,7 @@ class NvmlBackend:
     def _reinit_locked(self, now: float) -> None:
         nvml = self._nvml
         if self._live:
-            self._release_locked(free_events=False)
+            self._release_locked(final=False)
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
@@ -316,6 +323,7 @@ class NvmlBackend:
         self._released_until = None
         self._next_reinit = None
         self._reinit_delay = self._reinit_first_s
+        self._down.clear()  # the GPUs say for themselves on their next read
         self._info = BackendInfo("nvml", self._driver_version(), self._cuda_version())
         for index in range(len(self._idents)):
             self._unsupported[index] = set()
@@ -358,6 +366,10 @@ class NvmlBackend:
                 self._next_reinit = self._clock() + self._reinit_delay  # the backoff starts now
             raise
         self._down.discard(index)
+        if self._next_reinit is not None and self._released_until is None:
+            # A GPU answers: NVML works; the backoff starts afresh the next time every GPU fails.
+            self._next_reinit = None
+            self._reinit_delay = self._reinit_first_s
         return reading
 
     def _read(self, index: int) -> DeviceReading:

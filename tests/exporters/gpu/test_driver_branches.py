@@ -284,7 +284,8 @@ def test_release_lets_go_of_the_gpus_and_comes_back_after_the_hold() -> None:
     backend.read(0)  # a GPM sample is held
     backend.release(60)
     assert fake.init_count == 0 and not fake.initialised
-    assert fake.gpm_samples_live == 0
+    # The GPM sample is kept aside (another reader may still hold it) and freed at close.
+    assert fake.gpm_samples_live == 1
     with pytest.raises(DeviceLost, match="released"):
         backend.read(0)
     assert backend.wait_xid_events(0, 0) == []
