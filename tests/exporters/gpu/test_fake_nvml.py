@@ -15,7 +15,16 @@ from typing import Any
 import pynvml
 import pytest
 
-from tests.exporters.gpu.fake_nvml import R470, R535, FakeDevice, FakeEventSet, FakeHandle, FakeNvml, two_gpus
+from tests.exporters.gpu.fake_nvml import (
+    R470,
+    R535,
+    FakeDevice,
+    FakeEventSet,
+    FakeHandle,
+    FakeMig,
+    FakeNvml,
+    two_gpus,
+)
 
 
 class _CLibrary:
@@ -162,3 +171,29 @@ def test_profiles_name_symbols_the_real_module_looks_up() -> None:
     source = inspect.getsource(pynvml)
     for symbol in R470.missing_symbols:
         assert f'_nvmlGetFunctionPointer("{symbol}")' in source, symbol
+
+
+def test_every_fake_function_takes_the_real_functions_arguments() -> None:
+    for name, member in inspect.getmembers(FakeNvml, inspect.isfunction):
+        if not name.startswith("nvml"):
+            continue
+        real = [p.name for p in inspect.signature(getattr(pynvml, name)).parameters.values()]
+        fake = [p.name for p in inspect.signature(member).parameters.values()][1:]  # less self
+        assert len(fake) == len(real), f"{name}: fake {fake}, real {real}"
+
+
+def test_an_empty_mig_slot_raises_what_the_real_module_raises(
+    c_library: Callable[[frozenset[str], int], None],
+) -> None:
+    c_library(frozenset(), pynvml.NVML_ERROR_NOT_FOUND)
+    expected = _raised(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, None, 5)
+    assert expected is pynvml.NVMLError_NotFound
+    devices = two_gpus()
+    devices[0].mig = [FakeMig(gi_id=1, uuid="MIG-1")]
+    fake = FakeNvml(devices)
+    fake.nvmlInit()
+    assert _raised(fake.nvmlDeviceGetMigDeviceHandleByIndex, FakeHandle(0), 5) is expected
+    # A MIG parent's process list without root: the class the real module raises for that code.
+    c_library(frozenset(), pynvml.NVML_ERROR_NO_PERMISSION)
+    denied = _raised(pynvml.nvmlDeviceGetComputeRunningProcesses_v3, None)
+    assert _raised(fake.nvmlDeviceGetComputeRunningProcesses_v3, FakeHandle(0)) is denied
