@@ -40,13 +40,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from collectors.logs.config import CriSource, DockerSource, FileSource
+from collectors.logs.jobtime import JobTimeline
 from collectors.logs.multiline import Multiline
 from collectors.logs.parsing import CriDecoder, DockerDecoder, TextDecoder, pod_labels
 from collectors.logs.pipeline import Decoder, Pipeline, RecordContext
 from collectors.logs.rules import RuleSet
 from collectors.logs.safeopen import Refused, SafeOpener, glob_root
 from collectors.logs.stats import LogStats
-from jobsight.identity import JobMapDir, PathJobMatcher
+from jobsight.identity import PathJobMatcher
 from jobsight.logstore import LogRecord
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,8 @@ class FileTailer:
                                  follow_symlinks=config.follow_symlinks, check_owner=config.check_owner)
         self._refused: dict[str, str] = {}  # path → why it is not read (logged and counted once)
         self._warned_no_job = False
-        self.job_map = JobMapDir(config.job_map_dir) if config.job_map_dir else None
+        # The job map gives each record the job of its own time (see collectors/logs/jobtime.py).
+        self.timeline = JobTimeline(config.job_map_dir, clock=clock) if config.job_map_dir else None
         self.prefix = f"file:{name}:"
         self.known: dict[str, Checkpoint] = {}
         for key, value in checkpoints.items():
@@ -552,14 +554,11 @@ class FileTailer:
         ref = self.matcher.job_of(path)
         if ref is not None:
             return ref.job_id
-        if (self.config.job_id_pattern or self.config.job_id_patterns) and not self._warned_no_job:
+        if (self.config.job_id_pattern or self.config.job_id_patterns) and self.timeline is None \
+                and not self._warned_no_job:
             self._warned_no_job = True
             log.warning("%s: no job_id pattern matches %s; patterns match the whole path from the root "
                         "(see docs/logs-collector.md)", self.name, path)
-        if self.job_map is not None:
-            jobs = set(self.job_map.read().by_key.values())
-            if len(jobs) == 1:
-                return jobs.pop()
         return None
 
     def _decoder(self) -> Decoder:
@@ -574,8 +573,10 @@ class FileTailer:
         cfg = self.config
         ml = cfg.multiline
         labels = pod_labels(ckpt.path) if self.kind in ("cri", "docker") else {}
+        job_id = self._job_of(ckpt.path)
+        job_at = self.timeline.job_at if job_id is None and self.timeline is not None else None
         ctx = RecordContext(host=self.host, path=ckpt.path, identity=ckpt.identity, source=self.kind,
-                            job_id=self._job_of(ckpt.path), labels=labels)
+                            job_id=job_id, labels=labels, job_at=job_at)
         multiline = Multiline(enabled=ml.enabled, max_lines=ml.max_lines, max_bytes=ml.max_bytes,
                               flush_timeout=ml.flush_timeout, extra_patterns=ml.continuation_patterns,
                               clock=self.monotonic)
@@ -605,6 +606,8 @@ class FileTailer:
         out: list[LogRecord] = []
         total = 0
         now = self.monotonic()
+        if self.timeline is not None:
+            self.timeline.refresh()
         for tracked in list(self.tracked.values()):
             if tracked.finished:
                 continue

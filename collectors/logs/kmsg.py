@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 
 from collectors.logs.config import KmsgSource
+from collectors.logs.jobtime import JobTimeline
 from collectors.logs.multiline import Multiline
 from collectors.logs.parsing import Line, clean_text
 from collectors.logs.pipeline import Pipeline, RecordContext
 from collectors.logs.rules import RuleSet
 from collectors.logs.stats import LogStats
-from jobsight.identity import JobMapDir
 from jobsight.logstore import LogRecord
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,14 @@ class KmsgReader:
             except (ValueError, KeyError, TypeError):
                 log.warning("%s: ignoring unreadable checkpoint %r", name, saved[:80])
         self.committed_seq = self.next_seq
-        job_id = config.job_id
-        if job_id is None and config.job_map_dir:
-            jobs = set(JobMapDir(config.job_map_dir).read().by_key.values())
-            job_id = jobs.pop() if len(jobs) == 1 else None
+        # With a job map, each record gets the job that held the node at the record's own time;
+        # ring-buffer records older than the collector's start get none (collectors/logs/jobtime.py).
+        self.timeline = JobTimeline(config.job_map_dir, clock=clock) \
+            if config.job_id is None and config.job_map_dir else None
         ml = config.multiline
         ctx = RecordContext(host=config.host or host, path="kmsg", identity=f"kmsg-{self.boot_id}",
-                            source="kmsg", job_id=job_id)
+                            source="kmsg", job_id=config.job_id,
+                            job_at=self.timeline.job_at if self.timeline is not None else None)
         self.pipeline = Pipeline(
             ctx, _NoDecoder(),
             Multiline(enabled=ml.enabled, max_lines=ml.max_lines, max_bytes=ml.max_bytes,
@@ -143,6 +144,8 @@ class KmsgReader:
         if not self._open():
             return [], 0
         assert self.fd is not None
+        if self.timeline is not None:
+            self.timeline.refresh()
         boot_wall = self.clock() - self.monotonic()
         raws = self._read_device(budget) if self.is_device else self._read_file(budget)
         out: list[LogRecord] = []

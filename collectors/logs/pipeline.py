@@ -41,6 +41,9 @@ class RecordContext:
     source: str  # file | cri | docker | kmsg
     job_id: str | None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # When set (a job map source, see collectors/logs/jobtime.py): the job of a record at the
+    # record's own time, used instead of job_id.
+    job_at: Callable[[float], str | None] | None = None
 
 
 @dataclass
@@ -108,8 +111,9 @@ class Pipeline:
         # faster than the frozen dataclass __init__ (one object.__setattr__ per field) and gives
         # an equal object. Every field is set here; keep this in step with LogRecord.
         record: LogRecord = object.__new__(LogRecord)
+        job_id = ctx.job_id if ctx.job_at is None else ctx.job_at(timestamp)
         record.__dict__.update(
-            timestamp=timestamp, host=ctx.host, job_id=ctx.job_id, path=ctx.path, offset=block.offset,
+            timestamp=timestamp, host=ctx.host, job_id=job_id, path=ctx.path, offset=block.offset,
             message=text, stream=block.stream, rank=rank, level=block.level, source=ctx.source,
             event_kind=event.kind if event else None, event_severity=event.severity if event else None,
             event_fields=event.fields if event else _NO_FIELDS, record_id=self._id_prefix + str(block.offset),
