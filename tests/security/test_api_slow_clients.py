@@ -5,6 +5,7 @@ connections are closed by the server."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import socket
 import threading
@@ -134,3 +135,42 @@ def test_slow_clients_do_not_starve_healthz(
     attack.close()
     # And once the attack is over, everything is as before.
     assert httpx.get(f"{api.url}/healthz", timeout=10).status_code == 200
+
+
+def test_an_unfinished_request_is_closed_at_the_read_deadline(
+    spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    api = start_api(
+        spawn,
+        tmp_path,
+        {
+            "store_url": f"sqlite:///{tmp_path / 'api.db'}",
+            "prometheus_url": f"http://127.0.0.1:{free_port()}",
+            "server": {"request_read_timeout_seconds": 1.0},
+        },
+    )
+    port = int(api.url.rsplit(":", 1)[1])
+    # One request head that never ends, and one connection that never sends a byte.
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=20) as slow,
+        socket.create_connection(("127.0.0.1", port), timeout=20) as silent,
+    ):
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        # recv returns b"" (or the connection is reset) once the server closes it; the socket's
+        # own timeout bounds the wait.
+        for sock in (slow, silent):
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1024) == b""
+    # A complete request on a kept-alive connection is served, twice.
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+def test_the_connection_limit_fits_the_descriptor_limit() -> None:
+    from api.server import RESERVED_DESCRIPTORS, descriptor_bound
+
+    assert descriptor_bound(1000, soft_nofile=256) == 256 - RESERVED_DESCRIPTORS
+    assert descriptor_bound(1000, soft_nofile=20000) == 1000
+    assert descriptor_bound(1000, soft_nofile=resource.RLIM_INFINITY) == 1000
+    assert descriptor_bound(1000, soft_nofile=64) == 16  # never below a usable minimum
