@@ -112,11 +112,23 @@ def _check_top(logdir: Path) -> None:
         raise InvalidInput("tensorboard_logdir changed while it was read")
 
 
+def _fd_path(fd: int) -> str | None:
+    """Where an open descriptor really is (Linux ``/proc``); None where that cannot be read."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
 def _event_files(logdir: Path, walk: _Walk) -> Iterator[tuple[str, str, int]]:
     """(run, file name, dir descriptor) of every event file under ``logdir``, without following
     a symlink anywhere; symlinks met are recorded in ``walk.symlinks``."""
     _check_top(logdir)
     for dirpath, dirnames, filenames, dirfd in os.fwalk(logdir, follow_symlinks=False):
+        if dirpath == str(logdir) and _fd_path(dirfd) not in (None, str(logdir)):
+            # A directory above the logdir was swapped for a symlink after the check: the
+            # descriptor opened is elsewhere.
+            raise InvalidInput("tensorboard_logdir changed while it was read")
         dirnames.sort()
         walk.entries += len(dirnames) + len(filenames)
         walk.tick()
@@ -327,7 +339,7 @@ def read_scalars(logdir: Path, tag: str | None = None, max_points: int = MAX_SCA
     every tag when ``tag`` is None). Reads classic ``simple_value`` scalars and the scalar
     plugin's tensors that ``tensorboard.summary.Writer`` writes. The walk is bounded by
     ``limits`` and ends when ``stop`` is set (the API's shutdown)."""
-    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
     from tensorboard.compat.proto import event_pb2
     from tensorboard.util import tensor_util
 

@@ -15,7 +15,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary import Writer
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from api.tensorboard import TensorBoardManager, WalkLimits, read_scalars
+from api.tensorboard import TensorBoardManager, WalkLimits, check_logdir, read_scalars
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from tests.api.conftest import SCHEDULER, TEAM_A, TEAM_B, auth
 from tests.support import FIXTURES, wait_until
@@ -184,3 +184,17 @@ def test_scalar_walk_is_bounded_and_stops_on_shutdown(tmp_path: Path) -> None:
     # Within the bounds, the same walk reads everything.
     tags, _ = read_scalars(tmp_path, limits=WalkLimits(files=2, bytes=100_000))
     assert tags == ["loss", "lr"]
+
+
+def test_scalar_walk_refuses_a_logdir_whose_parent_became_a_symlink(tmp_path: Path) -> None:
+    """The logdir was checked (resolved, inside the root); then a directory above it is swapped
+    for a symlink to somewhere else. The walk notices the descriptor it opened is elsewhere."""
+    (tmp_path / "root" / "sub" / "job").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere" / "job"
+    write_runs(elsewhere)
+    logdir = check_logdir(str(tmp_path / "root" / "sub" / "job"), [tmp_path / "root"])
+    (tmp_path / "root" / "sub" / "job").rmdir()
+    (tmp_path / "root" / "sub").rmdir()
+    (tmp_path / "root" / "sub").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InvalidInput, match="changed while it was read"):
+        read_scalars(logdir)
