@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import os
 import platform
 import shutil
@@ -86,7 +85,17 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--pids", type=int, default=20000,
                         help="processes in the generated /proc (default 20000)")
+    parser.add_argument("--jobs-only", action="store_true",
+                        help="only the per-job collector alone on the generated host (no servers)")
+    parser.add_argument("--baseline", metavar="DIR", default=None,
+                        help="also measure the per-job collector of another checkout (e.g. made with "
+                             "`git archive <commit> | tar -x -C DIR`), on the same generated host")
     args = parser.parse_args()
+    if args.jobs_only:
+        with tempfile.TemporaryDirectory(prefix="jobsight-bench-") as tmp:
+            procfs, sysfs = generate_host(Path(tmp), args.pids)
+            jobs_alone(procfs, sysfs, args.pids, args.baseline)
+        return 0
 
     binary = shutil.which("prometheus-node-exporter")
     if binary is None:
@@ -116,7 +125,7 @@ def main() -> int:
         servers = serve_round(binary, flags, args.scrapes, args.warmup, trusting=True)
         table(servers)
         print()
-        jobs_alone(procfs, sysfs, args.pids)
+        jobs_alone(procfs, sysfs, args.pids, args.baseline)
     return 0
 
 
@@ -228,29 +237,42 @@ def generate_host(root: Path, pids: int) -> tuple[Path, Path]:
     return proc, sys_root
 
 
-def jobs_alone(procfs: Path, sysfs: Path, pids: int) -> None:
-    """CPU per scrape of the per-job collector alone, in this process, on the generated host."""
-    from exporters.node.jobs import JobsCollector
+# The per-job collector alone, scrapes 15 s apart as Prometheus makes them: every scrape is past
+# the 10 s after which job directories are searched again and PIDs without a job are re-read. Run
+# in a child process so that a baseline checkout's code can be measured the same way.
+_MEASURE = """
+import itertools, sys, time
+sys.path.insert(0, ".")
+from exporters.node.jobs import JobsCollector
+procfs, sysfs, trust = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+kwargs = {"trust_environment": True} if trust else {}
+collector = JobsCollector(procfs, sysfs, clock=itertools.count(0.0, 15.0).__next__, **kwargs)
+start = time.process_time()
+list(collector.collect())
+first = (time.process_time() - start) * 1000
+start = time.process_time()
+for _ in range(20):
+    found = list(collector.collect())
+steady = (time.process_time() - start) / 20 * 1000
+counted = sum(int(s.value) for f in found if f.name == "jobsight_job_processes" for s in f.samples)
+print(f"{first:.1f} | {steady:.1f} | {counted}")
+"""
 
+
+def jobs_alone(procfs: Path, sysfs: Path, pids: int, baseline: str | None = None) -> None:
+    """CPU per scrape of the per-job collector alone on the generated host (and of a baseline
+    checkout's, with its default settings)."""
     print(f"| per-job collector alone, {pids} processes, {pids // 10} in 10 jobs | first scrape (CPU ms) "
           "| later scrapes (CPU ms) | job processes counted |")
     print("| --- | --- | --- | --- |")
-    for label, trust in (("default: job cgroups' PIDs only", False),
-                         ("--collector.jobs.trust-environment: every PID", True)):
-        # Scrapes 15 s apart, as Prometheus makes them: every scrape is past the 10 s after which
-        # job directories are searched again and PIDs without a job are re-read.
-        collector = JobsCollector(str(procfs), str(sysfs), trust_environment=trust,
-                                  clock=itertools.count(0.0, 15.0).__next__)
-        start = time.process_time()
-        list(collector.collect())
-        first = (time.process_time() - start) * 1000
-        rounds = 20
-        start = time.process_time()
-        for _ in range(rounds):
-            found = list(collector.collect())
-        steady = (time.process_time() - start) / rounds * 1000
-        counted = sum(int(s.value) for f in found if f.name == "jobsight_job_processes" for s in f.samples)
-        print(f"| {label} | {first:.1f} | {steady:.1f} | {counted} |")
+    runs = [("default: job cgroups' PIDs only", REPO_ROOT, "0"),
+            ("--collector.jobs.trust-environment: every PID", REPO_ROOT, "1")]
+    if baseline is not None:
+        runs.insert(0, (f"baseline {baseline}, its defaults", Path(baseline), "0"))
+    for label, checkout, trust in runs:
+        out = subprocess.run([sys.executable, "-c", _MEASURE, str(procfs), str(sysfs), trust], cwd=checkout,
+                             capture_output=True, text=True, check=True)
+        print(f"| {label} | {out.stdout.strip()} |")
 
 
 def breakdown(iterations: int) -> None:
