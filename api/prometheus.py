@@ -107,9 +107,11 @@ class PrometheusClient:
         if not isinstance(body, dict):
             raise _malformed("the answer is not a JSON object")
         if body.get("status") != "success":
+            # Prometheus' own words, shortened: they end up in an error answer and a log line.
+            said = f"{str(body.get('errorType'))[:40]}: {str(body.get('error'))[:300]}"
             if status == 400 or body.get("errorType") == "bad_data":
-                raise PrometheusQueryError(f"{body.get('errorType')}: {body.get('error')}")
-            raise DependencyUnavailable("prometheus", f"{body.get('errorType')}: {body.get('error')}")
+                raise PrometheusQueryError(said)
+            raise DependencyUnavailable("prometheus", said)
         data = body.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("result"), list):
             raise _malformed("no data.result list")
