@@ -61,6 +61,15 @@ ECC_DBE_AGG = "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL"
 ROW_REMAP_FAILURE = "DCGM_FI_DEV_ROW_REMAP_FAILURE"
 CORRECTABLE_REMAPPED_ROWS = "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS"
 UNCORRECTABLE_REMAPPED_ROWS = "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS"
+PCIE_LINK_GEN = "DCGM_FI_DEV_PCIE_LINK_GEN"
+PCIE_LINK_WIDTH = "DCGM_FI_DEV_PCIE_LINK_WIDTH"
+PCIE_MAX_LINK_GEN = "DCGM_FI_DEV_PCIE_MAX_LINK_GEN"
+PCIE_MAX_LINK_WIDTH = "DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH"
+NVLINK_CRC_FLIT_ERRORS = "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL"
+NVLINK_CRC_DATA_ERRORS = "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL"
+NVLINK_REPLAY_ERRORS = "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL"
+NVLINK_RECOVERY_ERRORS = "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL"
+FABRIC_MANAGER_STATUS = "DCGM_FI_DEV_FABRIC_MANAGER_STATUS"
 ROW_REMAP_PENDING = "DCGM_FI_DEV_ROW_REMAP_PENDING"
 GPU_RECOVERY_ACTION = "DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION"
 NVLINK_BANDWIDTH_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
@@ -126,6 +135,23 @@ FIELDS: tuple[FieldSpec, ...] = (
        "field NVML_FI_DEV_REMAPPED_COR (142)"),
     _c(UNCORRECTABLE_REMAPPED_ROWS, "Number of remapped rows for uncorrectable errors", "count",
        "field NVML_FI_DEV_REMAPPED_UNC (143)"),
+    _g(PCIE_LINK_GEN, "PCIe current link generation.", "generation", "nvmlDeviceGetCurrPcieLinkGeneration"),
+    _g(PCIE_LINK_WIDTH, "PCIe current link width.", "lanes", "nvmlDeviceGetCurrPcieLinkWidth"),
+    _g(PCIE_MAX_LINK_GEN, "PCIe maximum link generation (of the GPU and the slot).", "generation",
+       "nvmlDeviceGetMaxPcieLinkGeneration"),
+    _g(PCIE_MAX_LINK_WIDTH, "PCIe maximum link width (of the GPU and the slot).", "lanes",
+       "nvmlDeviceGetMaxPcieLinkWidth"),
+    _c(NVLINK_CRC_FLIT_ERRORS, "Total number of NVLink flow-control CRC errors.", "count",
+       "field NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL (38)"),
+    _c(NVLINK_CRC_DATA_ERRORS, "Total number of NVLink data CRC errors.", "count",
+       "field NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL (45)"),
+    _c(NVLINK_REPLAY_ERRORS, "Total number of NVLink retries.", "count",
+       "field NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL (52)"),
+    _c(NVLINK_RECOVERY_ERRORS, "Total number of NVLink recovery errors.", "count",
+       "field NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL (59)"),
+    _g(FABRIC_MANAGER_STATUS, "Fabric manager status of the GPU: 0 not supported, 1 not started, "
+       "2 in progress, 3 success, 4 failure.", "enum",
+       "nvmlDeviceGetGpuFabricInfo state (and status when completed), mapped as DCGM does"),
     _g(ROW_REMAP_PENDING, "Whether a row remapping is pending (a GPU reset applies it)", "0/1",
        "field NVML_FI_DEV_REMAPPED_PENDING (144), nvmlDeviceGetRemappedRows isPending"),
     _g(GPU_RECOVERY_ACTION, "Recovery action the driver asks for: 0 none, 1 GPU reset, 2 node reboot, "

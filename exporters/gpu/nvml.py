@@ -67,6 +67,10 @@ _FIELD_IDS: tuple[tuple[int | tuple[int, int], str], ...] = (
     (143, f.UNCORRECTABLE_REMAPPED_ROWS),  # NVML_FI_DEV_REMAPPED_UNC
     (144, f.ROW_REMAP_PENDING),  # NVML_FI_DEV_REMAPPED_PENDING (nvmlDeviceGetRemappedRows isPending)
     (145, f.ROW_REMAP_FAILURE),  # NVML_FI_DEV_REMAPPED_FAILURE
+    (38, f.NVLINK_CRC_FLIT_ERRORS),  # NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL, all lanes
+    (45, f.NVLINK_CRC_DATA_ERRORS),  # NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL
+    (52, f.NVLINK_REPLAY_ERRORS),  # NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL
+    (59, f.NVLINK_RECOVERY_ERRORS),  # NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL
     (74, f.POWER_VIOLATION),  # NVML_FI_DEV_PERF_POLICY_POWER, ns
     (75, f.THERMAL_VIOLATION),  # NVML_FI_DEV_PERF_POLICY_THERMAL, ns
     (230, f.GPU_RECOVERY_ACTION),  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (R565+)
@@ -105,6 +109,17 @@ _UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
 _FIELD_UNSUPPORTED = (*_UNSUPPORTED, "NVMLError_InvalidArgument")
 # Errors on one value that will not change by asking again (counted once, then not asked again).
 _PERMANENT = ("NVMLError_NoPermission",)
+
+_PCIE_CALLS = (
+    (f.PCIE_LINK_GEN, "nvmlDeviceGetCurrPcieLinkGeneration"),
+    (f.PCIE_LINK_WIDTH, "nvmlDeviceGetCurrPcieLinkWidth"),
+    (f.PCIE_MAX_LINK_GEN, "nvmlDeviceGetMaxPcieLinkGeneration"),
+    (f.PCIE_MAX_LINK_WIDTH, "nvmlDeviceGetMaxPcieLinkWidth"),
+)
+# NVML's fabric state (nvmlGpuFabricState_t) -> DCGM's dcgmFabricManagerStatus_t; "completed" is
+# success (3) or failure (4) by the status NVML gives with it (DcgmCacheManager GetFMStatusFromStruct).
+_FABRIC_STATE = {0: 0.0, 1: 1.0, 2: 2.0}
+_FABRIC_COMPLETED = 3
 
 # How often a GPU's MIG mode and instances are looked up again (an administrator can change them
 # while the exporter runs: nvidia-smi mig -cgi / -dgi).
@@ -427,6 +442,11 @@ class NvmlBackend:
         if milliwatts is not None:
             values[f.POWER_USAGE] = milliwatts / 1000.0
         self._memory(handle, call, values)
+        for metric, fn_name in _PCIE_CALLS:
+            pcie = call(metric, fn_name, handle)
+            if pcie is not None:
+                values[metric] = pcie
+        self._fabric(handle, call, values)
         # R535 renamed "throttle reasons" to "clocks event reasons"; older drivers have only the
         # old symbol. Both DCGM names carry the same bitmask (dashboards of both generations).
         reasons = call("clock_events", ("nvmlDeviceGetCurrentClocksEventReasons",
@@ -621,6 +641,22 @@ class NvmlBackend:
             values[f.FB_FREE] = mem.free / MIB
             values[f.FB_USED] = mem.used / MIB
             values[f.MEMORY_TOTAL_BYTES] = mem.total
+
+    def _fabric(self, handle: Any, call: Callable[..., Any], values: dict[str, float]) -> None:
+        """DCGM_FI_DEV_FABRIC_MANAGER_STATUS: the GPU's NVLink fabric registration (NVSwitch
+        systems). Absent where NVML has no fabric call (DCGM says 6, "NVML too old", there)."""
+        nvml = self._nvml
+        info_type = getattr(nvml, "c_nvmlGpuFabricInfo_t", None)
+        if info_type is None:
+            return
+        info = info_type()
+        if call("fabric", "nvmlDeviceGetGpuFabricInfo", handle, ctypes.byref(info)) is None:
+            return
+        state = int(info.state)
+        if state == _FABRIC_COMPLETED:
+            values[f.FABRIC_MANAGER_STATUS] = 3.0 if int(info.status) == nvml.NVML_SUCCESS else 4.0
+        elif state in _FABRIC_STATE:
+            values[f.FABRIC_MANAGER_STATUS] = _FABRIC_STATE[state]
 
     def _fields(self, index: int, handle: Any, values: dict[str, float], errors: list[str]) -> None:
         nvml = self._nvml

@@ -164,6 +164,15 @@ class SimulatedBackend:
             f.ROW_REMAP_FAILURE: 0,
             f.CORRECTABLE_REMAPPED_ROWS: 0,
             f.UNCORRECTABLE_REMAPPED_ROWS: dbe,
+            f.PCIE_LINK_GEN: 5 if util >= 1 else 1,  # the link drops to Gen1 at idle to save power
+            f.PCIE_LINK_WIDTH: 16,
+            f.PCIE_MAX_LINK_GEN: 5,
+            f.PCIE_MAX_LINK_WIDTH: 16,
+            f.NVLINK_CRC_FLIT_ERRORS: 0,
+            f.NVLINK_CRC_DATA_ERRORS: 0,
+            f.NVLINK_REPLAY_ERRORS: 0,
+            f.NVLINK_RECOVERY_ERRORS: 0,
+            f.FABRIC_MANAGER_STATUS: 3,  # registered with the NVLink fabric
             f.ROW_REMAP_PENDING: 1 if dbe else 0,
             f.GPU_RECOVERY_ACTION: 1 if dbe else 0,  # a double-bit error asks for a GPU reset
             # As DCGM: the per-second change of the KiB counters / 1000 ("MB/s"), an integer.

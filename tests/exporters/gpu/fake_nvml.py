@@ -63,7 +63,7 @@ R470 = DriverProfile(
     "R470", "470.256.02", 11040,
     missing_symbols=frozenset({
         "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetMemoryInfo_v2",
-        "nvmlDeviceGetCurrentClocksEventReasons", *GPM_SYMBOLS,
+        "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetGpuFabricInfo", *GPM_SYMBOLS,
     }),
     max_field_id=165,
 )
@@ -105,7 +105,7 @@ class FakeDevice:
     # field id -> value; a field id missing here answers NOT_SUPPORTED; see field_errors.
     fields: dict[int, float] = field(default_factory=lambda: {
         82: 70, 83: 123_456_789, 94: 2, 3: 5, 4: 1, 5: 50, 6: 3, 142: 7, 143: 1, 144: 0, 145: 0,
-        74: 1_000_000, 75: 2_000_000, 138: 1000, 139: 3000, 230: 0,
+        74: 1_000_000, 75: 2_000_000, 138: 1000, 139: 3000, 230: 0, 38: 0, 45: 0, 52: 3, 59: 0,
     })
     field_errors: dict[int, int] = field(default_factory=dict)
     field_timestamp_us: int = 0  # nvmlFieldValue_t.timestamp; 0 = "not set"
@@ -118,6 +118,8 @@ class FakeDevice:
     failing: dict[str, type[Exception]] = field(default_factory=dict)  # function name -> error class
     lost: bool = False
     mig: list[FakeMig] | None = None  # None: MIG mode off
+    pcie: tuple[int, int, int, int] = (5, 16, 5, 16)  # current gen, current width, max gen, max width
+    fabric: tuple[int, int] | None = (3, 0)  # (state, status); None: no fabric (NOT_SUPPORTED)
 
 
 class FakeHandle:
@@ -150,6 +152,7 @@ class FakeNvml:
     """Only the functions the backend calls; constants and error classes come from real pynvml."""
 
     c_nvmlGpmMetricsGet_t = FakeGpmMetricsGet
+    c_nvmlGpuFabricInfo_t = real.c_nvmlGpuFabricInfo_t  # the real ctypes struct: passed by reference
 
     def __init__(self, devices: list[FakeDevice], init_error: Exception | None = None,
                  profile: DriverProfile = R570, root: bool = False) -> None:
@@ -347,6 +350,27 @@ class FakeNvml:
     @_version_checked
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle | FakeMigHandle) -> list[Any]:
         return self.nvmlDeviceGetComputeRunningProcesses_v3(handle)
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: FakeHandle) -> int:
+        return self._dev(handle, "nvmlDeviceGetCurrPcieLinkGeneration").pcie[0]
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: FakeHandle) -> int:
+        return self._dev(handle, "nvmlDeviceGetCurrPcieLinkWidth").pcie[1]
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: FakeHandle) -> int:
+        return self._dev(handle, "nvmlDeviceGetMaxPcieLinkGeneration").pcie[2]
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: FakeHandle) -> int:
+        return self._dev(handle, "nvmlDeviceGetMaxPcieLinkWidth").pcie[3]
+
+    def nvmlDeviceGetGpuFabricInfo(self, handle: FakeHandle, info_ref: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetGpuFabricInfo")
+        if d.fabric is None:
+            raise real.NVMLError_NotSupported()
+        info = info_ref._obj  # what ctypes.byref() points at, as the C function writes through it
+        assert isinstance(info, real.c_nvmlGpuFabricInfo_t)
+        info.state, info.status = d.fabric
+        return int(real.NVML_SUCCESS)
 
     # -- MIG -------------------------------------------------------------------------------
     def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:

@@ -109,7 +109,7 @@ def test_r535_has_everything_but_the_recovery_action() -> None:
     assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
     # The unknown field is dropped from later batches, not asked for every second.
     backend.read(0)
-    assert fake.calls["fields_requested"] == 16 + 15
+    assert fake.calls["fields_requested"] == 20 + 19
 
 
 # -- defect 2: throttle reasons before R535, under both DCGM names --------------------------------
@@ -343,3 +343,31 @@ def test_the_driver_version_label_follows_a_driver_reload() -> None:
     driver_labels()  # every GPU down: the backoff starts
     clock.now += 5
     assert driver_labels() == {"470.256.02"}
+
+
+# -- what the alert rules read besides (GPUPcieLinkDegraded, GPUNVLinkErrors, GPUFabricManagerDown) --
+
+@pytest.mark.parametrize(("fabric", "expected"), [((3, 0), 3), ((3, 999), 4), ((2, 0), 2), ((1, 0), 1),
+                                                  ((0, 0), 0), (None, None)])
+def test_fabric_manager_status_as_dcgm_maps_it(fabric: tuple[int, int] | None, expected: int | None) -> None:
+    devices = two_gpus()
+    devices[0].fabric = fabric
+    values = open_backend(FakeNvml(devices)).read(0).values
+    assert values.get(f.FABRIC_MANAGER_STATUS) == expected
+
+
+def test_no_fabric_call_on_r470_is_absent_not_dcgms_nvml_too_old() -> None:
+    values = open_backend(FakeNvml(two_gpus(), profile=R470)).read(0).values
+    assert f.FABRIC_MANAGER_STATUS not in values
+
+
+def test_pcie_link_and_nvlink_error_counters() -> None:
+    devices = two_gpus()
+    devices[1].pcie = (3, 8, 5, 16)  # trained at Gen3 x8 in a Gen5 x16 slot
+    backend = open_backend(FakeNvml(devices))
+    values = backend.read(1).values
+    assert (values[f.PCIE_LINK_GEN], values[f.PCIE_LINK_WIDTH]) == (3, 8)
+    assert (values[f.PCIE_MAX_LINK_GEN], values[f.PCIE_MAX_LINK_WIDTH]) == (5, 16)
+    assert values[f.NVLINK_REPLAY_ERRORS] == 3 and values[f.NVLINK_RECOVERY_ERRORS] == 0
+    del devices[0].fields[59]  # a GPU without the legacy NVLink counters: absent, not 0
+    assert f.NVLINK_RECOVERY_ERRORS not in backend.read(0).values

@@ -97,7 +97,7 @@ def test_not_supported_is_absent_and_not_asked_again() -> None:
         assert reading.errors == ()  # unsupported is a fact, not an error
     assert fake.calls["nvmlDeviceGetEncoderUtilization"] == 1
     # The unsupported field is dropped from later batches.
-    requested_first = 16
+    requested_first = 20
     assert fake.calls["fields_requested"] == requested_first + 2 * (requested_first - 1)
     # The other GPU still has both.
     assert f.ENC_UTIL in backend.read(1).values
