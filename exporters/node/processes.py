@@ -3,9 +3,10 @@
 Two ways in, cheapest first:
 
 - :meth:`ProcessScanner.sample`: the PIDs of scheduler job cgroups (read from their
-  ``cgroup.procs`` by :mod:`exporters.node.cgroups`), whose job is known. Only ``stat``,
-  ``status`` and ``io`` of those PIDs are read, so the cost follows the number of job processes,
-  not the number of processes on the host.
+  ``cgroup.procs`` by :mod:`exporters.node.cgroups`), whose job is known. Only those PIDs are
+  read (``statm`` where the job's cgroup counts CPU and I/O, else ``stat``, ``status`` and
+  ``io``), so the cost follows the number of job processes, not the number of processes on the
+  host.
 - :meth:`ProcessScanner.scan`: every other PID in ``<procfs>``, for what the cgroup walk cannot
   see: processes that name their job in their environment (only with
   ``--collector.jobs.trust-environment``), or every scheduler job where no cgroup hierarchy is
