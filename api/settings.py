@@ -112,6 +112,22 @@ class ServerConfig(BaseModel):
     backlog: int = Field(default=2048, ge=16, le=65535)
 
 
+class PagesConfig(BaseModel):
+    """The job pages (``/``, ``/jobs``, ``/jobs/{id}``): see docs/api.md, "Pages"."""
+
+    model_config = {"extra": "forbid"}
+
+    signing_key: str | None = Field(
+        default=None, min_length=32,
+        description="HMAC key of signed job links and page sessions (at least 32 characters); without "
+                    "it a random key is used, and links and sessions end when the API restarts")
+    link_expiry_seconds: float = Field(
+        default=7 * 24 * 3600.0, gt=0, le=400 * 24 * 3600.0,
+        description="how long a signed read-only job link (the one in notifications) opens the page")
+    session_seconds: float = Field(default=12 * 3600.0, gt=0, le=30 * 24 * 3600.0,
+                                   description="how long a page login lasts")
+
+
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JOBSIGHT_API_", env_nested_delimiter="__", extra="forbid"
@@ -133,6 +149,7 @@ class ApiSettings(BaseSettings):
     public_url: str | None = Field(default=None, description="this API's own external URL, used in links")
     tensorboard: TensorBoardConfig = Field(default_factory=lambda: TensorBoardConfig())
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    pages: PagesConfig = Field(default_factory=lambda: PagesConfig())
     tokens: list[TokenConfig] = Field(default_factory=list)
     tenants_may_register_jobs: bool = Field(
         default=False,

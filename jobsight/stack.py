@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,17 +149,23 @@ class Secrets:
     scheduler_token: str
     # Lets Prometheus read the API's per-job metrics (jobsight_job_status).
     metrics_token: str
+    # Signs the job pages' read-only links and login sessions (the API's pages.signing_key).
+    page_key: str = ""
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
         """Stable across restarts, so bookmarks and scripts keep working; readable by the owner only."""
         try:
             data = json.loads(path.read_text())
-            return cls(data["admin_token"], data["demo_token"], data["webhook_token"],
-                       data["scheduler_token"], data["metrics_token"])
+            loaded = cls(data["admin_token"], data["demo_token"], data["webhook_token"],
+                         data["scheduler_token"], data["metrics_token"], data.get("page_key", ""))
+            if loaded.page_key:
+                return loaded
+            # A state directory from before the job pages: its tokens stay, the key is added.
+            made = replace(loaded, page_key=secrets.token_urlsafe(32))
         except (OSError, ValueError, KeyError):
-            pass
-        made = cls(*(secrets.token_urlsafe(24) for _ in range(5)))
+            made = cls(secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(24),
+                       secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(32))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(made.__dict__))
@@ -373,6 +379,7 @@ class Stack:
             # written: the ranks' last lines reach the store within a second or two.
             "notify_delay_seconds": 5,
             "tensorboard": {"allowed_roots": {"demo": [str(self.state / "jobs")]}},
+            "pages": {"signing_key": keys.page_key},
         }
         if self.grafana_token:
             api_config["grafana_token"] = self.grafana_token
@@ -532,7 +539,10 @@ class Stack:
     def _print_banner(
         self, urls: dict[str, str], agents: dict[str, str], keys: Secrets, simulated: bool
     ) -> None:
+        from api.signing import Signer
+
         api = urls["api"]
+        signer = Signer(keys.page_key.encode())
         lines = [
             "",
             "jobsight is up." + (" (simulated cluster)" if simulated else ""),
@@ -550,11 +560,14 @@ class Stack:
                 "Demo: job demo-ok trains on node1; job demo-fail trains on node1+node2 and, "
                 f"{self.fault_after:.0f} s from now,",
                 "loses GPU 3 of node2 to XID 79, then its other ranks hit NCCL timeouts and it fails.",
-                f"  Job links      {api}/v1/jobs/demo-fail/links",
                 f"  Notification   {self.state / 'notifications.jsonl'}",
+                "  Job pages      (signed read-only links, valid 7 days; no token needed)",
+                *(f"    {job:<12} {signer.job_url(api, job)}" for job in ("demo-fail", "demo-ok")),
             ]
         lines += [
             "",
+            f"Pages: {api}/jobs (sign in at {api}/login with a token; the admin token also sees the fleet "
+            f"at {api}/)",
             f"Try (the demo tenant's token; the admin token is in {self.state / 'api' / 'secrets.json'}):",
             f"  export TOKEN={keys.demo_token}",
             f'  curl -s -H "Authorization: Bearer $TOKEN" {api}/v1/jobs/demo-fail/summary',
