@@ -109,19 +109,36 @@ class JobRef:
 
 @dataclass(frozen=True)
 class JobMapSnapshot:
-    """One read of a job map directory: key (index, ``index.gi``, UUID) → job id, plus the files
-    that could not be used and why."""
+    """One read of a job map directory: key (index, ``index.gi``, UUID) → the job ids its file
+    lists (one per line, as dcgm-exporter's format allows: jobs sharing a GPU), plus the files that
+    could not be used and why. ``by_key`` keeps the first job of each file."""
 
-    by_key: dict[str, str] = field(default_factory=dict)
+    jobs_by_key: dict[str, tuple[str, ...]] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
 
-    def job_for_gpu(self, index: int | str, uuid: str | None = None) -> JobRef | None:
-        """The job holding GPU ``index`` (or the GPU with ``uuid``); UUID files win over index files
-        because an index can be renumbered (the ordinal/minor caveat jobstats documents)."""
+    @property
+    def by_key(self) -> dict[str, str]:
+        return {key: jobs[0] for key, jobs in self.jobs_by_key.items()}
+
+    def _key_for(self, index: int | str, uuid: str | None) -> str | None:
+        # UUID files win over index files because an index can be renumbered (the ordinal/minor
+        # caveat jobstats documents).
         for key in (uuid, str(index)):
-            if key and key in self.by_key:
-                return JobRef(self.by_key[key], f"map:{key}")
+            if key and key in self.jobs_by_key:
+                return key
         return None
+
+    def job_for_gpu(self, index: int | str, uuid: str | None = None) -> JobRef | None:
+        """The (first) job holding GPU ``index`` (or the GPU with ``uuid``)."""
+        jobs = self.jobs_for_gpu(index, uuid)
+        return jobs[0] if jobs else None
+
+    def jobs_for_gpu(self, index: int | str, uuid: str | None = None) -> tuple[JobRef, ...]:
+        """Every job the GPU's map file lists, in the file's order."""
+        key = self._key_for(index, uuid)
+        if key is None:
+            return ()
+        return tuple(JobRef(job_id, f"map:{key}") for job_id in self.jobs_by_key[key])
 
 
 class JobMapDir:
@@ -138,7 +155,7 @@ class JobMapDir:
             return JobMapSnapshot()
         except OSError as exc:
             return JobMapSnapshot(errors=(f"{self.path}: {exc.strerror or exc}",))
-        by_key: dict[str, str] = {}
+        by_key: dict[str, tuple[str, ...]] = {}
         errors: list[str] = []
         for entry in sorted(entries, key=lambda e: e.name):
             if not _MAP_NAME_RE.match(entry.name):
@@ -151,23 +168,28 @@ class JobMapDir:
             except OSError as exc:
                 errors.append(f"{entry.path}: {exc.strerror or exc}")
                 continue
-            job_id = _first_token(raw)
-            if job_id is None:
+            job_ids = _first_tokens(raw)
+            if not job_ids:
                 continue  # an empty file means "no job": the epilog truncated rather than removed it
-            if not is_valid_job_id(job_id):
-                errors.append(f"{entry.path}: invalid job id {job_id[:64]!r}")
-                continue
-            by_key[entry.name] = job_id
-        return JobMapSnapshot(by_key=by_key, errors=tuple(errors))
+            bad = [j for j in job_ids if not is_valid_job_id(j)]
+            if bad:
+                errors.append(f"{entry.path}: invalid job id {bad[0][:64]!r}")
+                job_ids = [j for j in job_ids if is_valid_job_id(j)]
+                if not job_ids:
+                    continue
+            by_key[entry.name] = tuple(job_ids)
+        return JobMapSnapshot(jobs_by_key=by_key, errors=tuple(errors))
 
 
-def _first_token(raw: bytes) -> str | None:
-    text = raw.decode("utf-8", errors="replace")
-    for line in text.splitlines():
+def _first_tokens(raw: bytes) -> list[str]:
+    """The first token of each non-empty line, each job once, in order (``<jobid> <uid>`` in
+    jobstats' format, a bare job id per line in dcgm-exporter's)."""
+    out: list[str] = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
         tokens = line.split()
-        if tokens:
-            return tokens[0]
-    return None
+        if tokens and tokens[0] not in out:
+            out.append(tokens[0])
+    return out
 
 
 def job_from_cgroup_path(path: str) -> JobRef | None:

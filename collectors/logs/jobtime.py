@@ -44,7 +44,7 @@ class JobTimeline:
         self._last_read = self.start
 
     def _current(self) -> str | None:
-        jobs = set(self.map.read().by_key.values())
+        jobs = {job for held in self.map.read().jobs_by_key.values() for job in held}
         return jobs.pop() if len(jobs) == 1 else None
 
     def _changed_at(self) -> float:

@@ -63,26 +63,37 @@ class JobAttributor:
             for inst in instances:
                 pids.update(p.pid for p in inst.processes)
             self._pids_by_gpu[identity.index] = pids
-            mapped = snapshot.job_for_gpu(identity.index, identity.uuid or None)
+            mapped = snapshot.jobs_for_gpu(identity.index, identity.uuid or None)
             per_instance: dict[int, GpuJobs] = {}
             for inst in instances:
                 key = f"{identity.index}.{inst.instance.gi_id}"
-                own = snapshot.job_for_gpu(key, inst.instance.uuid or None)
+                own = snapshot.jobs_for_gpu(key, inst.instance.uuid or None)
                 per_instance[inst.instance.gi_id] = self._jobs(own or mapped, inst.processes)
             live = set().union(*self._pids_by_gpu.values())
             self._resolver.forget_except(live)
             found = self._jobs(mapped, processes)
             return GpuJobs(found.jobs, found.memory_bytes, per_instance)
 
-    def _jobs(self, mapped: JobRef | None, processes: Sequence[ProcessUsage]) -> GpuJobs:
+    def _jobs(self, mapped: Sequence[JobRef], processes: Sequence[ProcessUsage]) -> GpuJobs:
         memory: dict[str, int] = {}
         jobs: list[str] = []
-        if mapped is not None:
-            jobs.append(mapped.job_id)
+        if len(mapped) == 1:
+            # The scheduler gave the whole GPU to one job: every process on it is that job's.
+            job_id = mapped[0].job_id
             used = [p.used_bytes for p in processes if p.used_bytes is not None]
             if used:
-                memory[mapped.job_id] = sum(used)
-            return GpuJobs(tuple(jobs), memory)
+                memory[job_id] = sum(used)
+            return GpuJobs((job_id,), memory)
+        if mapped:
+            # Jobs sharing a GPU (a map file with several lines): all of them hold it, and each
+            # process's memory goes to its own job where its cgroup (or trusted environment) says
+            # which; memory of a process that names none of them is not attributed.
+            names = [ref.job_id for ref in mapped]
+            for proc in processes:
+                owner = self._job_of(proc)
+                if owner is not None and owner in names and proc.used_bytes is not None:
+                    memory[owner] = memory.get(owner, 0) + proc.used_bytes
+            return GpuJobs(tuple(names), memory)
         for proc in processes:
             job_id = self._job_of(proc)
             if job_id is None:

@@ -41,6 +41,17 @@ def test_job_map_reads_index_uuid_and_mig_files() -> None:
     )
 
 
+def test_job_map_keeps_every_job_of_a_shared_gpu(tmp_path: Path) -> None:
+    (tmp_path / "0").write_text("4711\n4712 1000\n\n4711\n")
+    (tmp_path / "1").write_text("ok-1\nbad{id}\n")
+    snap = JobMapDir(tmp_path).read()
+    assert snap.jobs_by_key == {"0": ("4711", "4712"), "1": ("ok-1",)}
+    assert snap.jobs_for_gpu(0) == (JobRef("4711", "map:0"), JobRef("4712", "map:0"))
+    assert snap.job_for_gpu(0) == JobRef("4711", "map:0")
+    assert snap.by_key == {"0": "4711", "1": "ok-1"}
+    assert any("invalid job id" in err for err in snap.errors)
+
+
 def test_job_map_rejects_unsafe_ids_and_reports_them() -> None:
     snap = JobMapDir(JOBMAP).read()
     assert "3" not in snap.by_key

@@ -94,3 +94,20 @@ def test_absolute_times_round_trip(epoch: int) -> None:
     again = parse_scenario({"gpus": 1, "faults": [fault.model_dump(mode="json")]}, "t").faults[0]
     assert again.at == TimePoint(epoch_s=float(epoch))
 
+
+
+def test_a_map_file_listing_two_jobs_publishes_both(tmp_path: Path) -> None:
+    # dcgm-exporter's format allows several job ids per GPU file (jobs sharing a GPU): all of them
+    # hold it, and each process's memory goes to the job its own identity names.
+    jobmap = tmp_path / "jobs"
+    jobmap.mkdir()
+    (jobmap / "1").write_text("train-42\n4711\n")
+    attributor = JobAttributor(JobMapDir(jobmap),
+                               ProcessJobResolver(FIXTURES / "gpu" / "proc", trust_environment=True), Clock())
+    jobs = attributor.attribute(GPU1, [ProcessUsage(2101, 3), ProcessUsage(2102, 4), ProcessUsage(99999, 7)])
+    assert jobs.jobs == ("train-42", "4711")
+    assert jobs.memory_bytes == {"train-42": 3, "4711": 4}
+    (jobmap / "1").write_text("train-42\n")
+    attributor_one = JobAttributor(JobMapDir(jobmap), ProcessJobResolver("/nonexistent"), Clock())
+    one = attributor_one.attribute(GPU1, [ProcessUsage(2101, 3), ProcessUsage(99999, 7)])
+    assert one.jobs == ("train-42",) and one.memory_bytes == {"train-42": 10}
