@@ -37,13 +37,14 @@ def _nvml_present() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests against real hardware or services run only where their target is given:
     `gpu` where NVML loads, `elasticsearch` with JOBSIGHT_ES_URL, `grafana` with
-    JOBSIGHT_GRAFANA_URL. Elsewhere they are skipped, saying why."""
+    JOBSIGHT_GRAFANA_URL, `kubernetes` with KUBECONFIG. Elsewhere they are skipped, saying why."""
     import os
 
     needs = {
         "gpu": (_nvml_present, "no NVIDIA GPU/NVML on this machine"),
         "elasticsearch": (lambda: bool(os.environ.get("JOBSIGHT_ES_URL")), "set JOBSIGHT_ES_URL"),
         "grafana": (lambda: bool(os.environ.get("JOBSIGHT_GRAFANA_URL")), "set JOBSIGHT_GRAFANA_URL"),
+        "kubernetes": (lambda: bool(os.environ.get("KUBECONFIG")), "set KUBECONFIG (a real cluster)"),
     }
     cache: dict[str, bool] = {}
     for item in items:

@@ -1,0 +1,127 @@
+"""GPU → container → pod → training job on one node, for the GPU exporter and the log collector.
+
+The kubelet's pod-resources API says which container holds which GPU (by UUID); the pod's
+metadata, read from the API server, says which training job the pod belongs to
+(:class:`~owners.PodJobResolver`). Only metadata is asked for (``PartialObjectMetadata``): the agent
+never reads pod specs, which may hold secrets in environment values.
+
+What the GPU exporter publishes from this: ``jobsight_gpu_job_info{..., job_id, namespace, pod,
+container}`` for each GPU a pod holds; pods that belong to no job give the labels with no job.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jobsight.errors import DependencyUnavailable
+from schedulers.kubernetes.owners import PodJobResolver, PodMeta
+from schedulers.kubernetes.podresources import DEFAULT_GPU_RESOURCES, DeviceAssignment
+
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
+@dataclass(frozen=True)
+class GpuOwner:
+    """Who holds one GPU (or MIG device) on this node."""
+
+    device_id: str
+    namespace: str
+    pod: str
+    container: str
+    job_id: str | None
+
+
+class DeviceLister(Protocol):
+    def gpus(self, resources: Sequence[str] = ...) -> list[DeviceAssignment]: ...
+
+
+class PodMetadataSource(Protocol):
+    def get(self, namespace: str, name: str) -> PodMeta | None: ...
+
+
+class ApiServerPodMetadata:
+    """``GET /api/v1/namespaces/{ns}/pods/{name}`` as PartialObjectMetadata, through the official
+    client's configured ``ApiClient`` (in-cluster service account or kubeconfig)."""
+
+    def __init__(self, api_client: Any, timeout: float = 5.0) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+
+    def get(self, namespace: str, name: str) -> PodMeta | None:
+        from kubernetes import client
+
+        try:
+            core: Any = client.CoreV1Api(self.api_client)  # raw response: typed as V1Pod, it is not
+            response = core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout,
+                _headers={"Accept": PARTIAL_METADATA})
+            try:
+                obj = json.loads(response.data)
+            finally:
+                response.release_conn()
+        except Exception as exc:
+            if getattr(exc, "status", None) == 404:
+                return None
+            quoted = urllib.parse.quote(f"{namespace}/{name}")
+            raise DependencyUnavailable("kubernetes API",
+                                        f"pod {quoted}: {type(exc).__name__}: {exc}") from exc
+        return PodMeta.from_object(obj)
+
+
+class PodGpuAttribution:
+    """Who holds each GPU now. Pod metadata is cached for ``ttl`` seconds per pod (a scrape every
+    few seconds must not cost an API request per GPU); entries of pods no longer listed by the
+    kubelet are dropped at once, so a pod replaced under the same name is read afresh."""
+
+    def __init__(self, devices: DeviceLister, pods: PodMetadataSource, resolver: PodJobResolver,
+                 resources: Sequence[str] = DEFAULT_GPU_RESOURCES, ttl: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.devices = devices
+        self.pods = pods
+        self.resolver = resolver
+        self.resources = tuple(resources)
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+        self.errors = 0
+
+    def owners(self) -> list[GpuOwner]:
+        """Raises :class:`DependencyUnavailable` when the kubelet does not answer; an API server
+        that does not answer leaves the pods' job ids unknown (None) and counts an error."""
+        assigned = self.devices.gpus(self.resources)
+        now = self.clock()
+        found: list[GpuOwner] = []
+        with self._lock:
+            live = {(d.namespace, d.pod) for d in assigned}
+            for key in [k for k in self._cache if k not in live]:
+                del self._cache[key]
+            for device in assigned:
+                job_id = self._job_of(device.namespace, device.pod, now)
+                found.append(GpuOwner(device.device_id, device.namespace, device.pod, device.container,
+                                      job_id))
+        return found
+
+    def _job_of(self, namespace: str, pod: str, now: float) -> str | None:
+        cached = self._cache.get((namespace, pod))
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        try:
+            meta = self.pods.get(namespace, pod)
+        except DependencyUnavailable:
+            self.errors += 1
+            return cached[1] if cached is not None else None
+        job = self.resolver.job_of(meta) if meta is not None else None
+        job_id = job.job_id if job is not None else None
+        self._cache[(namespace, pod)] = (now, job_id)
+        return job_id
+
+    def by_device(self) -> dict[str, GpuOwner]:
+        """Owners keyed by device id (GPU or MIG UUID), as the GPU exporter looks them up."""
+        return {owner.device_id: owner for owner in self.owners()}

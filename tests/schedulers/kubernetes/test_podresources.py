@@ -1,0 +1,157 @@
+"""The pod-resources client against a real gRPC server on a unix socket, and GPU → pod → job on a
+node of a 4-worker PyTorchJob (pod metadata from the in-test Kubernetes API server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as kube_client
+
+from jobsight.errors import DependencyUnavailable
+from schedulers.kubernetes.gpus import ApiServerPodMetadata, PodGpuAttribution
+from schedulers.kubernetes.owners import PodJobResolver
+from schedulers.kubernetes.podresources import DeviceAssignment, PodResourcesClient
+from tests.schedulers.kubernetes.fakekube import PODS, FakeKube
+from tests.schedulers.kubernetes.kubelet import FakeKubelet
+from tests.schedulers.kubernetes.objects import kube_proxy, pod, pytorch_worker
+from tests.support import REPO_ROOT
+
+GPU = "nvidia.com/gpu"
+UUIDS = [f"GPU-0000000{i}-aaaa-bbbb-cccc-00000000000{i}" for i in range(8)]
+
+
+@pytest.fixture
+def socket_path(tmp_path: Path) -> Iterator[Path]:
+    # A unix socket path must stay under ~108 bytes; pytest's tmp paths can be longer.
+    short = Path(f"/tmp/jsk-{tmp_path.name[-12:]}")
+    short.mkdir(exist_ok=True)
+    yield short / "kubelet.sock"
+    for child in short.iterdir():
+        child.unlink()
+    short.rmdir()
+
+
+@pytest.fixture
+def kubelet(socket_path: Path) -> Iterator[FakeKubelet]:
+    with FakeKubelet(socket_path) as server:
+        yield server
+
+
+def test_lists_every_device_by_container(kubelet: FakeKubelet, socket_path: Path) -> None:
+    kubelet.set(
+        [
+            ("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[:2]),
+            ("team-a", "llama-worker-0", "sidecar", "example.com/fpga", ["fpga0"]),
+            ("team-b", "bert-0", "main", "nvidia.com/mig-1g.10gb", ["MIG-1111"]),
+        ]
+    )
+    lister = PodResourcesClient(socket_path)
+    try:
+        assert sorted(lister.allocations(), key=lambda d: d.device_id) == sorted(
+            [
+                DeviceAssignment("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[0]),
+                DeviceAssignment("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[1]),
+                DeviceAssignment("team-a", "llama-worker-0", "sidecar", "example.com/fpga", "fpga0"),
+                DeviceAssignment("team-b", "bert-0", "main", "nvidia.com/mig-1g.10gb", "MIG-1111"),
+            ],
+            key=lambda d: d.device_id,
+        )
+        assert {d.device_id for d in lister.gpus()} == {UUIDS[0], UUIDS[1], "MIG-1111"}
+    finally:
+        lister.close()
+
+
+def test_kubelet_down_is_said_and_a_restarted_kubelet_is_reached_again(socket_path: Path) -> None:
+    lister = PodResourcesClient(socket_path, timeout=2.0)
+    try:
+        with pytest.raises(DependencyUnavailable, match="kubelet pod-resources"):
+            lister.allocations()
+        with FakeKubelet(socket_path, [("ns", "p", "c", GPU, [UUIDS[0]])]):
+            assert [d.device_id for d in lister.gpus()] == [UUIDS[0]]
+        socket_path.unlink(missing_ok=True)
+        # The kubelet restarts: a new socket at the same path; the same client reconnects.
+        with FakeKubelet(socket_path, [("ns", "p2", "c", GPU, [UUIDS[1]])]):
+            assert [d.pod for d in lister.gpus()] == ["p2"]
+    finally:
+        lister.close()
+
+
+def _api_client(url: str) -> kube_client.ApiClient:
+    config = kube_client.Configuration()
+    config.host = url
+    return kube_client.ApiClient(config)
+
+
+def test_gpus_of_a_pytorchjob_node_belong_to_the_job(kubelet: FakeKubelet, socket_path: Path) -> None:
+    """Node gpu-node1 of a 4-worker, 8-GPU PyTorchJob on 2 nodes: workers 0 and 1 hold 2 GPUs
+    each; a kube-system pod and a pod of no job hold the rest."""
+    with FakeKube(set()) as kube:
+        for index in (0, 1):
+            kube.put(PODS, pytorch_worker("llama", index, node="gpu-node1"))
+        kube.put(PODS, kube_proxy())
+        kube.put(PODS, pod("notebook", gpus=1))
+        kubelet.set(
+            [
+                ("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[0:2]),
+                ("team-a", "llama-worker-1", "pytorch", GPU, UUIDS[2:4]),
+                ("kube-system", "kube-proxy-gpu-node1", "kube-proxy", GPU, [UUIDS[4]]),
+                ("team-a", "notebook", "pytorch", GPU, [UUIDS[5]]),
+                ("team-a", "vanished", "pytorch", GPU, [UUIDS[6]]),
+            ]
+        )
+        attribution = PodGpuAttribution(
+            PodResourcesClient(socket_path), ApiServerPodMetadata(_api_client(kube.url)), PodJobResolver()
+        )
+        owners = attribution.by_device()
+        assert {u: owners[u].job_id for u in UUIDS[:4]} == dict.fromkeys(UUIDS[:4], "team-a:llama")
+        assert (owners[UUIDS[2]].namespace, owners[UUIDS[2]].pod, owners[UUIDS[2]].container) == (
+            "team-a",
+            "llama-worker-1",
+            "pytorch",
+        )
+        assert owners[UUIDS[4]].job_id is None and owners[UUIDS[5]].job_id is None  # no job: no job id
+        assert owners[UUIDS[6]].job_id is None  # the API server no longer knows the pod
+        # Only metadata was asked for, and each pod once: the second call is served from the cache.
+        pod_reads = [r for r in kube.requests() if "/pods/" in r.path]
+        attribution.owners()
+        assert len([r for r in kube.requests() if "/pods/" in r.path]) == len(pod_reads) == 5
+
+
+def test_api_server_down_leaves_the_job_unknown_and_counts(kubelet: FakeKubelet, socket_path: Path) -> None:
+    with FakeKube(set()) as kube:
+        kube.put(PODS, pytorch_worker("llama", 0, node="gpu-node1"))
+        kubelet.set([("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[:1])])
+        kube.fail_next(500, 500, 500, 500)
+        attribution = PodGpuAttribution(
+            PodResourcesClient(socket_path),
+            ApiServerPodMetadata(_api_client(kube.url), timeout=2.0),
+            PodJobResolver(),
+        )
+        owners = attribution.owners()
+        assert [(o.pod, o.job_id) for o in owners] == [("llama-worker-0", None)]
+        assert attribution.errors == 1
+
+
+def test_committed_generated_code_matches_the_proto(tmp_path: Path) -> None:
+    """``make proto`` output is committed (the agent needs no protoc); it must be what the .proto
+    says today."""
+    proto_dir = REPO_ROOT / "schedulers" / "kubernetes" / "proto"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{proto_dir}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            str(proto_dir / "podresources.proto"),
+        ],
+        check=True,
+        timeout=60,
+    )
+    for name in ("podresources_pb2.py", "podresources_pb2.pyi"):
+        assert (tmp_path / name).read_text() == (proto_dir / name).read_text(), f"{name}: run `make proto`"
