@@ -79,11 +79,11 @@ class JobAttributor:
         jobs: list[str] = []
         if len(mapped) == 1:
             # The scheduler gave the whole GPU to one job: every process on it is that job's.
-            job_id = mapped[0].job_id
+            only = mapped[0].job_id
             used = [p.used_bytes for p in processes if p.used_bytes is not None]
             if used:
-                memory[job_id] = sum(used)
-            return GpuJobs((job_id,), memory)
+                memory[only] = sum(used)
+            return GpuJobs((only,), memory)
         if mapped:
             # Jobs sharing a GPU (a map file with several lines): all of them hold it, and each
             # process's memory goes to its own job where its cgroup (or trusted environment) says
