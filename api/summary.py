@@ -20,6 +20,7 @@ from api.prometheus import PrometheusClient, RangeSeries, Sample, duration, matc
 from api.store import Alert
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.logstore import LogRecord
+from jobsight.trust import TRUSTED_SOURCES, may_report
 
 IDLE_UTIL_PERCENT = 5.0
 STRAGGLER_RATIO = 0.5
@@ -291,7 +292,10 @@ class JobFacts:
                                         limit=MAX_EVENTS).records)
         for kind in HOST_EVENT_KINDS:
             page = self._logs.search(kind=kind, since=since, until=until, limit=MAX_EVENTS)
-            events.extend(r for r in page.records if r.host in hosts and not r.job_id)
+            # Only the kernel's own lines: a job-less hardware line from a user-writable source would
+            # otherwise land on every failed job of the host (jobsight/trust.py).
+            events.extend(r for r in page.records
+                          if r.host in hosts and not r.job_id and r.source in TRUSTED_SOURCES)
         seen: set[str] = set()
         unique = []
         for record in sorted(events, key=lambda r: (r.timestamp, r.host, r.offset)):
@@ -312,7 +316,7 @@ def findings_from_events(events: list[LogRecord],
                          pci_to_gpu: dict[tuple[str, tuple[int, int, int]], int]) -> list[Finding]:
     out = []
     for e in events:
-        if not e.event_kind:
+        if not e.event_kind or not may_report(e.event_kind, e.source):
             continue
         fields = dict(e.event_fields)
         gpu = _int(fields.get("gpu"))

@@ -11,7 +11,7 @@ and adds the fields ``xid_class`` (and ``recovery_action`` for 154). The default
 data (``default_rules.yaml``, next to this module, where the ``*.yaml`` package-data glob of
 pyproject.toml includes it); user files are tried first, so a user rule can override a default.
 
-Hardware kinds (:data:`collectors.logs.trust.HARDWARE_KINDS`) are believed only from the kernel's
+Hardware kinds (:data:`jobsight.trust.HARDWARE_KINDS`) are believed only from the kernel's
 log: for any other source their rules are skipped (the next rule may still match, as an
 application event) and the refusal is counted (:attr:`RuleSet.refused`).
 """
@@ -27,10 +27,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from collectors.logs.trust import HARDWARE_KINDS, TRUSTED_SOURCES
 from jobsight import xid as xid_table
 from jobsight.config import load_yaml_file, parse_model
 from jobsight.errors import ConfigError
+from jobsight.trust import HARDWARE_KINDS, TRUSTED_SOURCES
 
 Severity = Literal["info", "warning", "error", "critical"]
 SourceKind = Literal["file", "cri", "docker", "kmsg"]

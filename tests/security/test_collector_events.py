@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from collectors.logs.trust import HARDWARE_KINDS
+from jobsight.trust import HARDWARE_KINDS
 from tests.collectors.logs.harness import NOBODY_UID, CollectorProcess, as_nobody, world_dir
 from tests.support import Proc, jobsight_command, wait_until
 

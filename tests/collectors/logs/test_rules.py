@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from collectors.logs.rules import RuleSet, kinds, take_refused
-from collectors.logs.trust import HARDWARE_KINDS
 from jobsight.errors import ConfigError
+from jobsight.trust import HARDWARE_KINDS
 from tests.support import FIXTURES
 
 CASES: list[dict[str, Any]] = yaml.safe_load((FIXTURES / "logs" / "event_lines.yaml").read_text())
@@ -57,7 +57,7 @@ def test_defaults_cover_every_kind_the_other_components_use(rules: RuleSet) -> N
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['kind']}-{i}" for i, c in enumerate(CASES)])
 def test_default_rule_matches_real_line(rules: RuleSet, case: dict[str, Any]) -> None:
-    # Hardware kinds are believed from the kernel's log only (collectors/logs/trust.py).
+    # Hardware kinds are believed from the kernel's log only (jobsight/trust.py).
     source = "kmsg" if case["kind"] in HARDWARE_KINDS else "file"
     event = rules.match(case["line"], source, case.get("rank"))
     assert event is not None, f"no event for {case['line']!r}"

@@ -12,6 +12,10 @@ by the API, not here.
 A user-writable source still produces every *application* event (NCCL timeouts, CUDA OOM,
 tracebacks): those describe the job itself, and a user can only lie about their own job.
 
+The collector applies it to each line it reads; the API applies it again to stored events (records
+written by an older collector, or put into Elasticsearch by something else), so it lives in the
+kernel, where both can import it.
+
 Add a kind here when a rule reports something only the kernel or the hardware can know
 (host EDAC, NVSwitch SXid, PCIe AER, ...): a rule of that kind then fires for kmsg only, whatever
 its ``sources`` say.
