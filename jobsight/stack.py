@@ -464,6 +464,10 @@ class Stack:
                 if node != nodes[0]:
                     # All simulated nodes share this machine's /proc: count job processes once.
                     argv.append("--no-collector.jobs")
+                else:
+                    # The demo's ranks name their job in JOBSIGHT_JOB_ID (a one-machine stack has
+                    # no scheduler cgroups); jobsight started them itself, so believe it here.
+                    argv.append("--collector.jobs.trust-environment")
             steps.append((f"agent-{node}", argv, f"http://{address}/healthz"))
         steps.append(
             (
