@@ -23,14 +23,23 @@ class Pushed:
 
 
 def with_datasource(model: Mapping[str, Any], datasource_uid: str) -> dict[str, Any]:
-    """A copy of ``model`` whose Prometheus datasource references use ``datasource_uid``. Other
-    datasources (e.g. Grafana's own annotations) are left alone."""
+    """A copy of ``model`` whose Prometheus datasource is ``datasource_uid``: the ``$datasource``
+    variable's default, and every reference that names a fixed uid. References through the variable
+    (``${datasource}``) stay, so the picker keeps working. Other datasources (e.g. Grafana's own
+    annotations) are left alone."""
     result: dict[str, Any] = copy.deepcopy(dict(model))
+    for variable in result.get("templating", {}).get("list", []):
+        if variable.get("type") == "datasource" and variable.get("query") == "prometheus":
+            variable["current"] = {"selected": True, "text": datasource_uid, "value": datasource_uid}
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             source = node.get("datasource")
-            if isinstance(source, dict) and source.get("type") == "prometheus":
+            if (
+                isinstance(source, dict)
+                and source.get("type") == "prometheus"
+                and not str(source.get("uid", "")).startswith("$")
+            ):
                 source["uid"] = datasource_uid
             for value in node.values():
                 walk(value)

@@ -1,11 +1,14 @@
-"""Node dashboard (uid ``jobsight-node``, variable ``Hostname``): CPU, memory, filesystems, pressure,
-OOM kills, per-job process accounting, the node's GPUs and the exporters' own health."""
+"""Node dashboard (uid ``jobsight-node``, variable ``Hostname``): CPU, memory, load, filesystems,
+disk I/O, network, pressure, swap, OOM kills, per-job process accounting, the node's GPUs and the
+exporters' own health - what node-exporter-full users look for. It opens on one host (the first);
+All is ``.+``, not an alternation of every host."""
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
 from dashboards.panels import (
+    CLUSTER,
     Board,
     Q,
     base_dashboard,
@@ -16,8 +19,12 @@ from dashboards.panels import (
 )
 
 UID = "jobsight-node"
-H = 'Hostname=~"$Hostname"'
+H = f'{CLUSTER}, Hostname=~"$Hostname"'
 FS = f'{H}, fstype!~"tmpfs|ramfs|squashfs|overlay|nsfs"'
+
+
+def _rate(metric: str) -> str:
+    return f"rate({metric}{{{H}}}[$__rate_interval])"
 
 
 def build() -> Board:
@@ -25,7 +32,9 @@ def build() -> Board:
         base_dashboard(
             UID, "jobsight / Node", "One host: CPU, memory, disks, pressure, jobs on it, its GPUs."
         )
-        .with_variable(query_variable("Hostname", 'label_values(up{Hostname!=""}, Hostname)', label="Host"))
+        .with_variable(
+            query_variable("Hostname", f'label_values(up{{{CLUSTER}, Hostname!=""}}, Hostname)', label="Host")
+        )
         .with_row(db.Row("Overview"))
         .with_panel(
             stat_panel(
@@ -122,6 +131,76 @@ def build() -> Board:
                 description="Share of time some task waited for memory.",
             )
         )
+        .with_panel(
+            timeseries_panel(
+                "Load average",
+                [
+                    Q(f"node_load1{{{H}}}", "{{Hostname}} 1m"),
+                    Q(f"node_load5{{{H}}}", "{{Hostname}} 5m"),
+                    Q(f"node_load15{{{H}}}", "{{Hostname}} 15m"),
+                ],
+                description="Runnable and uninterruptible tasks; compare with the number of CPUs.",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Pressure (PSI some): CPU and I/O",
+                [
+                    Q(_rate("node_pressure_cpu_waiting_seconds_total"), "{{Hostname}} CPU"),
+                    Q(_rate("node_pressure_io_waiting_seconds_total"), "{{Hostname}} I/O"),
+                ],
+                unit="percentunit",
+                description="Share of time some task waited for a CPU / for I/O (a data loader starving).",
+                no_value="No PSI: the kernel was booted without psi=1.",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Disk I/O",
+                [
+                    Q(
+                        f"sum by (Hostname, device) ({_rate('node_disk_read_bytes_total')})",
+                        "{{Hostname}} {{device}} read",
+                    ),
+                    Q(
+                        f"sum by (Hostname, device) ({_rate('node_disk_written_bytes_total')})",
+                        "{{Hostname}} {{device}} write",
+                    ),
+                ],
+                unit="Bps",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Network traffic",
+                [
+                    Q(
+                        f'rate(node_network_receive_bytes_total{{{H}, device!="lo"}}[$__rate_interval])',
+                        "{{Hostname}} {{device}} receive",
+                    ),
+                    Q(
+                        f'rate(node_network_transmit_bytes_total{{{H}, device!="lo"}}[$__rate_interval])',
+                        "{{Hostname}} {{device}} transmit",
+                    ),
+                ],
+                unit="Bps",
+                description="Ethernet and IPoIB interfaces (RDMA traffic is on the RDMA dashboard).",
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Swap used",
+                [
+                    Q(
+                        f"node_memory_SwapTotal_bytes{{{H}}} - node_memory_SwapFree_bytes{{{H}}}",
+                        "{{Hostname}}",
+                    )
+                ],
+                unit="bytes",
+                description="Swap in use: a training host that swaps stalls its GPUs.",
+                no_value="No swap configured.",
+            )
+        )
         .with_row(db.Row("Jobs on the host"))
         .with_panel(
             timeseries_panel(
@@ -165,6 +244,7 @@ def build() -> Board:
                 unit="percent",
                 min_value=0,
                 max_value=100,
+                no_value="No GPUs on the host (or its GPU exporter is not scraped).",
             )
         )
         .with_row(db.Row("Exporters"))

@@ -6,9 +6,11 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as db
 
 from dashboards.panels import (
+    CLUSTER,
     Board,
     Q,
     base_dashboard,
+    new_events,
     query_variable,
     stat_panel,
     table_panel,
@@ -16,7 +18,8 @@ from dashboards.panels import (
 )
 
 UID = "jobsight-rdma"
-H = 'Hostname=~"$Hostname"'
+H = f'{CLUSTER}, Hostname=~"$Hostname"'
+NO_ROCE = "No such counters: ECN/CNP exist only on RoCE (Ethernet) ports with mlx5 hw_counters."
 PORT = "{{Hostname}} {{device}}/{{port}}"
 
 
@@ -30,7 +33,9 @@ def build() -> Board:
             UID, "jobsight / RDMA fabric", "InfiniBand / RoCE ports: traffic, state, errors, congestion."
         )
         .with_variable(
-            query_variable("Hostname", "label_values(node_infiniband_state_id, Hostname)", label="Host")
+            query_variable(
+                "Hostname", f"label_values(node_infiniband_state_id{{{CLUSTER}}}, Hostname)", label="Host"
+            )
         )
         .with_row(db.Row("Ports"))
         .with_panel(
@@ -49,7 +54,7 @@ def build() -> Board:
         .with_panel(
             stat_panel(
                 "Link downs in range",
-                Q(f"sum(increase(node_infiniband_link_downed_total{{{H}}}[$__range])) or vector(0)"),
+                Q(f"sum({new_events(f'node_infiniband_link_downed_total{{{H}}}', '$__range')}) or vector(0)"),
                 thresholds=[(None, "green"), (1, "#EAB839")],
                 decimals=0,
             )
@@ -130,14 +135,18 @@ def build() -> Board:
                 "Symbol errors and link downs",
                 [
                     Q(
-                        f"increase(node_infiniband_symbol_error_total{{{H}}}[$__rate_interval])",
+                        f"increase(node_infiniband_symbol_error_total{{{H}}}[$__interval])",
                         PORT + " symbol errors",
                     ),
                     Q(
-                        f"increase(node_infiniband_link_downed_total{{{H}}}[$__rate_interval])",
+                        f"increase(node_infiniband_link_downed_total{{{H}}}[$__interval])",
                         PORT + " link downed",
                     ),
                 ],
+                # one window per step: overlapping $__rate_interval windows drew one event as several
+                interval="1m",
+                bars=True,
+                description="Events per step (at least 1 minute).",
             )
         )
         .with_panel(
@@ -162,6 +171,7 @@ def build() -> Board:
                     _rate("node_infiniband_rp_cnp_ignored_packets_received_total", PORT + " CNP ignored"),
                 ],
                 unit="pps",
+                no_value=NO_ROCE,
             )
         )
         .with_panel(

@@ -48,6 +48,7 @@ def test_there_are_rule_files_and_test_files() -> None:
         "jobs.yaml",
         "node.yaml",
         "rdma.yaml",
+        "recording.yaml",
         "xid.yaml",
     ]
     assert len(rule_test_files()) == len(rule_files())

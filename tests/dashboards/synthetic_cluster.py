@@ -3,8 +3,9 @@ conventions (dcgm-exporter, node_exporter, jobsight_*), so that a real Prometheu
 every dashboard query can be run against real data. Counters grow with the wall clock, so rate()
 and increase() see movement between scrapes.
 
-node1: GPUs 0-3 run job 4711, GPUs 4-7 run job 4712. node2: GPUs 0-3 run job 4711; GPU 3 is lost
-after an XID 79. Job 4711 is registered as failed."""
+node1: GPUs 0-3 run job 4711, GPUs 4-7 run job 4712; GPU 4 is shared with job 4713 (two info series
+for one GPU) and GPU 7 is allocated but idle. node2: GPUs 0-3 run job 4711; GPU 3 is lost after an
+XID 79, which the kernel log also reported without a job. Job 4711 is registered as failed."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tests.support import RecordedRequest, RecordingHTTPServer, Reply
 HOSTS = {"node1": 8, "node2": 4}
 
 
-def _jobs(host: str, gpu: int) -> str:
-    return "4712" if host == "node1" and gpu >= 4 else "4711"
+def _jobs(host: str, gpu: int) -> list[str]:
+    if host == "node1" and gpu == 4:
+        return ["4712", "4713"]
+    return ["4712"] if host == "node1" and gpu >= 4 else ["4711"]
 
 
 def _labels(**labels: object) -> str:
@@ -60,32 +63,54 @@ def exposition(host: str, now: float, start: float) -> str:
         "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": 4.0,
         "DCGM_FI_DEV_XID_ERRORS": 0.0,
     }
+    gauges["DCGM_FI_DEV_MEMORY_TEMP"] = 70.0
+    idle = {7} if host == "node1" else set()
     for name, value in gauges.items():
-        family(name, "gauge", ((gpu_labels(g), value + g) for g in live))
-    family("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge", ((gpu_labels(g), 0.5) for g in live))
+        if name == "DCGM_FI_DEV_GPU_UTIL":
+            family(name, "gauge", ((gpu_labels(g), 0.0 if g in idle else value + g) for g in live))
+        else:
+            family(name, "gauge", ((gpu_labels(g), value + g) for g in live))
+    for name, value in {
+        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.5,
+        "DCGM_FI_PROF_SM_ACTIVE": 0.7,
+        "DCGM_FI_PROF_DRAM_ACTIVE": 0.4,
+        "DCGM_FI_PROF_PCIE_TX_BYTES": 2e9,
+        "DCGM_FI_PROF_PCIE_RX_BYTES": 2e9,
+    }.items():
+        family(name, "gauge", ((gpu_labels(g), value) for g in live))
     for name, per_s in {
         "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": 500000.0,
         "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": 0.0,
         "DCGM_FI_DEV_POWER_VIOLATION": 1e6,
         "DCGM_FI_DEV_THERMAL_VIOLATION": 1e5,
+        "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": 1.0,
+        "jobsight_gpu_nvlink_transmitted_bytes_total": 1e10,
+        "jobsight_gpu_nvlink_received_bytes_total": 1e10,
     }.items():
         family(name, "counter", ((gpu_labels(g), 1000 + per_s * t) for g in live))
     family("jobsight_gpu_up", "gauge", ((gpu_labels(g), 0 if g in lost else 1) for g in gpus))
     family("jobsight_gpu_xid_errors_total", "counter", (({**gpu_labels(g), "xid": 79}, 1) for g in lost))
     family(
+        "jobsight_gpu_xid_last_seen_timestamp_seconds",
+        "gauge",
+        (({**gpu_labels(g), "xid": 79}, start) for g in lost),
+    )
+    family(
         "jobsight_gpu_job_info",
         "gauge",
         (
-            ({"Hostname": host, "gpu": g, "UUID": f"GPU-{host}-{g}", "job_id": _jobs(host, g)}, 1)
+            ({"Hostname": host, "gpu": g, "UUID": f"GPU-{host}-{g}", "job_id": j}, 1)
             for g in gpus
+            for j in _jobs(host, g)
         ),
     )
     family(
         "jobsight_gpu_job_memory_used_bytes",
         "gauge",
         (
-            ({"Hostname": host, "gpu": g, "UUID": f"GPU-{host}-{g}", "job_id": _jobs(host, g)}, 3.9e10)
+            ({"Hostname": host, "gpu": g, "UUID": f"GPU-{host}-{g}", "job_id": j}, 3.9e10)
             for g in live
+            for j in _jobs(host, g)
         ),
     )
 
@@ -101,8 +126,19 @@ def exposition(host: str, now: float, start: float) -> str:
     family("node_filesystem_size_bytes", "gauge", iter([(fs, 1e12)]))
     family("node_filesystem_avail_bytes", "gauge", iter([(fs, 4e11)]))
     family("node_pressure_memory_waiting_seconds_total", "counter", iter([({}, 10 + 0.01 * t)]))
+    family("node_pressure_cpu_waiting_seconds_total", "counter", iter([({}, 10 + 0.02 * t)]))
+    family("node_pressure_io_waiting_seconds_total", "counter", iter([({}, 10 + 0.03 * t)]))
+    for name, value in {"node_load1": 3.0, "node_load5": 2.5, "node_load15": 2.0}.items():
+        family(name, "gauge", iter([({}, value)]))
+    family("node_memory_SwapTotal_bytes", "gauge", iter([({}, 8e9)]))
+    family("node_memory_SwapFree_bytes", "gauge", iter([({}, 6e9)]))
+    disk: dict[str, object] = {"device": "nvme0n1"}
+    family("node_disk_read_bytes_total", "counter", iter([(disk, 1e9 + 1e8 * t)]))
+    family("node_disk_written_bytes_total", "counter", iter([(disk, 1e9 + 5e7 * t)]))
+    for name in ("node_network_receive_bytes_total", "node_network_transmit_bytes_total"):
+        family(name, "counter", (({"device": d}, 1e9 + 1e7 * t) for d in ("eth0", "lo")))
     family("node_vmstat_oom_kill", "counter", iter([({}, 0)]))
-    jobs = sorted({_jobs(host, g) for g in gpus})
+    jobs = sorted({j for g in gpus for j in _jobs(host, g)})
     family("jobsight_job_cpu_seconds_total", "counter", (({"job_id": j}, 50 + 1.5 * t) for j in jobs))
     family("jobsight_job_memory_rss_bytes", "gauge", (({"job_id": j}, 6.4e10) for j in jobs))
     family("jobsight_job_io_read_bytes_total", "counter", (({"job_id": j}, 1e9 + 1e7 * t) for j in jobs))
@@ -149,11 +185,12 @@ def exposition(host: str, now: float, start: float) -> str:
         "gauge",
         (({"collector": c}, 0.002) for c in ("cpu", "meminfo")),
     )
-    family(
-        "jobsight_log_events_total",
-        "counter",
-        (({"kind": k, "job_id": j}, 1 + int(t)) for j in jobs for k in ("nccl_timeout", "gpu_xid")),
-    )
+    events: list[tuple[dict[str, object], float]] = [
+        ({"kind": k, "job_id": j}, 1 + int(t)) for j in jobs for k in ("nccl_timeout", "gpu_xid")
+    ]
+    if lost:  # the kernel log's XID, with no job map to name its job
+        events.append(({"kind": "gpu_xid", "job_id": ""}, 1))
+    family("jobsight_log_events_total", "counter", iter(events))
     if host == "node1":
         family(
             "jobsight_job_status",

@@ -25,7 +25,9 @@ def test_push_and_annotate_against_a_real_grafana() -> None:
         stored = client.dashboard.get_dashboard("jobsight-job")
         assert stored["meta"]["folderTitle"] == folder
         panel = next(p for p in stored["dashboard"]["panels"] if p["type"] == "timeseries")
-        assert panel["datasource"]["uid"] == "jobsight-test-ds"
+        assert panel["datasource"]["uid"] == "${datasource}"
+        (variable,) = [v for v in stored["dashboard"]["templating"]["list"] if v["type"] == "datasource"]
+        assert variable["current"]["value"] == "jobsight-test-ds"
 
         now_ms = int(time.time() * 1000)
         job_id = f"test-{uuid.uuid4().hex[:8]}"

@@ -3,7 +3,6 @@ Grafana through grafana-client, against an in-test server that answers like Graf
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dashboards.push import push_dashboards
+from dashboards.push import push_dashboards, with_datasource
 from dashboards.render import load_committed
 from jobsight.errors import ConfigError, DependencyUnavailable, InvalidInput
 from jobsight.grafana import annotate_job, make_client
@@ -61,18 +60,34 @@ def test_push_creates_the_folder_and_saves_every_dashboard_with_overwrite(grafan
         assert sources, save["dashboard"]["uid"]
         for source in sources:
             if source["type"] == "prometheus":
-                assert source["uid"] == "prom-main"
+                # through the $datasource variable, whose default is the pushed uid
+                assert source["uid"] in ("${datasource}", "prom-main")
             else:  # Grafana's own annotation store is not a Prometheus datasource
                 assert source == {"type": "grafana", "uid": "-- Grafana --"}
+        (variable,) = [v for v in save["dashboard"]["templating"]["list"] if v["type"] == "datasource"]
+        assert variable["current"]["value"] == "prom-main"
     assert [(p.uid, p.version) for p in pushed] == [(uid, 1) for uid in dashboards]
     # Grafana slugs the title "jobsight / Job": the link the API builds (conventions) matches.
     assert {p.uid: p.url for p in pushed}["jobsight-job"] == "/d/jobsight-job/jobsight-job"
-    # The committed files themselves still point at the default datasource uid.
-    assert all(
-        s["uid"] == "prometheus"
-        for s in _datasources(dashboards["jobsight-gpu"])
-        if s["type"] == "prometheus"
-    )
+    # The committed files themselves still default to the datasource uid "prometheus".
+    (committed,) = [v for v in dashboards["jobsight-gpu"]["templating"]["list"] if v["type"] == "datasource"]
+    assert committed["current"]["value"] == "prometheus"
+
+
+def test_a_fixed_datasource_uid_is_replaced_and_a_variable_reference_kept() -> None:
+    model: dict[str, Any] = {
+        "templating": {
+            "list": [{"type": "datasource", "query": "prometheus", "current": {"value": "prometheus"}}]
+        },
+        "panels": [
+            {"datasource": {"type": "prometheus", "uid": "prometheus"}},
+            {"datasource": {"type": "prometheus", "uid": "${datasource}"}},
+        ],
+    }
+    pushed = with_datasource(model, "p9")
+    assert [p["datasource"]["uid"] for p in pushed["panels"]] == ["p9", "${datasource}"]
+    assert pushed["templating"]["list"][0]["current"]["value"] == "p9"
+    assert model["panels"][0]["datasource"]["uid"] == "prometheus"  # the input is not changed
 
 
 def test_second_push_reuses_the_folder_and_overwrites(grafana: FakeGrafana) -> None:
@@ -101,7 +116,8 @@ def test_cli_push_installs_all_dashboards(grafana: FakeGrafana) -> None:
     assert sorted(grafana.dashboards) == sorted(load_committed())
     assert f"jobsight-job: version 1 {grafana.url}/d/jobsight-job/jobsight-job" in result.stdout
     saved = grafana.dashboards["jobsight-node"]["dashboard"]
-    assert json.dumps(saved).count('"uid": "p1"') > 5
+    (variable,) = [v for v in saved["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["current"]["value"] == "p1"
 
 
 def test_cli_push_with_a_rejected_token_exits_2_naming_the_problem(grafana: FakeGrafana) -> None:

@@ -18,8 +18,16 @@ from dashboards.render import load_committed
 from tests.dashboards.synthetic_cluster import HOSTS, SyntheticCluster
 from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
 
-# gpu 3 of node2 is the one with the XID, so the XID panel has data.
-VARIABLES = {"Hostname": ["node1", "node2"], "gpu": ["0", "3"], "job_id": "4711"}
+# gpu 3 of node2 is the one with the XID, so the XID panel has data. job_hosts and job_gpus are
+# what the job dashboard's hidden variables give for job 4711 (test_job_history.py resolves them
+# from Prometheus). cluster stays "All" (.*): the synthetic series have no cluster label.
+VARIABLES = {
+    "Hostname": ["node1", "node2"],
+    "gpu": ["0", "3"],
+    "job_id": "4711",
+    "job_hosts": ["node1", "node2"],
+    "job_gpus": [f"GPU-{host}-{gpu}" for host in ("node1", "node2") for gpu in range(4)],
+}
 
 
 def _all_queries() -> list[tuple[str, PanelQuery]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dashboards.queries import PanelQuery, iter_queries
+from dashboards.queries import PanelQuery, iter_queries, resolve_variables
 from jobsight.errors import InvalidInput
 
 
@@ -86,3 +86,68 @@ def test_annotations_and_variables_are_listed_with_their_inner_expression() -> N
         PanelQuery("variable: Hostname", 'up{Hostname!=""}'),
         PanelQuery("variable: job_id", "x"),
     ]
+
+
+CLUSTER = {
+    "name": "cluster",
+    "type": "query",
+    "multi": True,
+    "includeAll": True,
+    "allValue": ".*",
+    "current": {"text": "All", "value": "$__all"},
+    "query": "label_values(up, cluster)",
+}
+
+
+def test_all_is_the_variables_all_value_unescaped_and_a_saved_all_needs_no_value() -> None:
+    board = _dashboard('up{cluster=~"$cluster", Hostname=~"$Hostname"}', variables=[CLUSTER, MULTI])
+    assert iter_queries(board, {"Hostname": ["a"]})[0].expr == 'up{cluster=~".*", Hostname=~"a"}'
+    assert (
+        iter_queries(board, {"Hostname": ["a"], "cluster": "$__all"})[0].expr
+        == 'up{cluster=~".*", Hostname=~"a"}'
+    )
+    assert (
+        iter_queries(board, {"Hostname": ["a"], "cluster": ["eu"]})[0].expr
+        == 'up{cluster=~"eu", Hostname=~"a"}'
+    )
+    # Hostname's All has no allValue here: Grafana would join every option, which only Prometheus knows
+    with pytest.raises(InvalidInput, match=r"\$Hostname is All, which has no allValue"):
+        iter_queries(board, {"Hostname": "$__all"})
+
+
+HOSTS = {
+    "name": "job_hosts",
+    "type": "query",
+    "multi": True,
+    "includeAll": True,
+    "hide": 2,
+    "current": {"text": "All", "value": "$__all"},
+    "regex": '/Hostname="([^"]+)"/',
+    "query": 'query_result(max by (Hostname) (max_over_time(x{job_id="$job_id"}[$__range])))',
+}
+
+
+def test_resolve_variables_runs_query_result_with_the_regex_and_label_values_over_the_range() -> None:
+    board = _dashboard('y{Hostname=~"$job_hosts"}', variables=[CLUSTER, SINGLE, HOSTS, MULTI])
+    asked: list[str] = []
+
+    def instant(expr: str) -> list[dict[str, object]]:
+        asked.append(expr)
+        if expr.startswith("max by (Hostname)"):
+            return [
+                {"metric": {"Hostname": "n.2"}, "value": [1700000000.5, "1"]},
+                {"metric": {"Hostname": "n1"}, "value": [1700000000.5, "1"]},
+            ]
+        return [{"metric": {"Hostname": "h1"}, "value": [1700000000.5, "2"]}]
+
+    resolved = resolve_variables(board, {"job_id": "7", "__range": "40m"}, instant)
+    assert resolved["cluster"] == "$__all"  # a saved All with an allValue: nothing asked
+    assert resolved["job_hosts"] == ["n.2", "n1"]
+    assert resolved["Hostname"] == ["h1"]
+    assert asked == [
+        'max by (Hostname) (max_over_time(x{job_id="7"}[40m]))',
+        'count by (Hostname) (last_over_time(up{Hostname!=""}[40m]))',
+    ]
+    assert iter_queries(board, resolved)[0].expr == 'y{Hostname=~"(n\\\\.2|n1)"}'
+    with pytest.raises(InvalidInput, match="cannot resolve"):
+        resolve_variables(_dashboard("z", variables=[{**SINGLE, "query": "metrics(up)"}]), {}, instant)
