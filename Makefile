@@ -7,12 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the stack and its tests run for real: Prometheus (+ promtool), Alertmanager
 # (+ amtool), node_exporter (the peer we compare with), PostgreSQL (the registry's SQL layer) and
-# Slurm with munge (the scheduler the hook tests run for real).
+# Slurm with munge (the scheduler the hook tests run for real), and Chromium (the job pages'
+# browser tests drive it through Playwright; no browser is downloaded).
 APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter postgresql \
-	slurmctld slurmd slurm-client munge
+	slurmctld slurmd slurm-client munge chromium
+# The job pages' charting library, from the npm registry, served by the API itself (never a CDN).
+UPLOT_VERSION := 1.6.32
+VENDOR := api/static/vendor
+UPLOT_STAMP := $(VENDOR)/.uplot-$(UPLOT_VERSION)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system-deps run test lint typecheck pytest bench clean
+.PHONY: all setup system-deps vendor run test lint typecheck pytest bench clean
 
 all: test
 
@@ -22,7 +27,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps vendor
+
+vendor: $(UPLOT_STAMP)
+
+# uPlot's built files, unpacked from its npm package (npm pack fetches the tarball only; nothing
+# is built). The directory is ignored by git.
+$(UPLOT_STAMP):
+	@command -v npm >/dev/null || { echo "npm is needed to vendor uPlot for the job pages"; exit 1; }
+	@tmp=$$(mktemp -d) && \
+	  npm pack --silent --pack-destination "$$tmp" uplot@$(UPLOT_VERSION) >/dev/null && \
+	  tar -xzf "$$tmp/uplot-$(UPLOT_VERSION).tgz" -C "$$tmp" && \
+	  mkdir -p $(VENDOR) && rm -f $(VENDOR)/.uplot-* && \
+	  cp "$$tmp/package/dist/uPlot.iife.min.js" "$$tmp/package/dist/uPlot.min.css" $(VENDOR)/ && \
+	  cp "$$tmp/package/LICENSE" $(VENDOR)/uPlot.LICENSE && rm -rf "$$tmp" && touch $@
 
 # Installs only what is missing; `apt-get update` first, since a new machine has no package lists.
 system-deps:

@@ -53,9 +53,11 @@ from api.models import (
     WebhookResult,
 )
 from api.notify import AppriseNotifier, Notifier
+from api.pages import install_page_errors, pages_router, session_caller
 from api.prometheus import PrometheusClient, PrometheusQueryError
 from api.service import Caller, Forbidden, JobService, NotFound, alert_out, iso, job_out, record_out, ts
 from api.settings import ApiSettings
+from api.signing import Signer
 from api.store import JobStore
 from api.telemetry import (
     ContextExecutor,
@@ -223,8 +225,9 @@ def create_app(
     if annotator is None:
         annotator = (GrafanaAnnotator(settings.grafana_url, settings.grafana_token, timeout=timeout)
                      if settings.grafana_url and settings.grafana_token else NoAnnotations())
+    signer = Signer.from_setting(settings.pages.signing_key, clock)
     service = JobService(settings, store, prometheus, logs, notifier or AppriseNotifier(), tensorboard,
-                         executor, clock, annotator=annotator)
+                         executor, clock, annotator=annotator, signer=signer)
     maintenance = _Maintenance(service)
     registry = CollectorRegistry()
     request_metrics = RequestMetrics(registry)
@@ -552,6 +555,10 @@ def create_app(
              "attempts": n.attempts, "created_at": iso(n.created_at), "sent_at": iso(n.sent_at),
              "last_error": n.last_error, "targets": n.targets, "body": n.body} for n in items]})
 
+    # -- pages for people (api/pages.py) -----------------------------------------------------
+    app.include_router(pages_router(settings, service, signer, clock))
+    install_page_errors(app, settings, signer)
+
     return app
 
 
@@ -567,6 +574,10 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 def caller(request: Request, credentials: Credentials) -> Caller:
     if credentials is None or credentials.scheme.lower() != "bearer":
+        # A browser signed in on the pages may read the raw routes the job page links to.
+        session = session_caller(request)
+        if session is not None:
+            return session
         raise _AuthError("missing bearer token")
     given = credentials.credentials.encode()
     found: Caller | None = None

@@ -31,7 +31,7 @@ def job_dashboard_url(grafana_url: str, job_id: str, start_ms: int, end_ms: int)
 
 def build_links(job: Job, hosts: list[str], gpus: list[tuple[str, int]], *, grafana_url: str | None,
                 api_url: str, alertmanager_url: str | None, tensorboard_url: str | None,
-                now: float | None = None) -> Links:
+                now: float | None = None, page_url: str | None = None) -> Links:
     start_ms, end_ms = job_time_range(job, time.time() if now is None else now)
     window = {"from": start_ms, "to": end_ms}
     node_links: dict[str, str] = {}
@@ -56,5 +56,5 @@ def build_links(job: Job, hosts: list[str], gpus: list[tuple[str, int]], *, graf
         job_dashboard=job_link, node_dashboards=node_links, gpu_dashboards=gpu_links,
         tensorboard=tensorboard_url, logs=f"{api}/v1/jobs/{quoted}/logs",
         events=f"{api}/v1/jobs/{quoted}/events",
-        alertmanager=alertmanager,
+        alertmanager=alertmanager, page=page_url,
     )

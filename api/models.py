@@ -279,6 +279,8 @@ class Links(BaseModel):
     logs: str
     events: str
     alertmanager: str | None
+    page: str | None = Field(default=None,
+                             description="the job's page: a signed read-only link, no token needed")
 
 
 class TensorBoardOut(BaseModel):

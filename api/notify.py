@@ -9,6 +9,7 @@ the demo shows a notification without any service.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -92,6 +93,10 @@ def failure_message(job: Job, diagnosis: Diagnosis | None, links: Links) -> tupl
         if diagnosis.missing_sources:
             lines.append(f"  (partial: could not read {', '.join(diagnosis.missing_sources)})")
     lines.append("")
+    if links.page:
+        # First: the page shows all of the above with charts, logs and a timeline, no token needed.
+        lines.append(f"Job page: {links.page}")
+        lines.append("")
     lines.append("Links:")
     if links.job_dashboard:
         lines.append(f"  Dashboard: {links.job_dashboard}")
@@ -102,3 +107,12 @@ def failure_message(job: Job, diagnosis: Diagnosis | None, links: Links) -> tupl
     if links.alertmanager:
         lines.append(f"  Alerts: {links.alertmanager}")
     return title, "\n".join(lines)
+
+
+_FIRST_CAUSE = re.compile(r"^  1\. (?P<title>.+?) at (?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC|unknown): ", re.M)
+
+
+def first_cause(body: str | None) -> str | None:
+    """The first cause a :func:`failure_message` body names (the job list shows it)."""
+    found = _FIRST_CAUSE.search(body or "")
+    return found.group("title") if found else None

@@ -35,6 +35,7 @@ from api.models import (
 from api.notify import Notifier, failure_message
 from api.prometheus import PrometheusClient, choose_step, duration, matcher
 from api.settings import ApiSettings
+from api.signing import Signer
 from api.store import Alert, IncomingAlert, Job, JobStore
 from api.summary import JobFacts, PromFacts, findings_from_alerts, findings_from_events, overall
 from api.tensorboard import TensorBoardManager
@@ -119,8 +120,11 @@ def alert_out(alert: Alert) -> dict[str, Any]:
 class JobService:
     def __init__(self, settings: ApiSettings, store: JobStore, prometheus: PrometheusClient, logs: LogSource,
                  notifier: Notifier, tensorboard: TensorBoardManager, executor: Executor,
-                 clock: Callable[[], float] = time.time, annotator: JobAnnotator | None = None) -> None:
+                 clock: Callable[[], float] = time.time, annotator: JobAnnotator | None = None,
+                 signer: Signer | None = None) -> None:
         self.settings = settings
+        # Signs the job page links that notifications and /links carry (api/pages.py).
+        self.signer = signer
         self.annotator: JobAnnotator = annotator or NoAnnotations()
         self.store = store
         self.prometheus = prometheus
@@ -375,7 +379,13 @@ class JobService:
             tensorboard = f"{self.api_url.rstrip('/')}/v1/jobs/{job.job_id}/tensorboard"
         return build_links(job, hosts, gpus, grafana_url=self.settings.grafana_url, api_url=self.api_url,
                            alertmanager_url=self.settings.alertmanager_url, tensorboard_url=tensorboard,
-                           now=self.clock())
+                           now=self.clock(), page_url=self.page_url(job))
+
+    def page_url(self, job: Job) -> str | None:
+        """The job's page, signed for ``pages.link_expiry_seconds``: opens without a token."""
+        if self.signer is None or not job.tenant:
+            return None
+        return self.signer.job_url(self.api_url, job.job_id, self.settings.pages.link_expiry_seconds)
 
     # -- alerts ---------------------------------------------------------------------------------
 

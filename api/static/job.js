@@ -1,0 +1,192 @@
+// The job page's charts and timeline, drawn with uPlot on one shared time axis. The text of the
+// page (diagnosis, tables, logs) is server-rendered and needs none of this.
+(function () {
+  "use strict";
+  var dataEl = document.getElementById("page-data");
+  if (!dataEl || typeof uPlot === "undefined") { return; }
+  var page = JSON.parse(dataEl.textContent);
+  var axis = page.axis;
+  var moments = page.moments || [];
+  var fault = page.fault;
+  var css = getComputedStyle(document.documentElement);
+  function v(name) { return css.getPropertyValue(name).trim(); }
+  var FG = v("--fg"), MUTED = v("--muted"), GRID = v("--grid"), BAD = v("--bad");
+  // Same width for every chart's value axis, so that one instant is at the same x on all of them.
+  var YAXIS = 72;
+  var PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+                 "#86bcb6", "#8cd17d", "#499894", "#d4a6c8", "#79706e", "#a0cbe8", "#ffbe7d", "#bab0ac"];
+  var MARKED = { fault: true, failure: true, cause: true };
+  var charts = [];
+  var sync = uPlot.sync("job");
+
+  function utc(ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); }
+
+  function fmt(unit, value) {
+    if (value == null) { return "—"; }
+    var abs = Math.abs(value);
+    if (unit === "bytes" || unit === "bytes_per_second") {
+      var units = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
+      while (abs >= 1024 && i < units.length - 1) { abs /= 1024; value /= 1024; i++; }
+      return value.toFixed(i ? 1 : 0) + " " + units[i] + (unit === "bytes_per_second" ? "/s" : "");
+    }
+    if (unit === "percent") { return value.toFixed(0) + " %"; }
+    if (unit === "ratio") { return (value * 100).toFixed(0) + " %"; }
+    if (unit === "watts") { return value.toFixed(0) + " W"; }
+    if (unit === "celsius") { return value.toFixed(0) + " °C"; }
+    return abs >= 100 ? value.toFixed(0) : value.toFixed(2);
+  }
+
+  function width(el) { return Math.max(300, el.clientWidth || 600); }
+
+  // Vertical lines at the timeline's moments that matter on a chart: the fault, causes, the failure.
+  function markers(u) {
+    var ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
+    ctx.save();
+    moments.forEach(function (m) {
+      if (!MARKED[m.kind]) { return; }
+      var x = Math.round(u.valToPos(m.t, "x", true));
+      ctx.strokeStyle = m.kind === "cause" ? MUTED : BAD;
+      ctx.lineWidth = (m.kind === "fault" ? 3 : 2) * devicePixelRatio;
+      ctx.setLineDash(m.kind === "failure" ? [6 * devicePixelRatio, 4 * devicePixelRatio] : []);
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+    });
+    ctx.restore();
+  }
+
+  function baseOpts(el, height) {
+    return {
+      width: width(el), height: height, tzDate: utc,
+      scales: { x: { time: true, range: function () { return [axis[0], axis[1]]; } } },
+      cursor: { sync: { key: sync.key } },
+      axes: [
+        { stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID } },
+        { stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID }, size: YAXIS },
+      ],
+    };
+  }
+
+  function drawTimeline() {
+    var el = document.querySelector(".timeline-plot");
+    if (!el) { return; }
+    var opts = baseOpts(el, 170);
+    opts.legend = { show: false };
+    opts.scales.y = { range: [0, 1] };
+    opts.axes[1] = { size: YAXIS, values: function () { return []; }, grid: { show: false }, ticks: { show: false } };
+    opts.series = [{}, { label: "moments", stroke: "transparent", points: { show: false } }];
+    opts.hooks = { draw: [function (u) {
+      var ctx = u.ctx, dpr = devicePixelRatio, top = u.bbox.top, h = u.bbox.height;
+      ctx.save();
+      ctx.font = (11 * dpr) + "px system-ui, sans-serif";
+      ctx.textBaseline = "top";
+      var lanes = [];
+      moments.forEach(function (m) {
+        var x = u.valToPos(m.t, "x", true);
+        var color = (m.kind === "fault" || m.kind === "failure") ? BAD : (m.kind === "cause" ? MUTED : FG);
+        ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 2 * dpr;
+        ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + h); ctx.stroke();
+        // Labels go to the first lane where they do not overlap the previous label.
+        var text = m.label.length > 48 ? m.label.slice(0, 47) + "…" : m.label;
+        var w = ctx.measureText(text).width, lane = 0;
+        while (lanes[lane] !== undefined && lanes[lane] > x - 2 * dpr) { lane++; }
+        lanes[lane] = x + w + 6 * dpr;
+        var y = top + 2 * dpr + (lane % 9) * 14 * dpr;
+        var tx = x + 3 * dpr + w > u.bbox.left + u.bbox.width ? x - 3 * dpr - w : x + 3 * dpr;
+        ctx.fillText(text, tx, y);
+      });
+      ctx.restore();
+    }] };
+    var chart = new uPlot(opts, [[axis[0], axis[1]], [null, null]], el);
+    el.dataset.rendered = "true";
+    el.dataset.moments = String(moments.length);
+    charts.push({ el: el, chart: chart });
+  }
+
+  function aligned(metric) {
+    var xs = {};
+    metric.series.forEach(function (s) { s.points.forEach(function (p) { xs[p[0]] = true; }); });
+    var x = Object.keys(xs).map(Number).sort(function (a, b) { return a - b; });
+    var index = {};
+    x.forEach(function (t, i) { index[t] = i; });
+    var data = [x];
+    metric.series.forEach(function (s) {
+      var y = new Array(x.length).fill(null);
+      s.points.forEach(function (p) { y[index[p[0]]] = p[1]; });
+      data.push(y);
+    });
+    return data;
+  }
+
+  function isFaulty(labels) {
+    return !!fault && labels.host === fault.host && fault.gpu !== null && String(fault.gpu) === labels.gpu;
+  }
+
+  function drawChart(fig, metric) {
+    var el = fig.querySelector(".plot");
+    var status = fig.querySelector(".chart-status");
+    if (!metric || metric.series.length === 0) {
+      status.textContent = fig.dataset.metric === "gpu_tensor_active"
+        ? "No data: tensor activity needs NVML GPM (Hopper and newer GPUs)." : "No data for this job.";
+      fig.dataset.rendered = "empty";
+      return;
+    }
+    var unit = fig.dataset.unit;
+    var opts = baseOpts(el, 240);
+    opts.axes[1].values = function (u, ticks) { return ticks.map(function (t) { return fmt(unit, t); }); };
+    opts.series = [{ value: function (u, ts) { return ts == null ? "" : new Date(ts * 1e3).toISOString().slice(11, 19) + " UTC"; } }];
+    var faulty = 0;
+    metric.series.forEach(function (s, i) {
+      var hit = isFaulty(s.labels);
+      if (hit) { faulty++; }
+      opts.series.push({
+        label: s.labels.gpu !== undefined ? s.labels.host + " GPU " + s.labels.gpu : s.labels.host,
+        stroke: hit ? BAD : PALETTE[i % PALETTE.length],
+        width: hit ? 3 : 1.25,
+        spanGaps: false,
+        points: { show: false },
+        value: function (u, val) { return fmt(unit, val); },
+      });
+    });
+    opts.hooks = { draw: [markers] };
+    var data = aligned(metric);
+    var chart = new uPlot(opts, data, el);
+    fig.dataset.rendered = "true";
+    fig.dataset.series = String(metric.series.length);
+    fig.dataset.points = String(data[0].length);
+    fig.dataset.faultSeries = String(faulty);
+    fig.dataset.markers = String(moments.filter(function (m) { return MARKED[m.kind]; }).length);
+    charts.push({ el: el, chart: chart });
+  }
+
+  drawTimeline();
+  var figures = Array.prototype.slice.call(document.querySelectorAll("figure.chart"));
+  figures.forEach(function (fig) { fig.querySelector(".chart-status").textContent = "Loading…"; });
+  fetch(page.chartsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+    .then(function (r) {
+      if (!r.ok) { throw new Error("HTTP " + r.status); }
+      return r.json();
+    })
+    .then(function (body) {
+      var byName = {};
+      body.metrics.forEach(function (m) { byName[m.name] = m; });
+      figures.forEach(function (fig) {
+        fig.querySelector(".chart-status").textContent = "";
+        drawChart(fig, byName[fig.dataset.metric]);
+      });
+      document.body.dataset.charts = "ready";
+    })
+    .catch(function (err) {
+      figures.forEach(function (fig) {
+        fig.querySelector(".chart-status").textContent = "Could not load the chart data (" + err.message + ").";
+      });
+      document.body.dataset.charts = "failed";
+    });
+
+  var pending = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(pending);
+    pending = setTimeout(function () {
+      charts.forEach(function (c) { c.chart.setSize({ width: width(c.el), height: c.chart.height }); });
+    }, 150);
+  });
+  window.jobsightCharts = charts;
+}());
