@@ -21,6 +21,7 @@ Prometheus' 5-minute lookback; ``view()`` is the API's link for the job (start -
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,7 @@ class Answer:
     instant: bool
     status: int
     body: dict[str, Any]
+    seconds: float = 0.0  # round trip, for the benchmark's breakdown
 
     @property
     def result(self) -> list[dict[str, Any]]:
@@ -293,13 +295,15 @@ def ask_dashboard(
             continue
         instant = kinds.get(title) in {"stat", "gauge", "table"} or title.startswith("variable: ")
         params: dict[str, str | float] = {"query": expr, "stats": "all"}
+        started = time.perf_counter()
         if instant:
             params["time"] = window.end
             response = client.post(f"{base}/api/v1/query", data=params)
         else:
             params.update(start=window.start, end=window.end, step=step)
             response = client.post(f"{base}/api/v1/query_range", data=params)
-        answers.append(Answer(title, expr, instant, response.status_code, response.json()))
+        elapsed = time.perf_counter() - started
+        answers.append(Answer(title, expr, instant, response.status_code, response.json(), elapsed))
     return answers
 
 
