@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from exporters.node import cli as node_cli
     from exporters.rdma import cli as rdma_cli
     from jobsight import agent, stack
+    from schedulers.kubernetes import cli as kube_cli
     from schedulers.slurm import cli as slurm_cli
 
     parser = argparse.ArgumentParser(
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs_cli.register_logs(logs_actions)
 
     slurm_cli.register(commands)
+    kube_cli.register(commands)
     api_cli.register(commands)
     dashboards_cli.register(commands)
     stack.register(commands)

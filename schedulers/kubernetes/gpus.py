@@ -65,7 +65,7 @@ class ApiServerPodMetadata:
                 obj = json.loads(response.data)
             finally:
                 response.release_conn()
-        except Exception as exc:
+        except Exception as exc:  # the client's and urllib3's errors, translated once, here
             if getattr(exc, "status", None) == 404:
                 return None
             quoted = urllib.parse.quote(f"{namespace}/{name}")

@@ -24,6 +24,7 @@ from schedulers.kubernetes.owners import KubeJob, PodJobResolver, PodMeta, kube_
 from schedulers.kubernetes.podresources import is_gpu_resource
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
+_MAX_GONE_PODS = 64
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class PodFailure:
     exit_code: int | None
     reason: str
     time: str
+    current: bool = True  # False: a container's end before its last restart (``lastState``)
 
 
 @dataclass
@@ -163,6 +165,32 @@ def _gpu_count(spec: Mapping[str, Any]) -> int:
     return total
 
 
+def declared_size(spec: Any, replicas: int = 1) -> tuple[int, int]:
+    """(pods, GPUs) a job object's spec asks for: every pod template in it, times the
+    ``replicas``/``parallelism`` above it (Kubeflow replica specs, JobSet replicated Jobs, Volcano
+    tasks, a batch Job's parallelism). Reproducible from the object alone, unlike counting the pods
+    seen, which come and go."""
+    if isinstance(spec, list):
+        sizes = [declared_size(item, replicas) for item in spec]
+        return sum(p for p, _ in sizes), sum(g for _, g in sizes)
+    if not isinstance(spec, Mapping):
+        return 0, 0
+    if isinstance(spec.get("containers"), list):
+        return replicas, replicas * _gpu_count(spec)
+    factor = 1
+    for key in ("replicas", "parallelism"):
+        value = spec.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            factor *= value
+    pods = gpus = 0
+    for key, value in spec.items():
+        if key in ("replicas", "parallelism") or not isinstance(value, Mapping | list):
+            continue
+        p, g = declared_size(value, replicas * factor)
+        pods, gpus = pods + p, gpus + g
+    return pods, gpus
+
+
 def pod_failures(pod: Mapping[str, Any]) -> list[PodFailure]:
     """Every bad end a pod's status records: evictions, and containers that terminated with a
     non-zero code now or before their last restart (``lastState``), oldest first."""
@@ -173,7 +201,7 @@ def pod_failures(pod: Mapping[str, Any]) -> list[PodFailure]:
         why = f"pod {name} {str(status['reason']).lower()}"
         if status.get("message"):
             why += f": {status['message']}"
-        found.append(PodFailure(None, why, str(status.get("startTime") or "")))
+        found.append(PodFailure(None, why, str(status.get("startTime") or ""), current=True))
     for cs in status.get("containerStatuses") or []:
         for which in ("lastState", "state"):
             term = ((cs.get(which) or {}).get("terminated")) or {}
@@ -193,7 +221,7 @@ def pod_failures(pod: Mapping[str, Any]) -> list[PodFailure]:
             if term.get("message"):
                 why += f": {str(term['message'])[:500]}"
             found.append(PodFailure(code if isinstance(code, int) else None, why,
-                                    str(term.get("finishedAt") or "")))
+                                    str(term.get("finishedAt") or ""), current=which == "state"))
     return sorted(found, key=lambda f: f.time)
 
 
@@ -207,6 +235,9 @@ class _JobRecord:
     object_annotations: Mapping[str, str] = field(default_factory=dict)
     watched_kind: bool = False
     gone_pods: list[PodInfo] = field(default_factory=list)  # deleted pods: their failures still count
+    peak_gpus: int = 0  # the most GPUs its live pods held at once (replaced pods are not added up)
+    peak_pods: int = 0
+    declared: tuple[int, int] = (0, 0)  # (pods, GPUs) its object's spec asks for
 
 
 @dataclass(frozen=True)
@@ -227,7 +258,9 @@ class JobTracker:
         self.watched_kinds: set[JobKind] = set(watched_kinds)
         self._jobs: dict[str, _JobRecord] = {}
         self._pod_job: dict[str, str] = {}  # pod uid → job id
-        self._objects: dict[tuple[JobKind, str], tuple[str, ObjectState, Mapping[str, Any]]] = {}
+        # (kind, job id) → (uid, state, metadata, declared (pods, GPUs))
+        self._objects: dict[tuple[JobKind, str], tuple[str, ObjectState, Mapping[str, Any], tuple[int, int]]]
+        self._objects = {}
         self.dirty: set[str] = set()
 
     # -- input ---------------------------------------------------------------------------------
@@ -263,6 +296,8 @@ class JobTracker:
             record = self._jobs[job.job_id] = _JobRecord(job, watched_kind=watched)
             self._attach_object(record)
         record.pods[uid] = info
+        record.peak_gpus = max(record.peak_gpus, sum(p.gpus for p in record.pods.values()))
+        record.peak_pods = max(record.peak_pods, len(record.pods))
         self._pod_job[uid] = job.job_id
         self.dirty.add(job.job_id)
 
@@ -285,7 +320,8 @@ class JobTracker:
         if event == "DELETED":
             self._objects.pop(key, None)
         else:
-            self._objects[key] = (str(meta.get("uid", "")), object_state(kind, obj), meta)
+            self._objects[key] = (str(meta.get("uid", "")), object_state(kind, obj), meta,
+                                  declared_size(obj.get("spec") or {}))
         record = self._jobs.get(job_id)
         if record is not None and matches(record.job, kind):
             self._attach_object(record)
@@ -304,9 +340,9 @@ class JobTracker:
             self.object_event(kind, "DELETED", {"metadata": _split(key[1])})
 
     def _attach_object(self, record: _JobRecord) -> None:
-        for (kind, job_id), (uid, state, meta) in self._objects.items():
+        for (kind, job_id), (uid, state, meta, size) in self._objects.items():
             if job_id == record.job.job_id and matches(record.job, kind):
-                record.object_uid, record.object_state = uid, state
+                record.object_uid, record.object_state, record.declared = uid, state, size
                 record.object_labels = dict(meta.get("labels") or {})
                 record.object_annotations = dict(meta.get("annotations") or {})
                 return
@@ -322,6 +358,8 @@ class JobTracker:
         info = record.pods.pop(uid, None)
         if info is not None:
             record.gone_pods.append(info)
+            # Bounded: an elastic job replacing pods for weeks keeps only its latest ends.
+            del record.gone_pods[:-_MAX_GONE_PODS]
         self.dirty.add(job_id)
 
     # -- output --------------------------------------------------------------------------------
@@ -350,12 +388,15 @@ class JobTracker:
         everything = pods + record.gone_pods
         if not everything:
             return None
-        gpus = sum(p.gpus for p in {p.uid: p for p in everything}.values())
-        if gpus == 0 and not self.settings.all_jobs:
+        pod_count, gpus = record.declared if record.declared[1] or record.declared[0] else (
+            record.peak_pods, record.peak_gpus)
+        if max(gpus, record.peak_gpus) == 0 and not self.settings.all_jobs:
             return None
         job = record.job
         status, reason, ended = self._status(record, pods)
-        failures = sorted((f for p in everything for f in p.failures), key=lambda f: f.time)
+        # The cause is the first bad end of the last attempt: a container that failed and was
+        # restarted (an elastic job recovering) is history, not why the job ended.
+        failures = sorted((f for p in everything for f in p.failures), key=lambda f: (not f.current, f.time))
         exit_code = next((f.exit_code for f in failures if f.exit_code is not None), None)
         if status == "failed" and failures:
             # The first bad end is the cause; the controller's own reason (BackoffLimitExceeded)
@@ -366,7 +407,7 @@ class JobTracker:
         started = (record.object_state.started_at if record.object_state else None) or (
             min(starts) if starts else None)
         labels = {"kind": job.kind, "namespace": job.namespace, "name": job.name[:1024],
-                  "gpus_requested": str(gpus), "pods": str(len({p.uid for p in everything}))}
+                  "gpus_requested": str(gpus), "pods": str(pod_count)}
         if self.settings.cluster:
             labels["cluster"] = self.settings.cluster
         if record.object_uid:

@@ -17,9 +17,11 @@ Resuming without losing or duplicating a state:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -65,6 +67,24 @@ class KubeSource:
         self.page_size = page_size
         self.watch_seconds = watch_seconds
         self.read_timeout = read_timeout
+        self._open: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Cut the open watch streams, so their threads see the stop at once rather than at the
+        next event (a quiet watch can last ``watch_seconds``)."""
+        with self._lock:
+            responses = list(self._open)
+        for response in responses:
+            raw = getattr(response, "response", response)  # the client's wrapper around urllib3's
+            # As the client's own Watch.stop does: shut the socket down, which wakes a blocked read
+            # on every urllib3 flavour (closing the response object does not, on some).
+            sock = getattr(getattr(raw, "connection", None), "sock", None)
+            with contextlib.suppress(Exception):
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+                else:
+                    raw.close()
 
     def _call(self, kind: JobKind, **kwargs: Any) -> Any:
         from kubernetes import client
@@ -104,7 +124,7 @@ class KubeSource:
                     response.release_conn()
             except (Gone, Absent):
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the client's and urllib3's errors, translated once, here
                 raise self._translate(kind, exc) from exc
             items.extend(page.get("items") or [])
             metadata = page.get("metadata") or {}
@@ -123,8 +143,10 @@ class KubeSource:
         try:
             response = self._call(kind, watch=True, resource_version=resource_version,
                                   allow_watch_bookmarks=True, timeout_seconds=self.watch_seconds)
-        except Exception as exc:
+        except Exception as exc:  # the client's and urllib3's errors, translated once, here
             raise self._translate(kind, exc) from exc
+        with self._lock:
+            self._open.add(response)
         try:
             for line in iter_resp_lines(response):
                 if stop.is_set():
@@ -143,9 +165,11 @@ class KubeSource:
                 yield etype, obj
         except (Gone, DependencyUnavailable):
             raise
-        except Exception as exc:
+        except Exception as exc:  # the client's and urllib3's errors, translated once, here
             raise self._translate(kind, exc) from exc
         finally:
+            with self._lock:
+                self._open.discard(response)
             response.close()
             response.release_conn()
 
@@ -200,16 +224,22 @@ class ResourceLoop:
 
 
 class Delivery:
-    """The newest body per job, sent when it differs from what the API last acknowledged."""
+    """The newest body per job, sent when it differs from what the API last acknowledged.
+
+    A final state waits ``settle`` seconds after the job's last change before it is sent: the pod
+    that says why (``OOMKilled``) and the job object that says "failed" come on different watches,
+    in either order, and the failure notification should name the cause, once."""
 
     def __init__(self, api: JobsApi, clock: Callable[[], float] = time.monotonic,
-                 backoff: float = 1.0, max_backoff: float = 60.0) -> None:
+                 backoff: float = 1.0, max_backoff: float = 60.0, settle: float = 2.0) -> None:
         self.api = api
         self.clock = clock
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.settle = settle
         self.delivered: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, dict[str, Any]] = {}
+        self._not_before: dict[str, float] = {}
         self._retry_at = 0.0
         self._delay = backoff
         self.sent = 0
@@ -223,6 +253,7 @@ class Delivery:
             if last.get("status") in FINAL and body.get("status") not in FINAL and not _new_run(last, body):
                 return  # a final state is final (a restart of the job is still the same run)
         self.pending[job_id] = body
+        self._not_before[job_id] = self.clock() + (self.settle if body.get("status") in FINAL else 0.0)
 
     def learn(self, job_id: str, uid: str | None) -> None:
         """Before a job's first delivery by this process: what does the API already have?"""
@@ -240,9 +271,12 @@ class Delivery:
             self.delivered[job_id] = {k: known.get(k) for k in (*_COMPARED, "labels")}
 
     def flush(self) -> None:
-        if not self.pending or self.clock() < self._retry_at:
+        now = self.clock()
+        if not self.pending or now < self._retry_at:
             return
         for job_id in list(self.pending):
+            if self._not_before.get(job_id, 0.0) > now:
+                continue
             body = self.pending[job_id]
             try:
                 self.api.put(job_id, body)
@@ -258,6 +292,7 @@ class Delivery:
             self.sent += 1
             self.delivered[job_id] = body
             self.pending.pop(job_id, None)
+            self._not_before.pop(job_id, None)
         self._delay = self.backoff
 
 
@@ -285,7 +320,7 @@ class Watcher:
 
     def __init__(self, source: KubeSource, tracker: JobTracker, delivery: Delivery,
                  kinds: tuple[JobKind, ...], stop: threading.Event | None = None,
-                 tick: float = 1.0) -> None:
+                 tick: float = 1.0, backoff: float = 1.0) -> None:
         self.source = source
         self.tracker = tracker
         self.delivery = delivery
@@ -293,10 +328,16 @@ class Watcher:
         self.stop = stop or threading.Event()
         self.tick = tick
         self.events: queue.Queue[Event] = queue.Queue()
-        self.loops = [ResourceLoop(source, kind, self.events, self.stop) for kind in (POD_KIND, *kinds)]
+        self.loops = [ResourceLoop(source, kind, self.events, self.stop, backoff=backoff)
+                      for kind in (POD_KIND, *kinds)]
         self._threads: list[threading.Thread] = []
         self.synced: set[JobKind] = set()
         self.absent: set[JobKind] = set()
+
+    @property
+    def ready(self) -> bool:
+        """Every resource listed once (or found not served)."""
+        return all(loop.kind in self.synced or loop.kind in self.absent for loop in self.loops)
 
     def start(self) -> None:
         for loop in self.loops:
@@ -314,6 +355,7 @@ class Watcher:
                 self.step(self.tick)
         finally:
             self.stop.set()
+            self.source.close()
             for thread in self._threads:
                 thread.join(timeout=5)
 
@@ -328,7 +370,7 @@ class Watcher:
                 event = self.events.get_nowait()
             except queue.Empty:
                 event = None
-        if all(loop.kind in self.synced or loop.kind in self.absent for loop in self.loops):
+        if self.ready:
             for job_id in self.tracker.take_dirty():
                 body = self.tracker.body(job_id)
                 if body is None:

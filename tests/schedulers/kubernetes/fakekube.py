@@ -12,7 +12,8 @@ What it implements, as the API server does:
 
 Faults the tests inject: :meth:`drop_watches` cuts every open watch mid-stream (no final chunk, as a
 dying API server or a load balancer does), :meth:`compact` moves the floor so resumes get 410,
-:meth:`fail_next` answers the next requests with an error status.
+:meth:`hold_watches` keeps new watches waiting (an API server restarting), :meth:`fail_next`
+answers the next requests with an error status.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class FakeKube:
         self.cond = threading.Condition()
         self.seen: list[Seen] = []
         self._drop_generation = 0
+        self._held = False
         self._fail: list[int] = []
         self._open_watches: set[socket.socket] = set()
         owner = self
@@ -97,6 +99,8 @@ class FakeKube:
             etype = "MODIFIED" if key in store else "ADDED"
             if etype == "ADDED":
                 meta.setdefault("uid", str(uuid.uuid4()))
+            else:  # an update keeps the object's identity
+                meta.setdefault("uid", store[key]["metadata"]["uid"])
             self.rv += 1
             meta["resourceVersion"] = str(self.rv)
             stored: dict[str, Any] = json.loads(json.dumps(obj))
@@ -127,6 +131,13 @@ class FakeKube:
             for sock in list(self._open_watches):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            self.cond.notify_all()
+
+    def hold_watches(self, held: bool = True) -> None:
+        """While held, new watch requests wait before answering (an API server that is down or
+        restarting); changes made meanwhile reach the watcher only after it is released."""
+        with self.cond:
+            self._held = held
             self.cond.notify_all()
 
     def fail_next(self, *statuses: int) -> None:
@@ -190,6 +201,8 @@ class FakeKube:
     def _watch(self, handler: BaseHTTPRequestHandler, path: str, query: Mapping[str, str]) -> None:
         since = int(query.get("resourceVersion") or 0)
         timeout = float(query.get("timeoutSeconds") or 30)
+        with self.cond:
+            self.cond.wait_for(lambda: not self._held, timeout=60)
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")

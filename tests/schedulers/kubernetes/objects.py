@@ -144,7 +144,25 @@ def pytorchjob(
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
         "metadata": meta,
-        "spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": 4}}},
+        "spec": {
+            "pytorchReplicaSpecs": {
+                "Worker": {
+                    "replicas": 4,
+                    "restartPolicy": "OnFailure",
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "pytorch",
+                                    "image": "trainer:1",
+                                    "resources": {"limits": {"nvidia.com/gpu": "2"}},
+                                }
+                            ]
+                        }
+                    },
+                }
+            }
+        },
         "status": status,
     }
 
@@ -188,8 +206,9 @@ def batch_job_pod(job: str, *, gpus: int = 0, namespace: str = NS, **kwargs: Any
 
 
 def batch_job(
-    name: str, *, failed_reason: str | None = None, complete: bool = False, namespace: str = NS
+    name: str, gpus: int = 0, *, failed_reason: str | None = None, complete: bool = False, namespace: str = NS
 ) -> dict[str, Any]:
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
     conditions = []
     if failed_reason:
         conditions.append(
@@ -212,6 +231,12 @@ def batch_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "uid": "batch-uid"},
-        "spec": {"backoffLimit": 2},
+        "spec": {
+            "backoffLimit": 2,
+            "parallelism": 1,
+            "template": {
+                "spec": {"containers": [{"name": "pytorch", "image": "trainer:1", "resources": resources}]}
+            },
+        },
         "status": status,
     }
