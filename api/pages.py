@@ -447,7 +447,10 @@ def pages_router(settings: ApiSettings, service: JobService, signer: Signer,
         notifications = service.store.list_notifications(job.job_id)
         moments = timeline(job, summary, notifications)
         start, end = summary.start.timestamp(), summary.end.timestamp()
-        times = [m.t for m in moments]
+        # The axis spans the run and the moments near it; a notification sent long after (an old
+        # job's retried delivery) is listed, not allowed to squash the charts into a corner.
+        slack = max(600.0, 0.1 * (end - start))
+        times = [m.t for m in moments if start - slack <= m.t <= end + slack]
         axis = (min([start, *times]), max([end, *times]))
         pad = max(5.0, (axis[1] - axis[0]) * 0.02)
         axis = (axis[0] - pad, axis[1] + pad)
@@ -566,9 +569,10 @@ def install_page_errors(app: FastAPI, settings: ApiSettings, signer: Signer) -> 
 def _page_headers() -> dict[str, str]:
     return {
         # Pages carry a job's logs (and a signed link in their URL): never cached, never framed,
-        # never sent on as a Referer to Grafana or anywhere else.
+        # never sent on as a Referer to Grafana or anywhere else. (same-origin, not no-referrer:
+        # with no-referrer a browser sends "Origin: null" on our own form posts.)
         "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
         "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "

@@ -36,6 +36,16 @@
     return abs >= 100 ? value.toFixed(0) : value.toFixed(2);
   }
 
+  // Axis labels in UTC, 24-hour, as the page's text: seconds on short spans, dates on long ones.
+  function timeLabels(u, splits) {
+    var span = axis[1] - axis[0];
+    return splits.map(function (ts) {
+      var iso = new Date(ts * 1e3).toISOString();
+      if (span > 2 * 86400) { return iso.slice(5, 10) + " " + iso.slice(11, 16); }
+      return span < 900 ? iso.slice(11, 19) : iso.slice(11, 16);
+    });
+  }
+
   function width(el) { return Math.max(300, el.clientWidth || 600); }
 
   // Vertical lines at the timeline's moments that matter on a chart: the fault, causes, the failure.
@@ -59,7 +69,7 @@
       scales: { x: { time: true, range: function () { return [axis[0], axis[1]]; } } },
       cursor: { sync: { key: sync.key } },
       axes: [
-        { stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID } },
+        { stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID }, values: timeLabels, space: 70 },
         { stroke: FG, grid: { stroke: GRID }, ticks: { stroke: GRID }, size: YAXIS },
       ],
     };

@@ -70,7 +70,7 @@ def test_notification_links_the_signed_page(pages_api: PagesApi, client: httpx.C
     assert "llama-pretrain" in text and "alice" in text and "team-a" in text
     assert 'class="moment moment-fault"' in text and 'class="moment moment-nccl"' in text
     assert page.headers["cache-control"] == "no-store"
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"
     assert "script-src 'self'" in page.headers["content-security-policy"]
     # The charts' data comes with the same signature, and only for this job.
     sig = parse_qs(urlsplit(link).query)["sig"][0]
