@@ -326,20 +326,54 @@ def _start_time(base: Path) -> str | None:
     return rest[19] if len(rest) > 19 else None
 
 
-class PathJobMatcher:
-    """Finds a job id in a log file's path with regexes holding a named group ``job_id``, each
-    matched against the whole path (see :func:`compile_path_pattern`)."""
+class JobAliasDir:
+    """Job ids under another name: a directory of files named like ``4710_3`` (Slurm's array job
+    and task, ``%A_%a`` in output file names) or ``4700+1`` (a heterogeneous job's component),
+    each holding the job's own id. The scheduler's prolog writes them (``jobsight slurm hook``),
+    so a log named by the array pair joins the job by the id its metrics and registry use."""
 
-    def __init__(self, patterns: Sequence[str] = DEFAULT_LOG_PATH_PATTERNS) -> None:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def resolve(self, alias: str) -> str | None:
+        if not _ALIAS_RE.match(alias):
+            return None
+        try:
+            fd = os.open(self.path / alias, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            tokens = _first_tokens(fh.read(_MAX_MAP_FILE_BYTES))
+        return tokens[0] if tokens and is_valid_job_id(tokens[0]) else None
+
+
+_ALIAS_RE = re.compile(r"^\d{1,20}[_+]\d{1,20}$")
+
+
+class PathJobMatcher:
+    """Finds a job id in a log file's path with regexes holding a named group ``job_id`` — or the
+    pair ``array_job_id``/``array_task_id``, resolved through a :class:`JobAliasDir` — each matched
+    against the whole path (see :func:`compile_path_pattern`)."""
+
+    def __init__(self, patterns: Sequence[str] = DEFAULT_LOG_PATH_PATTERNS,
+                 aliases: JobAliasDir | None = None) -> None:
         self.patterns = tuple(compile_path_pattern(pattern) for pattern in patterns)
+        self.aliases = aliases
 
     def job_of(self, path: str) -> JobRef | None:
         for regex in self.patterns:
             match = regex.fullmatch(path)
-            if match:
-                value = match.group("job_id")
-                if value and is_valid_job_id(value):
-                    return JobRef(value, "path")
+            if not match:
+                continue
+            groups = match.groupdict()
+            value = groups.get("job_id")
+            if value and is_valid_job_id(value):
+                return JobRef(value, "path")
+            array, task = groups.get("array_job_id"), groups.get("array_task_id")
+            if array and task and self.aliases is not None:
+                resolved = self.aliases.resolve(f"{array}_{task}")
+                if resolved is not None:
+                    return JobRef(resolved, f"alias:{array}_{task}")
         return None
 
 
@@ -348,8 +382,9 @@ def compile_path_pattern(pattern: str) -> re.Pattern[str]:
 
     The pattern is matched against the whole path (``re.fullmatch``); it must start with ``/``
     (``^/`` is accepted too) so it names a directory from the root, and have a named group
-    ``job_id``. A pattern ending in ``/`` (or ``/$``) names a directory: it matches every path
-    below it. Raises :class:`InvalidInput` saying what is wrong."""
+    ``job_id`` (or the pair ``array_job_id`` and ``array_task_id``). A pattern ending in ``/``
+    (or ``/$``) names a directory: it matches every path below it. Raises :class:`InvalidInput`
+    saying what is wrong."""
     body = pattern[1:] if pattern.startswith("^") else pattern
     if body.endswith("$") and not body.endswith("\\$"):
         body = body[:-1]
@@ -364,8 +399,9 @@ def compile_path_pattern(pattern: str) -> re.Pattern[str]:
         regex = re.compile(body)
     except re.error as exc:
         raise InvalidInput(f"job_id pattern {pattern!r} is not a valid regex: {exc}") from exc
-    if "job_id" not in regex.groupindex:
-        raise InvalidInput(f"job_id pattern {pattern!r} has no named group (?P<job_id>...)")
+    if "job_id" not in regex.groupindex and not {"array_job_id", "array_task_id"} <= set(regex.groupindex):
+        raise InvalidInput(f"job_id pattern {pattern!r} has no named group (?P<job_id>...) "
+                           "(nor the pair (?P<array_job_id>...) and (?P<array_task_id>...))")
     return regex
 
 

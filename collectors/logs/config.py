@@ -48,6 +48,9 @@ class _SourceBase(_Strict):
     job_id_pattern: str | None = None
     job_id_patterns: list[str] | None = None
     job_map_dir: str | None = None  # a node whose GPUs all hold one job: records get that job
+    # Slurm array/het aliases (`<array job>_<task>` → job id) the prolog writes, for patterns with
+    # array_job_id/array_task_id groups (`slurm-%A_%a.out`): docs/slurm.md.
+    job_alias_dir: str | None = None
     multiline: MultilineConfig = MultilineConfig()
     rank_prefix: str | None = DEFAULT_RANK_PREFIX
     max_line_bytes: int = Field(default=1024 * 1024, ge=256, le=64 * 1024 * 1024)

@@ -47,7 +47,7 @@ from collectors.logs.pipeline import Decoder, Pipeline, RecordContext
 from collectors.logs.rules import RuleSet
 from collectors.logs.safeopen import Refused, SafeOpener, glob_root
 from collectors.logs.stats import LogStats
-from jobsight.identity import PathJobMatcher
+from jobsight.identity import JobAliasDir, PathJobMatcher
 from jobsight.logstore import LogRecord
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,8 @@ class FileTailer:
         self.stats = stats
         self.clock = clock
         self.monotonic = monotonic
-        self.matcher = PathJobMatcher(config.path_patterns())
+        self.matcher = PathJobMatcher(
+            config.path_patterns(), JobAliasDir(config.job_alias_dir) if config.job_alias_dir else None)
         self.opener = SafeOpener([glob_root(pattern) for pattern in config.paths],
                                  follow_symlinks=config.follow_symlinks, check_owner=config.check_owner)
         self._refused: dict[str, str] = {}  # path → why it is not read (logged and counted once)

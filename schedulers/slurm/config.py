@@ -40,6 +40,7 @@ class SlurmHookConfig:
     token: str | None = None
     token_file: Path | None = None
     job_map_dir: str = "/run/jobsight/jobs"
+    alias_dir: str | None = None  # default: <job_map_dir>/aliases
     spool_dir: str = "/var/spool/jobsight/slurm"
     tenant: str | None = None
     tenant_map: dict[str, str] = field(default_factory=dict)
@@ -102,6 +103,7 @@ def _parse(data: Mapping[str, Any]) -> SlurmHookConfig:
         token=_str(data, "token"),
         token_file=Path(token_file) if token_file else None,
         job_map_dir=_str(data, "job_map_dir") or defaults.job_map_dir,
+        alias_dir=_str(data, "alias_dir"),
         spool_dir=_str(data, "spool_dir") or defaults.spool_dir,
         tenant=_str(data, "tenant", _TENANT, "a tenant name (letters, digits, ._-)"),
         tenant_map={str(k): str(v) for k, v in tenant_map.items()},

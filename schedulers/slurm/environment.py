@@ -37,6 +37,13 @@ class SlurmJob:
     exit_code: int | None
     exit_signal: int | None
     slurm_conf: str | None
+    output_patterns: tuple[str, ...] = ()  # SLURM_JOB_STDOUT/STDERR, unexpanded (%A, %a, %j)
+
+    @property
+    def named_by_array_pair(self) -> bool:
+        """Whether the job's output file names hold ``%A``/``%a`` (Slurm's default for arrays,
+        ``slurm-%A_%a.out``), so the collector needs the alias to find the job's id."""
+        return any("%A" in p or "%a" in p for p in self.output_patterns)
 
     @property
     def node_side(self) -> bool:
@@ -109,4 +116,6 @@ def from_environ(environ: Mapping[str, str]) -> SlurmJob:
         exit_code=code,
         exit_signal=signal,
         slurm_conf=_value(environ, "SLURM_CONF"),
+        output_patterns=tuple(v for v in (_value(environ, "SLURM_JOB_STDOUT"),
+                                          _value(environ, "SLURM_JOB_STDERR")) if v),
     )

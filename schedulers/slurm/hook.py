@@ -14,6 +14,7 @@ node and hold the job.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -33,10 +34,12 @@ from schedulers.slurm.config import SlurmHookConfig, config_path, load_config
 from schedulers.slurm.environment import SlurmJob, from_environ
 from schedulers.slurm.jobmap import JobMapWriter
 from schedulers.slurm.spool import Spool
+from schedulers.slurm.state import Scontrol
 
 log = logging.getLogger(__name__)
 
 ALIAS_DIR = "aliases"  # inside the job map directory; the map readers skip directories
+ALIAS_KEEP_SECONDS = 7 * 24 * 3600
 
 Spawn = Callable[[Sequence[str]], None]
 
@@ -96,25 +99,43 @@ class Hook:
         node = self._node_name(job)
         map_dir = self.config.node_path(self.config.job_map_dir, node)
         writer = JobMapWriter(map_dir)
-        alias = self._alias_path(map_dir, job)
+        alias_dir = (self.config.node_path(self.config.alias_dir, node) if self.config.alias_dir
+                     else map_dir / ALIAS_DIR)
         if job.context == "prolog_slurmd":
             keys = self._gpu_keys(job, node)
             writer.add(job.job_id, keys)
+            alias = self._alias_path(alias_dir, job)
             if alias is not None:
-                alias.parent.mkdir(parents=True, exist_ok=True)
-                alias.write_text(job.job_id + "\n", encoding="utf-8")
+                alias.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+                tmp = alias.with_name(f".{alias.name}.{os.getpid()}")
+                tmp.write_text(job.job_id + "\n", encoding="utf-8")
+                os.replace(tmp, alias)
+                _prune(alias_dir, self.clock() - ALIAS_KEEP_SECONDS)
             return f"job map: job {job.job_id} on GPUs {','.join(keys) or 'none'} of {node}"
+        # The alias stays after the job: the collector may meet the job's last output file only
+        # after the epilog (it globs every few seconds). Old aliases are pruned by later prologs.
         held = writer.remove(job.job_id)
-        if alias is not None:
-            alias.unlink(missing_ok=True)
         return f"job map: job {job.job_id} released GPUs {','.join(held) or 'none'} of {node}"
 
-    def _alias_path(self, map_dir: Path, job: SlurmJob) -> Path | None:
+    def _alias_path(self, alias_dir: Path, job: SlurmJob) -> Path | None:
+        if not job.array_job_id and job.named_by_array_pair:
+            job = self._with_array_ids(job)
         if job.array_job_id and job.array_task_id:
-            return map_dir / ALIAS_DIR / f"{job.array_job_id}_{job.array_task_id}"
+            return alias_dir / f"{job.array_job_id}_{job.array_task_id}"
         if job.het_job_id and job.het_job_offset:
-            return map_dir / ALIAS_DIR / f"{job.het_job_id}+{job.het_job_offset}"
+            return alias_dir / f"{job.het_job_id}+{job.het_job_offset}"
         return None
+
+    def _with_array_ids(self, job: SlurmJob) -> SlurmJob:
+        """slurmd's Prolog/Epilog get no SLURM_ARRAY_* (22.05); for a job whose output names
+        use the array pair, ask scontrol (one RPC, only for such jobs)."""
+        fields = Scontrol(self.config.scontrol, job.slurm_conf or (
+            str(self.config.slurm_conf) if self.config.slurm_conf else None),
+            timeout=self.config.timeout_seconds).show_job(job.job_id)
+        array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+        if array and task and array.isdigit() and task.isdigit():
+            return dataclasses.replace(job, array_job_id=array, array_task_id=task)
+        return job
 
     def _gpu_keys(self, job: SlurmJob, node: str) -> list[str]:
         if not job.gpu_indices:
@@ -146,6 +167,21 @@ class Hook:
         if self.config.api_url:
             self.spawn(flush_command(self.config_file, self.flush_wait_seconds))
         return f"spooled {path.name}"
+
+
+def _prune(directory: Path, older_than: float) -> None:
+    """Remove aliases last written before ``older_than`` (Slurm reuses no job id, but the
+    directory must not grow for ever)."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < older_than:
+                        os.unlink(entry.path)
+                except OSError:
+                    continue
+    except OSError:
+        return
 
 
 def _say(line: str, stderr: TextIO) -> None:

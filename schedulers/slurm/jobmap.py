@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,9 @@ class JobMapWriter:
         try:
             fd = os.open(self.directory / key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            return []
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)  # the aliases directory, or anything else that is no map file
             return []
         with os.fdopen(fd, "rb") as fh:
             raw = fh.read(_MAX_FILE_BYTES)

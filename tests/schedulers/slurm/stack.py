@@ -99,6 +99,8 @@ def _fake_driver_listing(directory: Path, minors: list[int], uuids: dict[int, st
 def write_hook_config(path: Path, root: Path, api_url: str) -> None:
     path.write_text(yaml.safe_dump({
         "api_url": api_url, "token": SCHEDULER_TOKEN, "job_map_dir": f"{root}/%n/jobs",
+        # One alias directory for both test nodes: they share this host and its one collector.
+        "alias_dir": str(root / "aliases"),
         "spool_dir": f"{root}/hook-spool", "slurm_conf": str(root / "slurm" / "slurm.conf"),
         "nvidia_procfs": f"{root}/%n/nvidia-gpus", "timeout_seconds": 5,
     }))
@@ -141,7 +143,10 @@ def slurm_stack(root: Path) -> Iterator[SlurmStack]:
         collector_config.write_text(yaml.safe_dump({
             "store": {"path": str(root / "logstore")},
             "sources": [{"type": "file", "name": "slurm-out", "paths": [f"{out_dir}/slurm-*.out"],
-                         "job_id_pattern": rf"^{out_dir}/slurm-(?P<job_id>\d+)\.out$"}],
+                         "job_id_patterns": [
+                             rf"^{out_dir}/slurm-(?P<job_id>\d+)\.out$",
+                             rf"^{out_dir}/slurm-(?P<array_job_id>\d+)_(?P<array_task_id>\d+)\.out$"],
+                         "job_alias_dir": str(root / "aliases")}],
             "listen": f"127.0.0.1:{free_port()}", "glob_interval": 0.3,
         }))
         procs.append(Proc(jobsight_command("collector", "logs", "--config", str(collector_config)),

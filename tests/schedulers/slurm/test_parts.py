@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,18 @@ def test_controller_hook_spools_and_starts_one_detached_flush(tmp_path: Path) ->
     assert record["body"]["tenant"] == "team-a" and record["body"]["nodes"] == ["n1", "n2"]
     assert record["resolve"]["final"] is True and record["resolve"]["exit_code"] == 0
     assert len(started) == 1 and started[0][-4:] == ["--config", str(config), "--wait", "300.0"]
+
+
+def test_node_hook_keeps_the_array_alias_after_the_job_and_prunes_old_ones(tmp_path: Path) -> None:
+    config = tmp_path / "slurm.yaml"
+    config.write_text(f"job_map_dir: {tmp_path}/%n/jobs\n")
+    old = tmp_path / "n1" / "jobs" / "aliases" / "1_0"
+    old.parent.mkdir(parents=True)
+    old.write_text("5\n")
+    os.utime(old, (1_000_000, 1_000_000))
+    env = {"SLURM_JOB_ID": "12", "SLURMD_NODENAME": "n1", "SLURM_ARRAY_JOB_ID": "10",
+           "SLURM_ARRAY_TASK_ID": "2"}
+    for context in ("prolog_slurmd", "epilog_slurmd"):
+        Hook(load_config(config), config, {**env, "SLURM_SCRIPT_CONTEXT": context}, clock=time.time).run()
+    assert (tmp_path / "n1" / "jobs" / "aliases" / "10_2").read_text() == "12\n"
+    assert not old.exists()

@@ -41,6 +41,11 @@ def _gpus_of(stack: SlurmStack, node: str, job_id: str) -> set[str]:
     return {gpu for gpu, ids in stack.gpu_jobs(node).items() if job_id in ids}
 
 
+def _log_records(stack: SlurmStack, job_id: str) -> list[dict[str, object]]:
+    r = httpx.get(f"{stack.api_url}/v1/jobs/{job_id}/logs", headers=auth(TEAM_TOKEN), timeout=10)
+    return list(r.json()["records"]) if r.status_code == 200 else []
+
+
 def _script(stack: SlurmStack, name: str, body: str) -> Path:
     path = stack.root / f"{name}.sh"
     path.write_text(f"#!/bin/sh\n{body}\n")
@@ -141,8 +146,10 @@ def test_api_down_the_job_runs_and_the_spool_delivers_once(stack: SlurmStack) ->
 
 def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack) -> None:
     release = stack.root / "release-array"
-    first = stack.cluster.sbatch("--array=0-2", "--gres=gpu:1", "-A", TENANT, "-o", "/dev/null",
-                                 "--wrap", f"while [ ! -e {release} ]; do sleep 0.1; done")
+    first = stack.cluster.sbatch(
+        "--array=0-2", "--gres=gpu:1", "-A", TENANT, "-o", f"{stack.out_dir}/slurm-%A_%a.out", "--wrap",
+        'echo "task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID"; '
+        f"while [ ! -e {release} ]; do sleep 0.1; done")
     admin_jobs = wait_until(
         lambda: [j for j in httpx.get(f"{stack.api_url}/v1/jobs", headers=auth(ADMIN_TOKEN),
                                       params={"limit": 200}, timeout=10).json()["jobs"]
@@ -168,6 +175,11 @@ def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack) -> None:
                         counts[job] += 1
         return counts
     wait_until(lambda: set(held().values()) == {1}, timeout=30, message="each array task on one GPU")
+    # Its log file is named by the array pair (slurm-%A_%a.out); its lines carry the task's own id.
+    for task, job in tasks.items():
+        logs = wait_until(partial(_log_records, stack, job), timeout=30,
+                          message=f"array task {task}'s log lines under job {job}")
+        assert [rec["message"] for rec in logs] == [f"task {task} of {first}"]
     release.touch()
     for job in tasks.values():
         stack.wait_job(job, "succeeded")
