@@ -240,12 +240,14 @@ def build() -> Board:
             table_panel(
                 "Events in range by kind",
                 [
-                    Q(f"sum by (kind) ({_events(JOB, '$__range')}) > 0", "job"),
-                    Q(f"sum by (kind, Hostname) ({_events(HOSTS + ', job_id=' + NO_JOB_ID, '$__range')}) > 0",
-                      "host"),
+                    Q(
+                        f"sum by (kind) ({_events(JOB, '$__range')})"
+                        f" or sum by (kind) ({_events(HOSTS + ', job_id=' + NO_JOB_ID, '$__range')})"
+                    )
                 ],
-                description="Log and kernel events counted from their first occurrence: the job's own "
-                "(job_id), and events on its hosts with no job (kernel log without a job map).",
+                description="Log and kernel events in the range, counted from their first occurrence: "
+                "the job's own (job_id), and, for kinds the job has none of, those on its hosts with no "
+                "job (the kernel log where no job map names the job).",
                 width=12,
                 height=5,
                 no_value="No log events for the job or its hosts in this time range.",

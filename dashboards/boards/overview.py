@@ -150,13 +150,19 @@ def build() -> Board:
         )
         .with_panel(
             table_panel(
-                "Jobs holding idle GPUs",
-                [Q(f"job_id:jobsight_gpu_allocated_idle:count{C} > 0")],
-                description="GPUs per job with no compute for 10 minutes (recording rule).",
+                "Idle GPUs per job",
+                [
+                    Q(
+                        f"sort_desc(job_id:jobsight_gpu_allocated_idle:count{C}"
+                        f" or job_id:jobsight_gpu_job_info:count{C} * 0)"
+                    )
+                ],
+                description="GPUs each job holds that have not computed (utilisation under 1 %) for 10 "
+                "minutes, most first; 0 for a job whose GPUs all work (recording rules).",
                 links=[JOB_LINK],
                 width=24,
                 height=5,
-                no_value="No job holds an idle GPU (or the recording rules are not loaded).",
+                no_value=NO_RULES,
             )
         )
         .with_row(db.Row("GPU load across the fleet"))
