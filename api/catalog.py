@@ -1,18 +1,26 @@
 """The documented catalog of per-job metrics. Tenants name an entry; only this module writes
-PromQL, with the job id escaped into the one matcher that selects the job.
+PromQL, with the job id and the job's hosts escaped into the matchers that select the job.
 
-GPU entries join hardware series to the job through
-``jobsight_gpu_job_info{Hostname, gpu, UUID, job_id}``; node entries join on ``Hostname`` to the
-nodes where the job holds a GPU; ``job_*`` entries read the node exporter's per-job series.
+Every selector names the job's hosts (``Hostname=~"h1|h2"``, resolved beforehand by
+:mod:`api.scope`), so a query reads the series of the job's nodes only, whatever the size of the
+cluster. GPU entries then join to ``jobsight_gpu_job_info{job_id, Hostname}`` at every step, which
+keeps only the GPUs the job held at that time (a host shared with another job shows only ours);
+node entries join on ``Hostname`` to the nodes where the job holds a GPU; ``job_*`` entries read
+the node exporter's per-job series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from api.prometheus import duration, matcher
+from api.scope import host_matcher, info_selector
+
+NO_DATA = "no samples for this GPU in the window"
+NO_TENSOR_PIPES = ("not available on this GPU: DCGM_FI_PROF_PIPE_TENSOR_ACTIVE comes from NVML GPM, "
+                   "which only Hopper and newer GPUs have (or the GPU sent no samples in the window)")
 
 
 @dataclass(frozen=True)
@@ -21,46 +29,51 @@ class CatalogMetric:
     unit: str
     scope: Literal["gpu", "node"]
     description: str
-    build: Callable[[str, float], str]  # (escaped job matcher, rate window seconds) -> PromQL
+    # (job id, the hosts of one batch, rate window seconds) -> PromQL; values are escaped inside.
+    build: Callable[[str, Sequence[str], float], str]
+    # Why a GPU of the job has no series for this entry (GPU entries only).
+    unavailable_reason: str = NO_DATA
 
 
-def gpu_join(job_id: str) -> str:
+def gpu_join(job_id: str, hosts: Sequence[str]) -> str:
     """``* on(Hostname, gpu) group_left(job_id) <info>``: keeps only the job's GPUs."""
-    info = f"jobsight_gpu_job_info{{{matcher('job_id', job_id)}}}"
+    info = info_selector(job_id, hosts)
     return f"on(Hostname, gpu) group_left(job_id) max by (Hostname, gpu, job_id) ({info})"
 
 
-def node_join(job_id: str) -> str:
-    info = f"jobsight_gpu_job_info{{{matcher('job_id', job_id)}}}"
-    return f"on(Hostname) group_left(job_id) max by (Hostname, job_id) ({info})"
+def node_join(job_id: str, hosts: Sequence[str]) -> str:
+    return f"on(Hostname) group_left(job_id) max by (Hostname, job_id) ({info_selector(job_id, hosts)})"
 
 
-def _gpu(expr: str, scale: float = 1.0) -> Callable[[str, float], str]:
-    def build(job_id: str, _window: float) -> str:
+def _gpu(metric: str, scale: float = 1.0) -> Callable[[str, Sequence[str], float], str]:
+    def build(job_id: str, hosts: Sequence[str], _window: float) -> str:
+        expr = f"{metric}{{{host_matcher(hosts)}}}"
         scaled = f"({expr}) * {scale!r}" if scale != 1.0 else expr
-        return f"max by (Hostname, gpu) ({scaled} * {gpu_join(job_id)})"
+        return f"max by (Hostname, gpu) ({scaled} * {gpu_join(job_id, hosts)})"
     return build
 
 
-def _node_rate(counter: str) -> Callable[[str, float], str]:
-    def build(job_id: str, window: float) -> str:
-        per_host = f"sum by (Hostname) (rate({counter}[{duration(window)}]))"
-        return f"max by (Hostname) ({per_host} * {node_join(job_id)})"
+def _node_rate(counter: str) -> Callable[[str, Sequence[str], float], str]:
+    def build(job_id: str, hosts: Sequence[str], window: float) -> str:
+        per_host = f"sum by (Hostname) (rate({counter}{{{host_matcher(hosts)}}}[{duration(window)}]))"
+        return f"max by (Hostname) ({per_host} * {node_join(job_id, hosts)})"
     return build
 
 
-def _node_cpu(job_id: str, window: float) -> str:
-    busy = f'1 - avg by (Hostname) (rate(node_cpu_seconds_total{{mode="idle"}}[{duration(window)}]))'
-    return f"max by (Hostname) (({busy}) * {node_join(job_id)})"
+def _node_cpu(job_id: str, hosts: Sequence[str], window: float) -> str:
+    idle = f'node_cpu_seconds_total{{mode="idle", {host_matcher(hosts)}}}'
+    busy = f"1 - avg by (Hostname) (rate({idle}[{duration(window)}]))"
+    return f"max by (Hostname) (({busy}) * {node_join(job_id, hosts)})"
 
 
-def _job_cpu(job_id: str, window: float) -> str:
-    selector = f"jobsight_job_cpu_seconds_total{{{matcher('job_id', job_id)}}}"
+def _job_cpu(job_id: str, hosts: Sequence[str], window: float) -> str:
+    selector = f"jobsight_job_cpu_seconds_total{{{matcher('job_id', job_id)}, {host_matcher(hosts)}}}"
     return f"sum by (Hostname) (rate({selector}[{duration(window)}]))"
 
 
-def _job_memory(job_id: str, _window: float) -> str:
-    return f"sum by (Hostname) (jobsight_job_memory_rss_bytes{{{matcher('job_id', job_id)}}})"
+def _job_memory(job_id: str, hosts: Sequence[str], _window: float) -> str:
+    selector = f"jobsight_job_memory_rss_bytes{{{matcher('job_id', job_id)}, {host_matcher(hosts)}}}"
+    return f"sum by (Hostname) ({selector})"
 
 
 CATALOG: dict[str, CatalogMetric] = {
@@ -79,8 +92,9 @@ CATALOG: dict[str, CatalogMetric] = {
         CatalogMetric("gpu_tensor_active", "ratio", "gpu",
                       "fraction of cycles the tensor pipes were active (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, "
                       "from NVML GPM: Hopper and newer GPUs only; not available on this GPU for A100, A30, "
-                      "A10, L4, L40S and older, which have no series)",
-                      _gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")),
+                      "A10, L4, L40S and older, which have no series: such GPUs are listed under "
+                      "'unavailable')",
+                      _gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"), unavailable_reason=NO_TENSOR_PIPES),
         CatalogMetric("rdma_rx_bytes", "bytes_per_second", "node",
                       "RDMA bytes received per second, all ports of each of the job's nodes",
                       _node_rate("node_infiniband_port_data_received_bytes_total")),

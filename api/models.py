@@ -132,12 +132,24 @@ class Series(BaseModel):
     points: list[tuple[float, float]] = Field(description="[unix seconds, value] pairs, oldest first")
 
 
+class Unavailable(BaseModel):
+    """A GPU the job held in the window that returned no series for a metric, and why."""
+
+    host: str
+    gpu: int
+    reason: str
+
+
 class MetricSeries(BaseModel):
     name: str
     unit: str
     scope: Literal["gpu", "node"]
     description: str
     series: list[Series]
+    unavailable: list[Unavailable] = Field(
+        default_factory=list,
+        description="GPU entries: the job's GPUs (jobsight_gpu_job_info and the registry) that have no "
+                    "series in the window, with the reason (e.g. no tensor-pipe counters before Hopper)")
 
 
 class MetricsResponse(BaseModel):
@@ -269,6 +281,11 @@ class SummaryResponse(BaseModel):
     alerts: list[AlertOut]
     diagnosis: Diagnosis | None
     warnings: list[str] = Field(default_factory=list)
+    rollup_step_seconds: float | None = Field(
+        default=None,
+        description="set when the GPU and node figures come from the recording-rule rollups "
+                    "(alerts/rules/rollups.yaml) at this step instead of raw samples; see docs/scale.md "
+                    "for their accuracy")
 
 
 class Links(BaseModel):

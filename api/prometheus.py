@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,29 @@ def escape_label_value(value: str) -> str:
 
 def matcher(label: str, value: str) -> str:
     return f'{label}="{escape_label_value(value)}"'
+
+
+# RE2 metacharacters: a label value put into a regex matcher is matched literally after these are
+# escaped (Prometheus, VictoriaMetrics, Thanos and Mimir all anchor label regexes at both ends).
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
+def regex_literal(value: str) -> str:
+    """``value`` as an RE2 pattern that matches exactly that string."""
+    return _RE2_SPECIAL.sub(r"\\\1", value)
+
+
+def any_of(label: str, values: Sequence[str]) -> str:
+    """A matcher for exactly these label values: ``label="v"`` for one, an anchored alternation of
+    escaped literals for several. An empty list would match series *without* the label, so it is
+    refused: a caller with nothing to select must not ask."""
+    unique = sorted(set(values))
+    if not unique:
+        raise ValueError(f"no values for a {label} matcher")
+    if len(unique) == 1:
+        return matcher(label, unique[0])
+    pattern = "|".join(regex_literal(v) for v in unique)
+    return f'{label}=~"{escape_label_value(pattern)}"'
 
 
 def duration(seconds: float) -> str:
@@ -98,7 +122,7 @@ class PrometheusClient:
             except (httpx.HTTPError, httpx.StreamError) as exc:
                 raise DependencyUnavailable("prometheus", f"{type(exc).__name__}: {exc}") from exc
 
-    def _get(self, path: str, params: dict[str, Any]) -> Any:
+    def _get(self, path: str, params: dict[str, Any], result_key: str | None = "result") -> Any:
         status, raw = self._fetch("POST", path, params, self._max_bytes)
         try:
             body = json.loads(raw)
@@ -113,7 +137,9 @@ class PrometheusClient:
                 raise PrometheusQueryError(said)
             raise DependencyUnavailable("prometheus", said)
         data = body.get("data")
-        if not isinstance(data, dict) or not isinstance(data.get("result"), list):
+        if result_key is None:
+            return data
+        if not isinstance(data, dict) or not isinstance(data.get(result_key), list):
             raise _malformed("no data.result list")
         return data
 
@@ -139,6 +165,18 @@ class PrometheusClient:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise _malformed(f"a vector sample is not [time, \"number\"]: {exc}") from exc
         return out
+
+    def series(self, selector: str, start: float, end: float) -> list[dict[str, str]]:
+        """Label sets of the series ``selector`` names that have samples in ``[start, end]``, from
+        the index (``/api/v1/series``): no samples are read, so a month costs what a minute does."""
+        params = {"match[]": selector, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        data = self._get("/api/v1/series", params, result_key=None)
+        if not isinstance(data, list):
+            raise _malformed("series data is not a list")
+        try:
+            return [_labels(item) for item in data]
+        except TypeError as exc:
+            raise _malformed(f"a series is not a label map: {exc}") from exc
 
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[RangeSeries]:
         data = self._get(

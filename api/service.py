@@ -33,7 +33,8 @@ from api.models import (
     WebhookResult,
 )
 from api.notify import Notifier, failure_message
-from api.prometheus import PrometheusClient, choose_step, duration, matcher
+from api.prometheus import PrometheusClient, RangeSeries, choose_step, duration, matcher
+from api.scope import JobScope, resolve
 from api.settings import ApiSettings
 from api.signing import Signer
 from api.store import Alert, IncomingAlert, Job, JobStore
@@ -46,6 +47,8 @@ from jobsight.logstore import LogRecord
 log = logging.getLogger("jobsight.api")
 
 MAX_RANGE_SECONDS = 400 * 24 * 3600
+# Points per series of a metrics answer when the caller names no step.
+DEFAULT_POINTS = 720
 DISCOVERY_LOOKBACK = "5m"
 FAILURE_ALERTS = frozenset({"JobFailed"})
 
@@ -133,7 +136,8 @@ class JobService:
         self.tensorboard = tensorboard
         self.executor = executor
         self.clock = clock
-        self.facts = JobFacts(prometheus, logs, executor, clock)
+        self.facts = JobFacts(prometheus, logs, executor, clock,
+                              rollup_after=settings.summary_rollup_after_seconds)
         self.cache = ResultCache(settings.query_cache_seconds, settings.query_cache_entries)
         self.api_url = settings.public_url or f"http://{settings.listen}"
 
@@ -253,7 +257,38 @@ class JobService:
             raise InvalidInput(f"the time range may span at most {MAX_RANGE_SECONDS // 86400} days")
         return start_ts, end_ts
 
+    def scope(self, job: Job, start_ts: float, end_ts: float) -> JobScope:
+        """The job's hosts and GPUs over the window (label index and registry), reused for a
+        settled window: every metrics and summary query selects only these."""
+        def compute() -> JobScope:
+            return resolve(self.prometheus, job.job_id, start_ts, end_ts, job.gpus, job.nodes)
+
+        if not self.settled(end_ts):
+            return compute()
+        key = ("scope", job.job_id, tuple(job.nodes), len(job.gpus), start_ts, end_ts)
+        return self.cache.get_or_compute(key, compute)
+
     # -- metrics --------------------------------------------------------------------------------
+
+    def metrics_step(self, scope: JobScope, names: Sequence[str], start_ts: float, end_ts: float,
+                     requested: float | None) -> float:
+        """The step of a metrics answer. The default gives at most ~720 points per series, fewer
+        where the job's series would otherwise exceed ``max_points_per_answer``; an explicit step
+        that would exceed it is refused, naming the limit."""
+        cap = self.settings.max_points_per_answer
+        series = sum(len(scope.gpus) if CATALOG[name].scope == "gpu" else len(scope.hosts) for name in names)
+        if requested is None and series:
+            per_series = max(2, min(DEFAULT_POINTS + 1, cap // series))
+            step = choose_step(start_ts, end_ts, None, default_points=per_series - 1)
+        else:
+            step = choose_step(start_ts, end_ts, requested)
+        points = int((end_ts - start_ts) // step) + 1
+        if series * points > cap:
+            raise InvalidInput(
+                f"this answer would hold {series} series x {points} points = {series * points} points, "
+                f"more than max_points_per_answer={cap}: ask for a larger step, a shorter window or "
+                f"fewer metrics")
+        return step
 
     def settled(self, end_ts: float) -> bool:
         """Prometheus data up to ``end_ts`` will not change any more."""
@@ -267,11 +302,12 @@ class JobService:
             raise InvalidInput(f"unknown metric name(s) {', '.join(sorted(set(unknown)))}; "
                                f"known: {', '.join(sorted(CATALOG))}")
         start_ts, end_ts = self.window(job, start, end)
-        chosen = choose_step(start_ts, end_ts, step)
         unique = tuple(dict.fromkeys(names))
+        scope = self.scope(job, start_ts, end_ts)
+        chosen = self.metrics_step(scope, unique, start_ts, end_ts, step)
 
         def compute() -> bytes:
-            body = self.metrics(job, unique, iso(start_ts), iso(end_ts), chosen)
+            body = self.metrics(job, unique, iso(start_ts), iso(end_ts), chosen, scope=scope)
             return json.dumps(_jsonable(body), separators=(",", ":")).encode()
 
         if not self.settled(end_ts):
@@ -279,33 +315,45 @@ class JobService:
         return self.cache.get_or_compute(("metrics", job.job_id, unique, start_ts, end_ts, chosen), compute)
 
     def metrics(self, job: Job, names: Sequence[str], start: datetime | None, end: datetime | None,
-                step: float | None) -> dict[str, Any]:
+                step: float | None, scope: JobScope | None = None) -> dict[str, Any]:
         unknown = [name for name in names if name not in CATALOG]
         if unknown:
             raise InvalidInput(f"unknown metric name(s) {', '.join(sorted(set(unknown)))}; "
                                f"known: {', '.join(sorted(CATALOG))}")
         start_ts, end_ts = self.window(job, start, end)
-        chosen = choose_step(start_ts, end_ts, step)
-        window = rate_window(chosen)
         unique = list(dict.fromkeys(names))
+        if scope is None:
+            scope = self.scope(job, start_ts, end_ts)
+        chosen = self.metrics_step(scope, unique, start_ts, end_ts, step)
+        window = rate_window(chosen)
+        # One query per metric and batch of the job's hosts; none when the job held nothing.
         futures = {
-            name: self.executor.submit(self.prometheus.query_range, CATALOG[name].build(job.job_id, window),
-                                       start_ts, end_ts, chosen)
+            name: [self.executor.submit(self.prometheus.query_range,
+                                        CATALOG[name].build(job.job_id, hosts, window),
+                                        start_ts, end_ts, chosen)
+                   for hosts in scope.host_batches()]
             for name in unique
         }
         out = []
         for name in unique:
             entry = CATALOG[name]
             series: list[dict[str, Any]] = []
-            for s in futures[name].result():
+            found: list[RangeSeries] = [s for future in futures[name] for s in future.result()]
+            for s in found:
                 labels = {"host": s.labels.get("Hostname", "")}
                 if entry.scope == "gpu":
                     labels["gpu"] = s.labels.get("gpu", "")
                 series.append({"labels": labels, "points": [[t, v] for t, v in s.points]})
             series.sort(key=lambda s: (s["labels"]["host"], int(s["labels"].get("gpu") or 0)))
+            unavailable: list[dict[str, Any]] = []
+            if entry.scope == "gpu":
+                # Empty data would read as "idle"; say which GPUs have none, and why.
+                answered = {(s.labels.get("Hostname", ""), s.labels.get("gpu", "")) for s in found}
+                unavailable = [{"host": host, "gpu": int(gpu), "reason": entry.unavailable_reason}
+                               for host, gpu in scope.gpus if (host, gpu) not in answered and gpu.isdigit()]
             out.append({"name": name, "unit": entry.unit, "scope": entry.scope,
                         "description": entry.description,
-                        "series": series})
+                        "series": series, "unavailable": unavailable})
         return {"job_id": job.job_id, "start": iso(start_ts), "end": iso(end_ts), "step_seconds": chosen,
                 "metrics": out}
 
@@ -325,11 +373,12 @@ class JobService:
         hosts, _ = self.hosts_and_gpus(job)
 
         def prometheus_facts() -> PromFacts:
+            def compute() -> PromFacts:
+                return self.facts.prometheus_facts(self.scope(job, start_ts, end_ts), start_ts, end_ts)
+
             if not self.settled(end_ts):
-                return self.facts.prometheus_facts(job.job_id, start_ts, end_ts)
-            return self.cache.get_or_compute(
-                ("facts", job.job_id, start_ts, end_ts),
-                lambda: self.facts.prometheus_facts(job.job_id, start_ts, end_ts))
+                return compute()
+            return self.cache.get_or_compute(("facts", job.job_id, start_ts, end_ts), compute)
 
         alerts = self.store.list_alerts(job_id=job.job_id, limit=500)
         facts = PromFacts()
@@ -342,6 +391,7 @@ class JobService:
                 raise
             missing.append(exc.dependency)
             warnings.append(str(exc))
+        warnings.extend(facts.warnings)
         all_hosts = set(hosts) | {g.host for g in facts.gpus} | {n.host for n in facts.nodes}
         events: list[LogRecord] = []
         if isinstance(self.logs, UnconfiguredLogSource):
@@ -361,7 +411,8 @@ class JobService:
             findings = (facts.findings + findings_from_events(events, facts.pci_to_gpu)
                         + findings_from_alerts(alerts))
             diagnosis = diagnose(findings, started_at=job.started_at, failed_at=self._failed_at(job),
-                                 exit_code=job.exit_code, reason=job.reason, missing_sources=missing)
+                                 exit_code=job.exit_code, reason=job.reason, missing_sources=missing,
+                                 world_size=world_size(job))
         return SummaryResponse.model_validate({
             "job": job_out(job, source), "start": iso(start_ts), "end": iso(end_ts),
             "duration_seconds": end_ts - start_ts, "overall": overall_summary, "gpus": facts.gpus,
@@ -369,7 +420,7 @@ class JobService:
             "stragglers": [{"host": g.host, "gpu": g.gpu, "uuid": g.uuid} for g in stragglers],
             "events": [LogRecordOut.model_validate(record_out(e)) for e in events[-200:]],
             "alerts": [AlertOut.model_validate(alert_out(a)) for a in alerts],
-            "diagnosis": diagnosis, "warnings": warnings,
+            "diagnosis": diagnosis, "warnings": warnings, "rollup_step_seconds": facts.rollup_step,
         })
 
     def links(self, job: Job) -> Links:
@@ -478,6 +529,16 @@ class JobService:
             failed_at = self._failed_at(job) or self.clock()
             self.annotator.annotate(job.job_id, title, int(failed_at * 1000), ["failed"])
         return len(due)
+
+
+def world_size(job: Job) -> int | None:
+    """The job's number of ranks as its scheduler or launcher registered it (label ``world_size``,
+    or ``WORLD_SIZE`` as torchrun names it); None lets the diagnosis count the ranks it sees."""
+    for key in ("world_size", "WORLD_SIZE"):
+        text = job.labels.get(key, "").strip()
+        if text.isdigit() and 0 < int(text) <= 1_000_000:
+            return int(text)
+    return None
 
 
 def _jsonable(value: Any) -> Any:

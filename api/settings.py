@@ -172,6 +172,14 @@ class ApiSettings(BaseSettings):
     query_settle_seconds: float = Field(
         default=300.0, ge=0, description="a window that ended at least this long ago is settled")
     query_workers: int = Field(default=32, ge=1, le=256, description="parallel Prometheus queries")
+    max_points_per_answer: int = Field(
+        default=500_000, ge=1000,
+        description="series x points one /metrics answer may hold; the default resolution coarsens to "
+                    "fit, an explicit step that would exceed it is a 422 (docs/scale.md)")
+    summary_rollup_after_seconds: float = Field(
+        default=2 * 86400.0, ge=0,
+        description="a summary over a longer window reads the 5-minute rollups of "
+                    "alerts/rules/rollups.yaml instead of raw samples; 0 always uses raw samples")
     dependency_timeout_seconds: float = Field(
         default=5.0, gt=0, le=120, description="total time one call to Prometheus may take")
     prometheus_max_response_bytes: int = Field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from api.diagnosis import Finding
 from api.logsource import LogSource
 from api.models import GpuSummary, NodeSummary, OverallSummary, XidEvent
 from api.prometheus import PrometheusClient, RangeSeries, Sample, duration, matcher
+from api.scope import MAX_HOSTS_PER_QUERY, JobScope, host_matcher
 from api.store import Alert
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.logstore import LogRecord
@@ -32,6 +33,32 @@ MAX_TIMED_GPUS = 64
 HOST_EVENT_KINDS = ("gpu_xid", "gpu_fallen_off_bus", "ecc_error", "ib_link_down", "ib_port_error",
                     "nvlink_error", "nvswitch_sxid", "kernel_oom_kill")
 MAX_EVENTS = 1000
+# Samples one query may read: a fifth of Prometheus' default --query.max-samples (50 M), so the
+# queries of one summary running side by side stay clear of it too.
+MAX_SAMPLES_PER_QUERY = 10_000_000
+RAW_SCRAPE_SECONDS = 15.0
+GPU_STATS_PER_QUERY = 11
+# The rollups of alerts/rules/rollups.yaml: (how the window combines them, the recorded series).
+ROLLUP_STEP_SECONDS = 300.0
+ROLLUPS = {
+    "util_mean": ("avg_over_time", "gpu:DCGM_FI_DEV_GPU_UTIL:avg5m"),
+    "util_max": ("max_over_time", "gpu:DCGM_FI_DEV_GPU_UTIL:max5m"),
+    "idle": ("avg_over_time", "gpu:DCGM_FI_DEV_GPU_UTIL:idle_ratio5m"),
+    "mem_max": ("max_over_time", "gpu:DCGM_FI_DEV_FB_USED:max5m"),
+    "power_mean": ("avg_over_time", "gpu:DCGM_FI_DEV_POWER_USAGE:avg5m"),
+    "power_max": ("max_over_time", "gpu:DCGM_FI_DEV_POWER_USAGE:max5m"),
+    "energy": ("sum_over_time", "gpu:DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION:increase5m"),
+    "power_violation": ("sum_over_time", "gpu:DCGM_FI_DEV_POWER_VIOLATION:increase5m"),
+    "thermal_violation": ("sum_over_time", "gpu:DCGM_FI_DEV_THERMAL_VIOLATION:increase5m"),
+    "ecc": ("sum_over_time", "gpu:DCGM_FI_DEV_ECC_DBE_VOL_TOTAL:increase5m"),
+    "up_min": ("min_over_time", "gpu:jobsight_gpu_up:min5m"),
+}
+NODE_ROLLUPS = {
+    "rx": "Hostname:node_infiniband_port_data_received_bytes:increase5m",
+    "tx": "Hostname:node_infiniband_port_data_transmitted_bytes:increase5m",
+    "link_downed": "Hostname:node_infiniband_link_downed:increase5m",
+    "symbol_errors": "Hostname:node_infiniband_symbol_error:increase5m",
+}
 
 ALERT_KINDS = {
     "GPUXidError": "gpu_xid", "GPULost": "gpu_lost", "GPUMissing": "gpu_lost",
@@ -48,6 +75,8 @@ class PromFacts:
     nodes: list[NodeSummary] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     pci_to_gpu: dict[tuple[str, tuple[int, int, int]], int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    rollup_step: float | None = None
 
 
 _PCI_RE = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.[0-7])?\s*$")
@@ -100,76 +129,143 @@ class JobFacts:
     """Gathers what the summary and the diagnosis need; ``executor`` runs queries in parallel."""
 
     def __init__(self, prometheus: PrometheusClient, logs: LogSource, executor: Executor,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, rollup_after: float = 0.0) -> None:
         self._prom = prometheus
         self._logs = logs
         self._executor = executor
         self._clock = clock
+        self._rollup_after = rollup_after
 
     # -- Prometheus -----------------------------------------------------------------------
 
-    def prometheus_facts(self, job_id: str, start: float, end: float) -> PromFacts:
-        window = duration(max(end - start, 60.0))
-        step = max(15.0, (end - start) / 720)
-        job = matcher("job_id", job_id)
-        gpus_of_job = f"max by (Hostname, gpu) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))"
-        nodes_of_job = f"max by (Hostname) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))"
-        on_gpu = f"* on(Hostname, gpu) group_left() {gpus_of_job}"
-        on_node = f"* on(Hostname) group_left() {nodes_of_job}"
+    def prometheus_facts(self, scope: JobScope, start: float, end: float) -> PromFacts:
+        """Figures of the job's GPUs and nodes over ``[start, end]``: raw samples, or the 5-minute
+        rollups of ``alerts/rules/rollups.yaml`` for windows longer than ``rollup_after`` (where
+        those series exist). Every selector names the job's hosts; a large job runs one query per
+        batch of hosts, sized so that no query reads more than :data:`MAX_SAMPLES_PER_QUERY`."""
+        if scope.empty:
+            return PromFacts()
+        use_rollups = self._rollup_after > 0 and end - start > self._rollup_after
+        facts: PromFacts | None = None
+        if use_rollups:
+            facts = self._facts(scope, start, end, rollups=True)
+            if facts is None:
+                facts = self._facts(scope, start, end, rollups=False)
+                assert facts is not None
+                facts.warnings.append(
+                    "the rollup series of alerts/rules/rollups.yaml are missing for this window: the "
+                    "summary read raw samples (slow for long jobs; load the rules, docs/scale.md)")
+        else:
+            facts = self._facts(scope, start, end, rollups=False)
+        assert facts is not None
+        return facts
+
+    def _facts(self, scope: JobScope, start: float, end: float, *, rollups: bool) -> PromFacts | None:
+        span = max(end - start, 60.0)
+        window = duration(span)
+        step = max(15.0, span / 720)
+        job = matcher("job_id", scope.job_id)
+        wanted_gpus = scope.gpu_set()
+        # Samples one GPU series contributes to one statistic, and statistics per query.
+        per_series = span / (ROLLUP_STEP_SECONDS if rollups else RAW_SCRAPE_SECONDS)
+        gpus_per_batch = max(1, int(MAX_SAMPLES_PER_QUERY / (per_series * GPU_STATS_PER_QUERY)))
+        per_host = max(1, max(scope.gpus_on([h]) for h in scope.hosts))
+        batches = scope.host_batches(min(MAX_HOSTS_PER_QUERY, max(1, gpus_per_batch // per_host)))
 
         def tagged(parts: dict[str, str]) -> str:
             """One query for several statistics: each part gets a ``stat`` label, so Prometheus
-            evaluates the job join once per query instead of once per statistic."""
+            evaluates the selection once per query instead of once per statistic."""
             return " or ".join(f'label_replace({expr}, "stat", "{name}", "", "")'
                                for name, expr in parts.items())
 
-        gpu_stats = {
-            "util_mean": f"avg_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])",
-            "util_max": f"max_over_time(DCGM_FI_DEV_GPU_UTIL[{window}])",
-            "mem_max": f"max_over_time(DCGM_FI_DEV_FB_USED[{window}])",
-            "energy": f"increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[{window}])",
-            "power_mean": f"avg_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])",
-            "power_max": f"max_over_time(DCGM_FI_DEV_POWER_USAGE[{window}])",
-            "power_violation": f"increase(DCGM_FI_DEV_POWER_VIOLATION[{window}])",
-            "thermal_violation": f"increase(DCGM_FI_DEV_THERMAL_VIOLATION[{window}])",
-            "idle": f"avg_over_time((DCGM_FI_DEV_GPU_UTIL < bool {IDLE_UTIL_PERCENT:g})"
-                    f"[{window}:{duration(step)}])",
-            "ecc": f"increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL[{window}])",
+        def gpu_stats(hosts: Sequence[str]) -> dict[str, str]:
+            on = host_matcher(hosts)
+            if rollups:
+                return {name: f"{fn}({record}{{{on}}}[{window}])" for name, (fn, record) in ROLLUPS.items()}
+            return {
+                "util_mean": f"avg_over_time(DCGM_FI_DEV_GPU_UTIL{{{on}}}[{window}])",
+                "util_max": f"max_over_time(DCGM_FI_DEV_GPU_UTIL{{{on}}}[{window}])",
+                "mem_max": f"max_over_time(DCGM_FI_DEV_FB_USED{{{on}}}[{window}])",
+                "energy": f"increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{on}}}[{window}])",
+                "power_mean": f"avg_over_time(DCGM_FI_DEV_POWER_USAGE{{{on}}}[{window}])",
+                "power_max": f"max_over_time(DCGM_FI_DEV_POWER_USAGE{{{on}}}[{window}])",
+                "power_violation": f"increase(DCGM_FI_DEV_POWER_VIOLATION{{{on}}}[{window}])",
+                "thermal_violation": f"increase(DCGM_FI_DEV_THERMAL_VIOLATION{{{on}}}[{window}])",
+                "idle": f"avg_over_time((DCGM_FI_DEV_GPU_UTIL{{{on}}} < bool {IDLE_UTIL_PERCENT:g})"
+                        f"[{window}:{duration(step)}])",
+                "ecc": f"increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL{{{on}}}[{window}])",
+                "up_min": f"min_over_time(jobsight_gpu_up{{{on}}}[{window}])",
+            }
+
+        def node_stats(hosts: Sequence[str]) -> dict[str, str]:
+            on = host_matcher(hosts)
+            if rollups:
+                return {name: f"sum by (Hostname) (sum_over_time({record}{{{on}}}[{window}]))"
+                        for name, record in NODE_ROLLUPS.items()}
+            return {
+                name: f"sum by (Hostname) (increase({counter}{{{on}}}[{window}]))"
+                for name, counter in (("rx", "node_infiniband_port_data_received_bytes_total"),
+                                      ("tx", "node_infiniband_port_data_transmitted_bytes_total"),
+                                      ("link_downed", "node_infiniband_link_downed_total"),
+                                      ("symbol_errors", "node_infiniband_symbol_error_total"))
+            }
+
+        def job_stats(hosts: Sequence[str]) -> dict[str, str]:
+            on = f"{job}, {host_matcher(hosts)}"
+            if rollups:
+                return {
+                    "job_cpu": f"sum by (Hostname) (sum_over_time("
+                               f"job_id_Hostname:jobsight_job_cpu_seconds:increase5m{{{on}}}[{window}]))",
+                    "job_mem": f"sum by (Hostname) (max_over_time("
+                               f"job_id_Hostname:jobsight_job_memory_rss_bytes:max5m{{{on}}}[{window}]))",
+                }
+            return {
+                "job_cpu": f"sum by (Hostname) "
+                           f"(increase(jobsight_job_cpu_seconds_total{{{on}}}[{window}]))",
+                "job_mem": f"sum by (Hostname) "
+                           f"(max_over_time(jobsight_job_memory_rss_bytes{{{on}}}[{window}]))",
+            }
+
+        def xid_any(hosts: Sequence[str]) -> str:
+            # XID counters exist only for GPUs that had one: raw samples stay cheap at any length.
+            return (f"max by (Hostname, gpu, xid) "
+                    f"(max_over_time(jobsight_gpu_xid_errors_total{{{host_matcher(hosts)}}}[{window}]))")
+
+        futures: list[tuple[str, Future[Any]]] = []
+        for hosts in batches:
+            futures += [
+                ("gpu_stats", self._executor.submit(
+                    self._prom.query, f"max by (Hostname, gpu, stat) ({tagged(gpu_stats(hosts))})", end)),
+                ("node_stats", self._executor.submit(
+                    self._prom.query, f"max by (Hostname, stat) ({tagged(node_stats(hosts))})", end)),
+                ("job_stats", self._executor.submit(self._prom.query, tagged(job_stats(hosts)), end)),
+                ("xid_any", self._executor.submit(self._prom.query, xid_any(hosts), end)),
+                # PCI addresses from the label index: no samples read.
+                ("pci", self._executor.submit(
+                    self._prom.series, f"jobsight_gpu_info{{{host_matcher(hosts)}}}", start, end)),
+            ]
+        results: dict[str, list[Any]] = {
+            name: [] for name in ("xid_any", "pci", *gpu_stats(["h"]), *node_stats(["h"]), *job_stats(["h"]))
         }
-        node_stats = {
-            name: f"sum by (Hostname) (increase({counter}[{window}]))"
-            for name, counter in (("rx", "node_infiniband_port_data_received_bytes_total"),
-                                  ("tx", "node_infiniband_port_data_transmitted_bytes_total"),
-                                  ("link_downed", "node_infiniband_link_downed_total"),
-                                  ("symbol_errors", "node_infiniband_symbol_error_total"))
-        }
-        job_stats = {
-            "job_cpu": f"sum by (Hostname) (increase(jobsight_job_cpu_seconds_total{{{job}}}[{window}]))",
-            "job_mem": f"sum by (Hostname) (max_over_time(jobsight_job_memory_rss_bytes{{{job}}}[{window}]))",
-        }
-        instant = {
-            "info": f"max by (Hostname, gpu, UUID) (max_over_time(jobsight_gpu_job_info{{{job}}}[{window}]))",
-            "pci": f"max by (Hostname, gpu, pci_bus_id) "
-                   f"(max_over_time(jobsight_gpu_info[{window}]) {on_gpu})",
-            "gpu_stats": f"max by (Hostname, gpu, stat) (({tagged(gpu_stats)}) {on_gpu})",
-            "node_stats": f"max by (Hostname, stat) (({tagged(node_stats)}) {on_node})",
-            "job_stats": tagged(job_stats),
-        }
-        instant["xid_any"] = (f"max by (Hostname, gpu, xid) "
-                              f"(max_over_time(jobsight_gpu_xid_errors_total[{window}]) {on_gpu})")
-        gpu_stats["up_min"] = f"min_over_time(jobsight_gpu_up[{window}])"
-        instant["gpu_stats"] = f"max by (Hostname, gpu, stat) (({tagged(gpu_stats)}) {on_gpu})"
-        futures: dict[str, Future[Any]] = {
-            name: self._executor.submit(self._prom.query, q, end) for name, q in instant.items()
-        }
-        results = {name: future.result() for name, future in futures.items()}
-        for combined in ("gpu_stats", "node_stats", "job_stats"):
-            for name in {**gpu_stats, **node_stats, **job_stats}:
-                results.setdefault(name, [])
-            for sample in results.pop(combined):
+        for kind, future in futures:
+            answer = future.result()
+            if kind in ("xid_any", "pci"):
+                results[kind].extend(answer)
+                continue
+            for sample in answer:
                 stat = sample.labels.pop("stat", None)
                 if stat is not None:
                     results[stat].append(sample)
+        if wanted_gpus:
+            # The hosts' other GPUs belong to other jobs.
+            def ours(labels: dict[str, str]) -> bool:
+                return (labels.get("Hostname", ""), labels.get("gpu", "")) in wanted_gpus
+
+            for name in ("xid_any", *gpu_stats(["h"])):
+                results[name] = [x for x in results[name] if ours(x.labels)]
+            results["pci"] = [labels for labels in results["pci"] if ours(labels)]
+        if rollups and wanted_gpus and not results["util_mean"] and not results["power_mean"]:
+            return None  # the rules are not loaded (or were not yet for this window)
 
         # When did things happen? Range queries only for the GPUs where the instant answers show
         # an XID, an ECC error or a lost GPU, selected by exact matchers (no join per step): a
@@ -201,7 +297,21 @@ class JobFacts:
         }
         for name in wanted:
             results[name] = ranged[name].result() if name in ranged else []
-        return self._assemble(results, range_start, timed_step)
+        facts = self._assemble(results, range_start, timed_step)
+        for pair, uuid in scope.uuids.items():
+            index = _int(pair[1])
+            for g in facts.gpus:
+                if g.host == pair[0] and g.gpu == index and g.uuid is None:
+                    g.uuid = uuid
+        have = {(g.host, g.gpu) for g in facts.gpus}
+        for host, gpu in scope.gpus:
+            index = _int(gpu)
+            if index is not None and (host, index) not in have:
+                # A GPU of the job with no samples at all is still one of its GPUs.
+                facts.gpus.append(GpuSummary(host=host, gpu=index, uuid=scope.uuids.get((host, gpu))))
+        facts.gpus.sort(key=lambda g: (g.host, g.gpu))
+        facts.rollup_step = ROLLUP_STEP_SECONDS if rollups else None
+        return facts
 
     def _assemble(self, r: dict[str, Any], start: float, step: float) -> PromFacts:
         facts = PromFacts()
@@ -213,15 +323,11 @@ class JobFacts:
                 return None
             return gpus.setdefault((host, index), GpuSummary(host=host, gpu=index))
 
-        for s in r["info"]:
-            g = gpu_of(s)
-            if g is not None and s.labels.get("UUID"):
-                g.uuid = s.labels["UUID"]
-        for s in r["pci"]:
-            key = pci_key(s.labels.get("pci_bus_id", ""))
-            index = _int(s.labels.get("gpu"))
-            if key is not None and index is not None and "Hostname" in s.labels:
-                facts.pci_to_gpu[(s.labels["Hostname"], key)] = index
+        for labels in r["pci"]:
+            key = pci_key(labels.get("pci_bus_id", ""))
+            index = _int(labels.get("gpu"))
+            if key is not None and index is not None and "Hostname" in labels:
+                facts.pci_to_gpu[(labels["Hostname"], key)] = index
         simple = {
             "util_mean": ("util_mean", 1.0), "util_max": ("util_max", 1.0),
             "mem_max": ("memory_max_bytes", 1048576.0), "energy": ("energy_joules", 1e-3),

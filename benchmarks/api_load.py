@@ -187,7 +187,8 @@ def main() -> int:
 
         from api.catalog import CATALOG, rate_window
 
-        promql = CATALOG["gpu_util"].build(JOB, rate_window(step))
+        # The peer gets the query the API sends: the job's hosts in the selectors.
+        promql = CATALOG["gpu_util"].build(JOB, job["nodes"], rate_window(step))
         results = []
         results.append(asyncio.run(load(
             "prometheus query_range (peer)",

@@ -93,6 +93,10 @@ class CountingPrometheus(PrometheusClient):
         self.calls += 1
         return super().query_range(promql, start, end, step)
 
+    def series(self, selector: str, start: float, end: float) -> Any:
+        self.calls += 1
+        return super().series(selector, start, end)
+
 
 def test_settled_windows_are_reused_running_ones_are_not(
     make_client: Callable[..., TestClient], prometheus: RunningPrometheus, scenario: Scenario
@@ -108,7 +112,7 @@ def test_settled_windows_are_reused_running_ones_are_not(
     calls = counting.calls
     client.get("/v1/jobs/demo-fail/metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A))
     assert counting.calls == calls
-    # A running job's window ends now: always asked afresh.
+    # A running job's window ends now: always asked afresh (here: which GPUs it holds, none).
     live = {"tenant": "team-a", "status": "running", "started_at": scenario.base}
     client.put("/v1/jobs/live", json=live, headers=auth(SCHEDULER))
     client.get("/v1/jobs/live/metrics", params={"name": "gpu_util"}, headers=auth(TEAM_A))

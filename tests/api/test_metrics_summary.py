@@ -247,7 +247,10 @@ def test_ecc_errors_are_counted_and_timed(client: TestClient, scenario: Scenario
     gpus = {(g["host"], g["gpu"]): g for g in body["gpus"]}
     assert gpus[("node3", 0)]["ecc_dbe_errors"] == 2 and gpus[("node3", 1)]["ecc_dbe_errors"] == 0
     assert body["overall"]["ecc_dbe_errors"] == 2
-    facts = client.app.state.service.facts.prometheus_facts("ok-job", scenario.base, scenario.ok_end)  # type: ignore[attr-defined]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    job = service.store.get_job("ok-job")
+    scope = service.scope(job, scenario.base, scenario.ok_end)
+    facts = service.facts.prometheus_facts(scope, scenario.base, scenario.ok_end)
     (ecc,) = [f for f in facts.findings if f.kind == "ecc_error"]
     assert (ecc.host, ecc.gpu) == ("node3", 0)
     assert scenario.base + 30 * 60 <= ecc.time <= scenario.base + 31 * 60
