@@ -188,7 +188,8 @@ def main() -> int:
         from api.catalog import CATALOG, rate_window
 
         # The peer gets the query the API sends: the job's hosts in the selectors.
-        promql = CATALOG["gpu_util"].build(JOB, job["nodes"], rate_window(step))
+        nodes = sorted({f"gpu-node{g // 8:02d}" for g in range(args.gpus)})
+        promql = CATALOG["gpu_util"].build(JOB, nodes, rate_window(step))
         results = []
         results.append(asyncio.run(load(
             "prometheus query_range (peer)",
