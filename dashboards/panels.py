@@ -65,11 +65,13 @@ def timeseries_panel(
     no_value: str = "",
     interval: str = "",
     bars: bool = False,
+    links: Sequence[tuple[str, str]] = (),
 ) -> timeseries.Panel:
     """A graph with a legend table (mean, max, last). ``interval`` is the panel's minimum step
     (Grafana's "min interval"): with ``increase(x[$__interval])`` each point then counts the events
     of its own step, where overlapping ``[$__rate_interval]`` windows would count one event in
-    several points. ``bars`` draws such counts as bars."""
+    several points. ``bars`` draws such counts as bars. ``links`` are (title, url) data links on
+    the series (``${__field.labels.<label>}`` names the clicked series' labels)."""
     panel = (
         timeseries.Panel()
         .title(title)
@@ -96,6 +98,8 @@ def timeseries_panel(
         panel = panel.no_value(no_value)
     if interval:
         panel = panel.interval(interval)
+    if links:
+        panel = panel.data_links([db.DashboardLink(text).url(url) for text, url in links])
     if min_value is not None:
         panel = panel.min(min_value)
     if max_value is not None:
@@ -286,6 +290,13 @@ def cluster_variable() -> db.QueryVariable:
     return query_variable(
         "cluster", "label_values(up, cluster)", label="Cluster", all_value=".*", default_all=True
     )
+
+
+def series_link(title: str, uid: str, **variables: str) -> tuple[str, str]:
+    """A data link to the jobsight dashboard ``uid`` with ``var-<name>`` set from the clicked
+    series' labels (``label`` -> ``${__field.labels.label}``), keeping the time range."""
+    query = "&".join(f"var-{name}=${{__field.labels.{label}}}" for name, label in variables.items())
+    return title, f"/d/{uid}/{uid}?{query}&${{__url_time_range}}"
 
 
 def jobsight_links() -> db.DashboardLink:

@@ -22,6 +22,7 @@ from dashboards.panels import (
     new_events,
     prometheus_annotation,
     query_variable,
+    series_link,
     stat_panel,
     table_panel,
     timeseries_panel,
@@ -329,8 +330,10 @@ def build() -> Board:
                 unit="percent",
                 min_value=0,
                 max_value=100,
-                description="Share of time a kernel ran, per GPU; a GPU spinning in NCCL shows 100 % too.",
+                description="Share of time a kernel ran, per GPU; a GPU spinning in NCCL shows 100 % too. "
+                "Click a line for the GPU's dashboard.",
                 no_value=NO_JOB,
+                links=[series_link("GPU dashboard", "jobsight-gpu", Hostname="Hostname", gpu="gpu")],
             )
         )
         .with_panel(
@@ -464,7 +467,8 @@ def build() -> Board:
                         "{{Hostname}}",
                     )
                 ],
-                description="CPU cores used by the job's processes on each host.",
+                description="CPU cores used by the job's processes on each host; click for the node.",
+                links=[series_link("Node dashboard", "jobsight-node", Hostname="Hostname")],
                 no_value="No per-job accounting (node exporter's jobs collector off, or no cgroup).",
             )
         )

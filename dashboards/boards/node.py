@@ -13,6 +13,7 @@ from dashboards.panels import (
     Q,
     base_dashboard,
     query_variable,
+    series_link,
     stat_panel,
     table_panel,
     timeseries_panel,
@@ -211,7 +212,8 @@ def build() -> Board:
                         "{{job_id}}",
                     )
                 ],
-                description="CPU cores used by each job's processes.",
+                description="CPU cores used by each job's processes; click a line for the job's dashboard.",
+                links=[series_link("Job dashboard", "jobsight-job", job_id="job_id")],
             )
         )
         .with_panel(
@@ -245,6 +247,7 @@ def build() -> Board:
                 min_value=0,
                 max_value=100,
                 no_value="No GPUs on the host (or its GPU exporter is not scraped).",
+                links=[series_link("GPU dashboard", "jobsight-gpu", Hostname="Hostname", gpu="gpu")],
             )
         )
         .with_row(db.Row("Exporters"))

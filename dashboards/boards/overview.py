@@ -14,6 +14,7 @@ from dashboards.panels import (
     Board,
     Q,
     base_dashboard,
+    series_link,
     stat_panel,
     table_panel,
     timeseries_panel,
@@ -188,8 +189,10 @@ def build() -> Board:
                 unit="percent",
                 min_value=0,
                 max_value=100,
-                description="The hosts whose GPUs do least, per step (the set can change over time).",
+                description="The hosts whose GPUs do least, per step (the set can change over time); "
+                "click a line for the node.",
                 no_value=NO_RULES,
+                links=[series_link("Node dashboard", "jobsight-node", Hostname="Hostname")],
             )
         )
         .with_panel(
@@ -208,6 +211,7 @@ def build() -> Board:
                 min_value=0,
                 max_value=100,
                 no_value=NO_RULES,
+                links=[series_link("Job dashboard", "jobsight-job", job_id="job_id")],
             )
         )
         .with_row(db.Row("Nodes and fabric"))

@@ -4,6 +4,7 @@ datasource, the job dashboard's annotations)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,23 @@ def test_gpu_power_total_is_measured_against_the_gpus_power_limit() -> None:
     ]
     thresholds = panel["fieldConfig"]["defaults"]["thresholds"]
     assert thresholds["mode"] == "percentage" and [s["value"] for s in thresholds["steps"]] == [None, 80, 95]
+
+
+def _link_targets(model: dict[str, Any]) -> set[str]:
+    """The jobsight dashboards that ``model``'s panels link to (data links on cells and series)."""
+    found = set()
+    for panel in _panels(model):
+        for link in panel.get("fieldConfig", {}).get("defaults", {}).get("links", []):
+            found.update(re.findall(r"^/d/([\w-]+)/", link["url"]))
+    return found
+
+
+def test_data_links_lead_from_job_to_node_to_gpu_and_back() -> None:
+    models = build_all()
+    assert {"jobsight-node", "jobsight-gpu"} <= _link_targets(models["jobsight-job"])
+    assert {"jobsight-job", "jobsight-gpu"} <= _link_targets(models["jobsight-node"])
+    assert {"jobsight-job", "jobsight-node"} <= _link_targets(models["jobsight-gpu"])
+    assert {"jobsight-job", "jobsight-node"} <= _link_targets(models["jobsight-overview"])
+    job_links = {link["title"]: link["url"] for link in models["jobsight-job"]["links"]}
+    assert job_links["Job page"] == "${api_url}/jobs/${job_id}"
+    assert job_links["Job logs"] == "${api_url}/v1/jobs/${job_id}/logs"
