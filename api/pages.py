@@ -31,7 +31,7 @@ from api.diagnosis import HARDWARE_KINDS, NCCL_KINDS
 from api.logsource import UnconfiguredLogSource
 from api.models import SummaryResponse
 from api.notify import first_cause
-from api.service import Caller, JobService, NotFound, record_out
+from api.service import Caller, JobService, NotFound, iso, record_out
 from api.settings import ApiSettings
 from api.signing import BadSignature, Signer
 from api.store import Job
@@ -451,9 +451,8 @@ def pages_router(settings: ApiSettings, service: JobService, signer: Signer,
         # job's retried delivery) is listed, not allowed to squash the charts into a corner.
         slack = max(600.0, 0.1 * (end - start))
         times = [m.t for m in moments if start - slack <= m.t <= end + slack]
-        axis = (min([start, *times]), max([end, *times]))
-        pad = max(5.0, (axis[1] - axis[0]) * 0.02)
-        axis = (axis[0] - pad, axis[1] + pad)
+        pad = _pad(start, end)
+        axis = (min([start - pad, *times]), max([end + pad, *times]))
         fault = _fault(summary)
         logs = _log_view(service, job, request.query_params)
         sig_query = f"sig={urllib.parse.quote(seen.sig)}" if seen.sig else ""
@@ -479,7 +478,12 @@ def pages_router(settings: ApiSettings, service: JobService, signer: Signer,
     def charts_data(job_id: str, request: Request) -> Response:
         job, _, _ = job_for(request, job_id)
         names = [c.metric for c in CHARTS]
-        body = service.metrics_json(job, names, None, None, None)
+        start, end = service.window(job)
+        pad = _pad(start, end)
+        # About 600 points across, however short the job: the demo's job lives for seconds, and
+        # the API's default step (15 s or more) would leave its charts empty.
+        step = max(1.0, (end - start + 2 * pad) / 600)
+        body = service.metrics_json(job, names, iso(start - pad), iso(end + pad), step)
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     @router.api_route("/jobs/{job_id}/tensorboard", methods=["GET", "POST"])
@@ -564,6 +568,11 @@ def install_page_errors(app: FastAPI, settings: ApiSettings, signer: Signer) -> 
 
 
 # -- pieces ---------------------------------------------------------------------------------------
+
+
+def _pad(start: float, end: float) -> float:
+    """Room on either side of the run on the charts: the ramp up, the last samples."""
+    return max(10.0, 0.05 * (end - start))
 
 
 def _page_headers() -> dict[str, str]:

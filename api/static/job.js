@@ -78,30 +78,43 @@
   function drawTimeline() {
     var el = document.querySelector(".timeline-plot");
     if (!el) { return; }
-    var opts = baseOpts(el, 170);
+    var opts = baseOpts(el, 190);
     opts.legend = { show: false };
     opts.scales.y = { range: [0, 1] };
     opts.axes[1] = { size: YAXIS, values: function () { return []; }, grid: { show: false }, ticks: { show: false } };
     opts.series = [{}, { label: "moments", stroke: "transparent", points: { show: false } }];
     opts.hooks = { draw: [function (u) {
       var ctx = u.ctx, dpr = devicePixelRatio, top = u.bbox.top, h = u.bbox.height;
+      var right = u.bbox.left + u.bbox.width;
       ctx.save();
       ctx.font = (11 * dpr) + "px system-ui, sans-serif";
       ctx.textBaseline = "top";
-      var lanes = [];
+      // A tick for every moment; one label for a burst of NCCL timeouts (every rank times out
+      // within seconds of the others), so that the labels stay readable.
+      var labels = [];
       moments.forEach(function (m) {
         var x = u.valToPos(m.t, "x", true);
         var color = (m.kind === "fault" || m.kind === "failure") ? BAD : (m.kind === "cause" ? MUTED : FG);
-        ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 2 * dpr;
+        ctx.strokeStyle = color; ctx.lineWidth = (m.kind === "fault" ? 3 : 1.5) * dpr;
         ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + h); ctx.stroke();
-        // Labels go to the first lane where they do not overlap the previous label.
-        var text = m.label.length > 48 ? m.label.slice(0, 47) + "…" : m.label;
-        var w = ctx.measureText(text).width, lane = 0;
-        while (lanes[lane] !== undefined && lanes[lane] > x - 2 * dpr) { lane++; }
-        lanes[lane] = x + w + 6 * dpr;
-        var y = top + 2 * dpr + (lane % 9) * 14 * dpr;
-        var tx = x + 3 * dpr + w > u.bbox.left + u.bbox.width ? x - 3 * dpr - w : x + 3 * dpr;
-        ctx.fillText(text, tx, y);
+        var last = labels[labels.length - 1];
+        if (m.kind === "nccl" && last && last.kind === "nccl" && x - last.x1 < 40 * dpr) {
+          last.count++; last.x1 = x;
+          last.text = "NCCL timeouts, " + last.count + " ranks";
+          return;
+        }
+        labels.push({ kind: m.kind, x: x, x1: x, count: 1, color: color, text: m.label });
+      });
+      var lanes = [];
+      labels.forEach(function (l) {
+        var text = l.text.length > 52 ? l.text.slice(0, 51) + "…" : l.text;
+        var w = ctx.measureText(text).width;
+        var tx = l.x + 3 * dpr + w > right ? l.x - 3 * dpr - w : l.x + 3 * dpr;
+        var lane = 0;
+        while (lane < lanes.length && lanes[lane] > tx - 4 * dpr) { lane++; }
+        lanes[lane] = tx + w;
+        ctx.fillStyle = l.color;
+        ctx.fillText(text, tx, top + 2 * dpr + (lane % 10) * 14 * dpr);
       });
       ctx.restore();
     }] };

@@ -37,6 +37,8 @@ def watch_dialogs(page: Page) -> list[str]:
         dialog.dismiss()
 
     page.on("dialog", on_dialog)
+    # Script errors too: a page whose script throws would leave its charts undrawn.
+    page.on("pageerror", lambda error: seen.append(f"script error: {error}"))
     return seen
 
 
@@ -77,3 +79,6 @@ FAULT_PIXEL_JS = """([metric, t]) => {
   }
   return false;
 }"""
+
+# In the page: the time of the fault the page marks (from its embedded data).
+FAULT_TIME_JS = "JSON.parse(document.getElementById('page-data').textContent).fault.t"

@@ -48,7 +48,8 @@ def _job_page(browser: Browser, link: str, scheme: Literal["light", "dark"], sho
         assert response is not None and response.status == 200
         first = page.locator("li.cause.first .cause-title")
         assert "XID 79 on node2 GPU 3" in first.inner_text()
-        page.wait_for_selector("body[data-charts=ready]", timeout=TIMEOUT_MS)
+        page.wait_for_selector("body[data-charts]", timeout=TIMEOUT_MS)
+        assert page.locator("body").get_attribute("data-charts") == "ready", dialogs
         timeline = page.locator(".timeline-plot")
         assert timeline.get_attribute("data-rendered") == "true"
         assert int(timeline.get_attribute("data-moments") or 0) >= 4
