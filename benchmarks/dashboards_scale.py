@@ -36,12 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
+from alerts.config import RULES_DIR
 from dashboards.queries import VariableValue, resolve_variables
 from dashboards.render import load_committed
 from tests.dashboards.synthetic_tsdb import (
     FAILED_JOB,
     GPUS_PER_HOST,
+    WINDOW,
     Answer,
+    View,
     ask_dashboard,
     build_tsdb,
     grafana_builtins,
@@ -63,11 +66,15 @@ class Cost:
     picker_samples: int  # of the job_id picker, which lists every job: it grows with the cluster
     series: int
     empty: int
+    failed: int  # answered with an error (the old overview where two jobs share a GPU)
     seconds: float
 
 
-def _measure(ask: Callable[[], list[Answer]], repeat: int) -> tuple[Cost, list[tuple[float, str]]]:
-    """The cost of one dashboard load, and the slowest queries of the last load."""
+def _measure(
+    ask: Callable[[], list[Answer]], repeat: int, *, may_fail: bool = False
+) -> tuple[Cost, list[tuple[float, str]]]:
+    """The cost of one dashboard load, and the slowest queries of the last load. A failing query
+    stops the benchmark unless ``may_fail`` (a baseline that is known to break)."""
     timings = []
     answers: list[Answer] = []
     slowest: list[tuple[float, str]] = []
@@ -77,16 +84,49 @@ def _measure(ask: Callable[[], list[Answer]], repeat: int) -> tuple[Cost, list[t
         timings.append(time.perf_counter() - started)
         slowest = sorted(((a.seconds, a.title) for a in answers), reverse=True)[:3]
     failed = [a for a in answers if a.status != 200]
-    if failed:
+    if failed and not may_fail:
         raise SystemExit(f"queries failed: {[(a.title, a.body.get('error')) for a in failed]}")
     return Cost(
         queries=len(answers),
         samples=sum(a.samples for a in answers),
         picker_samples=sum(a.samples for a in answers if a.title == "variable: job_id"),
         series=sum(len(a.result) for a in answers),
-        empty=sum(1 for a in answers if not a.result),
+        empty=sum(1 for a in answers if a.status == 200 and not a.result),
+        failed=len(failed),
         seconds=statistics.median(timings),
     ), slowest
+
+
+def _baseline(rev: str, uid: str) -> dict[str, Any] | None:
+    """The committed JSON of dashboard ``uid`` at git revision ``rev``, if git can show it."""
+    try:
+        shown = subprocess.run(
+            ["git", "show", f"{rev}:dashboards/json/{uid}.json"],
+            capture_output=True, check=True, cwd=REPO_ROOT, timeout=60,
+        )
+        model: dict[str, Any] = json.loads(shown.stdout)
+        return model
+    except (subprocess.CalledProcessError, FileNotFoundError, json.JSONDecodeError) as exc:
+        print(f"no baseline for {uid} at {rev} ({exc}); measuring the current one only")
+        return None
+
+
+def _backfill_recording_rules(base: str, data: Path, out: Path, origin: int, step: int) -> None:
+    """Evaluate alerts/rules/recording.yaml over the history with the real promtool (against the
+    Prometheus at ``base``) and add the blocks to ``data``: what Prometheus would have recorded."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "promtool", "tsdb", "create-blocks-from", "rules", "--quiet",
+            f"--url={base}", f"--start={origin}", f"--end={origin + WINDOW}",
+            f"--eval-interval={step}s", f"--output-dir={out}",
+            str(RULES_DIR / "recording.yaml"),
+        ],
+        check=True, capture_output=True, timeout=1800,
+    )
+    for block in out.iterdir():
+        if block.is_dir():
+            block.rename(data / block.name)
 
 
 def main() -> int:
@@ -98,16 +138,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
-    current = load_committed()["jobsight-job"]
-    baseline: dict[str, Any] | None = None
-    try:
-        shown = subprocess.run(
-            ["git", "show", f"{args.baseline_rev}:dashboards/json/jobsight-job.json"],
-            capture_output=True, check=True, cwd=REPO_ROOT, timeout=60,
-        )
-        baseline = json.loads(shown.stdout)
-    except (subprocess.CalledProcessError, FileNotFoundError, json.JSONDecodeError) as exc:
-        print(f"no baseline dashboard ({exc}); measuring the current one only")
+    committed = load_committed()
+    current = committed["jobsight-job"]
+    baseline = _baseline(args.baseline_rev, "jobsight-job")
+    overview_before = _baseline(args.baseline_rev, "jobsight-overview")
 
     origin = int(time.time()) - 2 * 3600
     origin -= origin % args.step
@@ -125,6 +159,10 @@ def main() -> int:
             built = time.perf_counter() - started
             proc, base = start_prometheus(root / f"tsdb-{gpus}", root)
             try:
+                data = root / f"tsdb-{gpus}"
+                _backfill_recording_rules(base, data, root / f"rules-{gpus}", origin, args.step)
+                proc.stop()
+                proc, base = start_prometheus(root / f"tsdb-{gpus}", root)
                 builtins = grafana_builtins(window, args.step)
                 given: dict[str, VariableValue] = {"job_id": FAILED_JOB, **builtins}
                 variables = resolve_variables(current, given, instant_query(client, base, window.end))
@@ -138,7 +176,19 @@ def main() -> int:
                     load = partial(
                         ask_dashboard, client, base, model, values, window, args.step, variables_too=True
                     )
-                    costs[name] = _measure(load, args.repeat)
+                    costs[name] = _measure(load, args.repeat, may_fail=name == "before")
+                # The overview over the history's hour, read from the recorded series (backfilled
+                # above by promtool from the same rules Prometheus runs), and as it was before.
+                hour = View(origin, origin + WINDOW)
+                overviews = {"overview": committed["jobsight-overview"]}
+                if overview_before is not None:
+                    overviews["overview before"] = overview_before
+                for name, model in overviews.items():
+                    values = dict(grafana_builtins(hour, args.step))
+                    ask = partial(ask_dashboard, client, base, model, values, hour, args.step)
+                    known_broken = name != "overview"
+                    load = partial(ask, variables_too=True)
+                    costs[name] = _measure(load, args.repeat, may_fail=known_broken)
             finally:
                 proc.stop()
             results[gpus] = {name: cost for name, (cost, _) in costs.items()}
@@ -147,13 +197,15 @@ def main() -> int:
                 print(
                     f"  {name:8} {cost.queries} queries, {cost.samples:,} samples read "
                     f"({cost.picker_samples:,} by the job picker), "
-                    f"{cost.series:,} series returned, {cost.empty} empty, "
+                    f"{cost.series:,} series returned, {cost.empty} empty, {cost.failed} failed, "
                     f"median {cost.seconds * 1000:.0f} ms/load; slowest: "
                     + ", ".join(f"{title} {seconds * 1000:.0f} ms" for seconds, title in slowest)
                 )
     small, large = min(sizes), max(sizes)
     print()
-    for name in results[small]:
+    for name in ("current", "before"):
+        if name not in results[small]:
+            continue
         ratio = results[large][name].samples / max(1, results[small][name].samples)
         panels = (results[large][name].samples - results[large][name].picker_samples) / max(
             1, results[small][name].samples - results[small][name].picker_samples
