@@ -3,6 +3,7 @@ diagnosed as XID 79 on node2 GPU 3."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Callable
@@ -254,3 +255,16 @@ def test_ecc_errors_are_counted_and_timed(client: TestClient, scenario: Scenario
     (ecc,) = [f for f in facts.findings if f.kind == "ecc_error"]
     assert (ecc.host, ecc.gpu) == ("node3", 0)
     assert scenario.base + 30 * 60 <= ecc.time <= scenario.base + 31 * 60
+
+
+def test_the_registered_world_size_names_ranks_that_never_logged(
+    client: TestClient, scenario: Scenario
+) -> None:
+    register_demo(client, scenario)
+    before = json.dumps(client.get("/v1/jobs/demo-fail/summary", headers=auth(TEAM_A)).json()["diagnosis"])
+    assert "ranks 2, 3 missing from the timeout set" in before  # counted up to the highest rank seen (4)
+    patched = client.patch("/v1/jobs/demo-fail", json={"labels": {"world_size": "8"}}, headers=auth(TEAM_A))
+    assert patched.status_code == 200, patched.text
+    after = json.dumps(client.get("/v1/jobs/demo-fail/summary", headers=auth(TEAM_A)).json()["diagnosis"])
+    # Ranks 5-7 logged nothing at all: only the job's world size says they exist.
+    assert "ranks 2, 3, 5-7 missing from the timeout set" in after

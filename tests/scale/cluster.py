@@ -1,0 +1,140 @@
+"""A synthetic cluster's history for the scale tests and benchmarks/api_scale.py: ``gpus`` GPUs,
+eight per host, written as OpenMetrics and turned into TSDB blocks by the real ``promtool``.
+
+The job under test, ``train-7`` (:data:`JOB`), holds the last four GPUs of ``h0000`` and the first
+four of ``h0001``; the other GPUs of those two hosts belong to ``neighbour`` (a host shared by two
+jobs), and every further host runs a ``bystander-<host>`` job. Values depend only on the host and
+GPU index, so the job's own answers are the same whatever the cluster's size. GPUs of ``h0000``
+are Hopper (they have tensor-pipe counters); those of ``h0001`` are Ampere (none).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import Proc, free_port, require_binary, wait_for_http
+
+JOB = "train-7"
+JOB_GPUS = [("h0000", g) for g in range(4, 8)] + [("h0001", g) for g in range(4)]
+JOB_HOSTS = ["h0000", "h0001"]
+GPUS_PER_HOST = 8
+
+
+def host(index: int) -> str:
+    return f"h{index:04d}"
+
+
+def util(hostname: str, gpu: int) -> float:
+    return float((int(hostname[1:]) * 7 + gpu * 11) % 90 + 5)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    gpus: int
+    start: float  # first sample
+    end: float  # last sample
+    step: float
+
+    @property
+    def hosts(self) -> list[str]:
+        return [host(i) for i in range(self.gpus // GPUS_PER_HOST)]
+
+    def owner(self, hostname: str, gpu: int) -> str:
+        if (hostname, gpu) in JOB_GPUS:
+            return JOB
+        if hostname in JOB_HOSTS:
+            return "neighbour"
+        return f"bystander-{hostname}"
+
+    def lines(self) -> Iterator[str]:
+        """OpenMetrics text, one metric family after another, each series' samples in time order."""
+        n = int((self.end - self.start) // self.step) + 1
+        times = [self.start + i * self.step for i in range(n)]
+        devices = [(h, g) for h in self.hosts for g in range(GPUS_PER_HOST)]
+
+        def family(name: str, kind: str, series: Iterator[tuple[str, list[float]]]) -> Iterator[str]:
+            yield f"# TYPE {name} {kind}"
+            for labels, values in series:
+                for t, v in zip(times, values, strict=True):
+                    yield f"{name}{{{labels}}} {v!r} {t:.3f}"
+
+        def gpu_labels(h: str, g: int) -> str:
+            return f'Hostname="{h}",UUID="GPU-{h}-{g}",gpu="{g}"'
+
+        yield from family("jobsight_gpu_job_info", "gauge", (
+            (f'{gpu_labels(h, g)},job_id="{self.owner(h, g)}"', [1.0] * n) for h, g in devices))
+        yield from family("jobsight_gpu_info", "gauge", (
+            (f'{gpu_labels(h, g)},pci_bus_id="00000000:{0x18 + g:02X}:00.0"', [1.0] * n) for h, g in devices))
+        yield from family("DCGM_FI_DEV_GPU_UTIL", "gauge", (
+            (gpu_labels(h, g), [util(h, g)] * n) for h, g in devices))
+        yield from family("DCGM_FI_DEV_FB_USED", "gauge", (
+            (gpu_labels(h, g), [1000.0 * (g + 1)] * n) for h, g in devices))
+        yield from family("DCGM_FI_DEV_POWER_USAGE", "gauge", (
+            (gpu_labels(h, g), [100.0 + util(h, g)] * n) for h, g in devices))
+        # mJ: (100 + util) W for every second of the history.
+        yield from family("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter", (
+            (gpu_labels(h, g), [1000.0 * (100.0 + util(h, g)) * (t - self.start) for t in times])
+            for h, g in devices))
+        yield from family("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge", (
+            (gpu_labels(h, g), [0.5] * n) for h, g in devices if h == "h0000"))
+        yield from family("jobsight_gpu_up", "gauge", ((gpu_labels(h, g), [1.0] * n) for h, g in devices))
+        yield from family("node_infiniband_port_data_received_bytes_total", "counter", (
+            (f'Hostname="{h}",device="mlx5_0",port="1"', [1e6 * (t - self.start) for t in times])
+            for h in self.hosts))
+        yield from family("node_cpu_seconds_total", "counter", (
+            (f'Hostname="{h}",cpu="0",mode="idle"', [0.25 * (t - self.start) for t in times])
+            for h in self.hosts))
+        yield "# EOF"
+
+    def write_tsdb(self, workdir: Path) -> Path:
+        source = workdir / "cluster.om"
+        with open(source, "w") as fh:
+            for line in self.lines():
+                fh.write(line + "\n")
+        tsdb = workdir / "tsdb"
+        tsdb.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb)],
+            capture_output=True, timeout=900,
+        )
+        assert result.returncode == 0, f"promtool failed: {result.stderr.decode(errors='replace')[-2000:]}"
+        source.unlink()
+        return tsdb
+
+
+@dataclass(frozen=True)
+class LoggedPrometheus:
+    url: str
+    query_log: Path
+    proc: Proc
+
+
+@contextmanager
+def prometheus_with_query_log(tsdb: Path, workdir: Path, rules: list[Path] | None = None,
+                              extra_args: tuple[str, ...] = ()) -> Iterator[LoggedPrometheus]:
+    """Prometheus over ``tsdb`` that writes every query it evaluates to ``query_log``
+    (``query_log_file``): what the API really asked is read back from there."""
+    query_log = workdir / "queries.jsonl"
+    rule_lines = "".join(f"  - {path}\n" for path in rules or [])
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: 15s\n  query_log_file: {query_log}\n"
+        + (f"rule_files:\n{rule_lines}" if rule_lines else "")
+        + "scrape_configs: []\n"
+    )
+    port = free_port()
+    proc = Proc([
+        require_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=3650d", "--log.level=warn",
+        *extra_args,
+    ], workdir / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/-/ready", timeout=180, proc=proc)
+        yield LoggedPrometheus(url, query_log, proc)
+    finally:
+        proc.stop()
