@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # Slurm with munge (the scheduler the hook tests run for real), and Chromium (the job pages'
 # browser tests drive it through Playwright; no browser is downloaded).
 APT_PACKAGES := prometheus prometheus-alertmanager prometheus-node-exporter postgresql \
-	slurmctld slurmd slurm-client munge chromium
+	slurmctld slurmd slurm-client munge chromium victoria-metrics
 # The job pages' charting library, from the npm registry, served by the API itself (never a CDN).
 UPLOT_VERSION := 1.6.32
 VENDOR := api/static/vendor

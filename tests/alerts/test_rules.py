@@ -49,6 +49,7 @@ def test_there_are_rule_files_and_test_files() -> None:
         "node.yaml",
         "rdma.yaml",
         "recording.yaml",
+        "rollups.yaml",
         "xid.yaml",
     ]
     assert len(rule_test_files()) == len(rule_files())
