@@ -73,6 +73,7 @@ def _token(args: argparse.Namespace) -> str | None:
 def run_watch(args: argparse.Namespace) -> int:
     import threading
 
+    from schedulers.kubernetes.gpulookup import PrometheusGpus
     from schedulers.kubernetes.jobsapi import JobsApi
     from schedulers.kubernetes.owners import PodJobResolver
     from schedulers.kubernetes.tracker import KNOWN_JOB_KINDS, JobTracker, TrackerSettings
@@ -87,11 +88,15 @@ def run_watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    watcher = Watcher(KubeSource(_api_client(args.kubeconfig)), tracker, Delivery(api), kinds, stop)
+    gpus = PrometheusGpus(args.prometheus_url) if args.prometheus_url else None
+    watcher = Watcher(KubeSource(_api_client(args.kubeconfig)), tracker, Delivery(api), kinds, stop,
+                      gpus=gpus)
     try:
         watcher.run()
     finally:
         api.close()
+        if gpus is not None:
+            gpus.close()
     return 0
 
 
@@ -129,6 +134,9 @@ def add_arguments(kube: Any) -> None:
                        help="label or annotation naming the job's user (default: jobsight.io/user); "
                             "repeatable")
     watch.add_argument("--cluster", default=None, help="cluster name, added to every job's labels")
+    watch.add_argument("--prometheus.url", dest="prometheus_url", default=None, metavar="URL",
+                       help="where the agents' jobsight_gpu_job_info is: the jobs' GPUs (host, index, UUID) "
+                            "go into their records (default: GPU counts only)")
     watch.add_argument("--all-jobs", action="store_true",
                        help="also register jobs whose pods ask for no GPU")
     watch.add_argument("--kinds", action="append", default=None, metavar="PLURAL.GROUP",

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from schedulers.kubernetes.jobsapi import JobsApi
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 POD_KIND = JobKind("", "v1", "pods", "Pod")
 _COMPARED = ("status", "nodes", "started_at", "ended_at", "exit_code", "reason", "name", "user", "tenant")
+
+
+class GpuLookup(Protocol):
+    def gpus(self, job_id: str) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,7 @@ class Delivery:
             return
         labels = known.get("labels") or {}
         if uid is None or labels.get("uid") in (None, uid):
-            self.delivered[job_id] = {k: known.get(k) for k in (*_COMPARED, "labels")}
+            self.delivered[job_id] = {k: known.get(k) for k in (*_COMPARED, "labels", "gpus")}
 
     def flush(self) -> None:
         now = self.clock()
@@ -299,7 +303,13 @@ class Delivery:
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     if any(_norm(a.get(k)) != _norm(b.get(k)) for k in _COMPARED):
         return False
+    if _gpu_keys(a) != _gpu_keys(b):
+        return False
     return dict(a.get("labels") or {}) == dict(b.get("labels") or {})
+
+
+def _gpu_keys(body: Mapping[str, Any]) -> list[tuple[str, int, str | None]]:
+    return sorted((str(g.get("host")), int(g.get("gpu", -1)), g.get("uuid")) for g in body.get("gpus") or [])
 
 
 def _norm(value: Any) -> Any:
@@ -320,8 +330,14 @@ class Watcher:
 
     def __init__(self, source: KubeSource, tracker: JobTracker, delivery: Delivery,
                  kinds: tuple[JobKind, ...], stop: threading.Event | None = None,
-                 tick: float = 1.0, backoff: float = 1.0) -> None:
+                 tick: float = 1.0, backoff: float = 1.0, gpus: GpuLookup | None = None,
+                 gpu_refresh: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
+        self.gpu_lookup = gpus
+        self.gpu_refresh = gpu_refresh
+        self.clock = clock
+        self._gpus: dict[str, list[dict[str, Any]]] = {}
+        self._next_gpu_refresh = 0.0
         self.tracker = tracker
         self.delivery = delivery
         self.kinds = kinds
@@ -372,12 +388,41 @@ class Watcher:
                 event = None
         if self.ready:
             for job_id in self.tracker.take_dirty():
-                body = self.tracker.body(job_id)
-                if body is None:
-                    continue
-                self.delivery.learn(job_id, self.tracker.object_uid(job_id))
-                self.delivery.offer(job_id, body)
+                self._offer(job_id)
+            if self.gpu_lookup is not None and self.clock() >= self._next_gpu_refresh:
+                # The agents publish a job's GPUs a scrape after its pods start: look again for
+                # the running ones until Prometheus has them all.
+                self._next_gpu_refresh = self.clock() + self.gpu_refresh
+                for job_id, sent in list(self.delivery.delivered.items()):
+                    if sent.get("status") == "running":
+                        self._offer(job_id)
         self.delivery.flush()
+
+    def _offer(self, job_id: str) -> None:
+        body = self.tracker.body(job_id)
+        if body is None:
+            return
+        self.delivery.learn(job_id, self.tracker.object_uid(job_id))
+        if self.gpu_lookup is not None:
+            self._add_gpus(job_id, body)
+        self.delivery.offer(job_id, body)
+
+    def _add_gpus(self, job_id: str, body: dict[str, Any]) -> None:
+        """The job's GPUs from Prometheus; when it has none to say (the job ended long ago, or
+        Prometheus is down), the last ones known, here or in the API: a record is sent whole, and
+        one without GPUs would erase them."""
+        assert self.gpu_lookup is not None
+        try:
+            found = self.gpu_lookup.gpus(job_id)
+        except DependencyUnavailable as exc:
+            log.warning("%s", exc)
+            found = []
+        if found:
+            self._gpus[job_id] = found
+        sent = self.delivery.delivered.get(job_id) or {}
+        known = self._gpus.get(job_id) or list(sent.get("gpus") or [])
+        if known:
+            body["gpus"] = known
 
     def _apply(self, event: Event) -> None:
         if event.type == "ABSENT":

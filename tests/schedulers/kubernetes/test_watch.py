@@ -16,6 +16,7 @@ import pytest
 import yaml
 from kubernetes import client as kube_client
 
+from schedulers.kubernetes.gpulookup import PrometheusGpus
 from schedulers.kubernetes.jobsapi import JobsApi
 from schedulers.kubernetes.owners import PodJobResolver
 from schedulers.kubernetes.tracker import KNOWN_JOB_KINDS, JobKind, JobTracker, TrackerSettings
@@ -32,7 +33,16 @@ from tests.schedulers.kubernetes.objects import (
     pytorchjob,
     terminated,
 )
-from tests.support import Proc, free_port, jobsight_command, wait_for_http, wait_until
+from tests.support import (
+    Proc,
+    RecordingHTTPServer,
+    Reply,
+    free_port,
+    jobsight_command,
+    require_binary,
+    wait_for_http,
+    wait_until,
+)
 
 SCHEDULER_TOKEN = "kube-scheduler-token-0123456789ab"
 ADMIN_TOKEN = "kube-admin-token-0123456789abcdef"
@@ -122,7 +132,9 @@ class RecordingJobsApi(JobsApi):
         self.puts.append((job_id, str(body["status"])))
 
 
-def start_watcher(kube: FakeKube, api: Api) -> tuple[Watcher, RecordingJobsApi, threading.Thread]:
+def start_watcher(
+    kube: FakeKube, api: Api, gpus: PrometheusGpus | None = None
+) -> tuple[Watcher, RecordingJobsApi, threading.Thread]:
     config = kube_client.Configuration()
     config.host = kube.url
     jobs_api = RecordingJobsApi(api.url, SCHEDULER_TOKEN)
@@ -133,6 +145,8 @@ def start_watcher(kube: FakeKube, api: Api) -> tuple[Watcher, RecordingJobsApi, 
         (PYTORCH, BATCH, JOBSET),
         tick=0.05,
         backoff=0.05,
+        gpus=gpus,
+        gpu_refresh=0.5,
     )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
@@ -257,3 +271,52 @@ def test_jobsight_kube_watch_command(api: Api, tmp_path: Path) -> None:
         finally:
             code = proc.stop()
         assert code == 0, proc.log_path.read_text(errors="replace")
+
+
+def _gpu_info(host: str, first: int) -> str:
+    return "".join(
+        f'jobsight_gpu_job_info{{Hostname="{host}",gpu="{i}",UUID="GPU-{host}-{i}",job_id="{JOB}",'
+        f'namespace="team-a",pod="llama-worker-{first // 2 + i // 2}",container="pytorch"}} 1\n'
+        for i in range(4)
+    )
+
+
+def test_the_job_record_names_its_gpus_from_prometheus(api: Api, tmp_path: Path) -> None:
+    """Acceptance: a PyTorchJob with 4 workers on 2 nodes holding 8 GPUs is one job in the API with
+    8 GPUs (host, index, UUID), read from the agents' jobsight_gpu_job_info in a real Prometheus."""
+    exposition = (
+        "# TYPE jobsight_gpu_job_info gauge\n" + _gpu_info("gpu-node1", 0) + _gpu_info("gpu-node2", 4)
+    )
+    agents = RecordingHTTPServer(lambda request: Reply(200, exposition.encode(), "text/plain; version=0.0.4"))
+    with agents, FakeKube({PYTORCH_PATH}) as kube:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(json.dumps({"scrape_configs": [{
+            "job_name": "agent", "scrape_interval": "1s", "honor_labels": True,
+            "static_configs": [{"targets": [agents.url.removeprefix("http://")]}],
+        }]}))  # fmt: skip
+        port = free_port()
+        args = [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
+        prometheus = Proc([require_binary("prometheus"), *args], tmp_path / "prometheus.log")
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/-/ready", timeout=120, proc=prometheus)
+            lookup = PrometheusGpus(f"http://127.0.0.1:{port}")
+            wait_until(
+                lambda: len(lookup.gpus(JOB)) == 8, timeout=60, message="the agents' GPUs in Prometheus"
+            )
+            kube.put(PYTORCH_PATH, pytorchjob("llama", CREATED, RUNNING))
+            for i in range(4):
+                kube.put(PODS, pytorch_worker("llama", i, node=f"gpu-node{1 + i // 2}"))
+            watcher, _, thread = start_watcher(kube, api, gpus=lookup)
+            try:
+                job = wait_until(lambda: (j := api.job(JOB)) and len(j["gpus"]) == 8 and j, message="8 GPUs")
+                assert api.job_ids() == [JOB]
+                assert {(g["host"], g["gpu"]) for g in job["gpus"]} == {
+                    (f"gpu-node{n}", i) for n in (1, 2) for i in range(4)
+                }
+                assert job["gpus"][0]["uuid"] == "GPU-gpu-node1-0"
+            finally:
+                stop_watcher(watcher, thread, kube)
+                lookup.close()
+        finally:
+            prometheus.stop()
