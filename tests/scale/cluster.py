@@ -10,6 +10,7 @@ are Hopper (they have tensor-pipe counters); those of ``h0001`` are Ampere (none
 
 from __future__ import annotations
 
+import math
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,13 @@ class Cluster:
     start: float  # first sample
     end: float  # last sample
     step: float
+    # Utilisation and power rise and fall over an hour (else constant): rollups are then compared
+    # with raw answers on data whose mean differs from any single sample.
+    wave: bool = False
+
+    def util_at(self, hostname: str, gpu: int, t: float) -> float:
+        base = util(hostname, gpu)
+        return base + 4.0 * math.sin(2 * math.pi * (t - self.start) / 3600.0) if self.wave else base
 
     @property
     def hosts(self) -> list[str]:
@@ -70,11 +78,11 @@ class Cluster:
         yield from family("jobsight_gpu_info", "gauge", (
             (f'{gpu_labels(h, g)},pci_bus_id="00000000:{0x18 + g:02X}:00.0"', [1.0] * n) for h, g in devices))
         yield from family("DCGM_FI_DEV_GPU_UTIL", "gauge", (
-            (gpu_labels(h, g), [util(h, g)] * n) for h, g in devices))
+            (gpu_labels(h, g), [self.util_at(h, g, t) for t in times]) for h, g in devices))
         yield from family("DCGM_FI_DEV_FB_USED", "gauge", (
             (gpu_labels(h, g), [1000.0 * (g + 1)] * n) for h, g in devices))
         yield from family("DCGM_FI_DEV_POWER_USAGE", "gauge", (
-            (gpu_labels(h, g), [100.0 + util(h, g)] * n) for h, g in devices))
+            (gpu_labels(h, g), [100.0 + self.util_at(h, g, t) for t in times]) for h, g in devices))
         # mJ: (100 + util) W for every second of the history.
         yield from family("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter", (
             (gpu_labels(h, g), [1000.0 * (100.0 + util(h, g)) * (t - self.start) for t in times])
