@@ -31,9 +31,10 @@ NODE_LINK = (
     "Node dashboard",
     "/d/jobsight-node/jobsight-node?var-Hostname=${__data.fields.Hostname}&${__url_time_range}",
 )
-# Info on the many side: one result per (job, GPU), even where two jobs share a GPU.
+# Info on the many side: one result per (job, GPU), even where two jobs share a GPU (and once per
+# GPU where the info carries more labels, such as a pod).
 JOB_GPU_UTIL = (
-    f"jobsight_gpu_job_info{C} * on (Hostname, gpu) group_left ()"
+    f"max by (Hostname, gpu, job_id) (jobsight_gpu_job_info{C}) * on (Hostname, gpu) group_left ()"
     f" max by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL{C})"
 )
 NO_RULES = (
