@@ -5,7 +5,13 @@ Measures p50/p99 latency and requests/s of ``GET /v1/jobs/{id}/metrics`` and ``/
 ``jobsight api`` (uvicorn, one process), and, as the peer, the same range query sent straight to
 Prometheus with the same concurrency: the ratio is the API's own cost.
 
-    .venv/bin/python benchmarks/api_load.py [--hours 24] [--gpus 64] [--clients 50] [--requests 400]
+The page case (``--case page``) renders the job page of the demo's failed job: ``jobsight up`` in a
+temporary state directory, the page opened through the signed link of the failure notification,
+the server's own time read from its ``Server-Timing`` header (goal: p50 <= 150 ms), and the page's
+assets checked for caching headers.
+
+    .venv/bin/python benchmarks/api_load.py [--case all|load|page] [--hours 24] [--gpus 64]
+                                            [--clients 50] [--requests 400] [--page-requests 200]
 """
 
 from __future__ import annotations
@@ -120,13 +126,136 @@ async def load(name: str, call: Callable[[httpx.AsyncClient], Awaitable[httpx.Re
                   1000 * latencies[max(0, int(len(latencies) * 0.99) - 1)], 1000 * latencies[-1])
 
 
+def _server_ms(response: httpx.Response) -> float:
+    """The ``render;dur=`` of a job page's Server-Timing header, in milliseconds."""
+    for part in response.headers.get("server-timing", "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name == "render":
+            return float(dur)
+    raise ValueError(f"no render time in Server-Timing: {response.headers.get('server-timing')!r}")
+
+
+def _in_chromium(url: str, runs: int) -> list[float]:
+    """Milliseconds from navigation to the charts drawn, in Debian's headless Chromium (a fresh
+    context each run: nothing cached, as for a researcher opening the notification's link)."""
+    from tests.api.pages.browser import chromium
+
+    took: list[float] = []
+    with chromium() as browser:
+        for _ in range(runs):
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                started = time.perf_counter()
+                page.goto(url)
+                page.wait_for_selector("body[data-charts=ready]", timeout=30_000)
+                took.append(1000 * (time.perf_counter() - started))
+            finally:
+                context.close()
+    return took
+
+
+def page_case(requests: int, clients: int) -> int:
+    """The demo's failed job page, as a researcher opens it from the notification."""
+    import re
+
+    work = Path(tempfile.mkdtemp(prefix="jobsight-page-bench-"))
+    state = work / "state"
+    up = Proc(jobsight_command("up", "--state-dir", str(state), "--free-ports", "--fault-after", "8",
+                               "--scrape-interval", "2"), work / "up.log")
+    try:
+        link = None
+        deadline = time.monotonic() + 300
+        while link is None:
+            if time.monotonic() > deadline or not up.alive():
+                raise SystemExit(f"no failure notification from jobsight up:\n{up.output()[-3000:]}")
+            try:
+                lines = (state / "notifications.jsonl").read_text().splitlines()
+                bodies = [str(json.loads(line)["body"]) for line in lines]
+                words = [w for body in bodies for w in body.split() if "/jobs/demo-fail?sig=" in w]
+                link = words[0] if words else None
+            except OSError:
+                pass
+            time.sleep(0.2)
+        print(f"page: {link.split('?')[0]} (signed link from the notification)", flush=True)
+        with httpx.Client(timeout=60) as client:
+            cold = client.get(link)
+            cold.raise_for_status()
+            assert "XID 79 on node2 GPU 3" in cold.text, cold.text[:2000]
+            server: list[float] = []
+            wall: list[float] = []
+            for _ in range(requests):
+                started = time.perf_counter()
+                response = client.get(link)
+                wall.append(1000 * (time.perf_counter() - started))
+                response.raise_for_status()
+                server.append(_server_ms(response))
+            charts_url = link.replace("/jobs/demo-fail?", "/jobs/demo-fail/charts.json?")
+            charts: list[float] = []
+            for _ in range(max(20, requests // 4)):
+                started = time.perf_counter()
+                client.get(charts_url).raise_for_status()
+                charts.append(1000 * (time.perf_counter() - started))
+            assets = sorted(set(re.findall(r'(?:src|href)="(/static/[^"]+)"', cold.text)))
+            base = link.split("/jobs/")[0]
+            asset_rows = []
+            for path in assets:
+                response = client.get(base + path.replace("&amp;", "&"))
+                response.raise_for_status()
+                headers = response.headers
+                asset_rows.append((path.split("?")[0], len(response.content), headers.get("cache-control"),
+                                   headers.get("etag") is not None))
+        page_url: str = link
+        browser_ms = _in_chromium(page_url, runs=10)
+        concurrent = asyncio.run(load("GET /jobs/demo-fail?sig=… (concurrent)", lambda c: c.get(page_url),
+                                      clients, requests))
+
+        def q(values: list[float], at: float) -> float:
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(at * len(ordered)))]
+
+        print(f"\ncold first render: server {_server_ms(cold):.0f} ms, {len(cold.content)} bytes of HTML")
+        print("\n| what | requests | p50 ms | p95 ms | max ms |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        print(f"| page, server time (Server-Timing) | {len(server)} | {statistics.median(server):.0f} | "
+              f"{q(server, 0.95):.0f} | {max(server):.0f} |")
+        print(f"| page, client round trip | {len(wall)} | {statistics.median(wall):.0f} | "
+              f"{q(wall, 0.95):.0f} | {max(wall):.0f} |")
+        print(f"| charts.json, client round trip | {len(charts)} | {statistics.median(charts):.0f} | "
+              f"{q(charts, 0.95):.0f} | {max(charts):.0f} |")
+        print(f"| page, {clients} concurrent clients ({concurrent.rps:.1f} req/s, "
+              f"{concurrent.errors} errors) | "
+              f"{concurrent.requests} | {concurrent.p50_ms:.0f} | {concurrent.p99_ms:.0f} (p99) | "
+              f"{concurrent.max_ms:.0f} |")
+        print(f"| page in headless Chromium: navigation to charts drawn | {len(browser_ms)} | "
+              f"{statistics.median(browser_ms):.0f} | {q(browser_ms, 0.95):.0f} | {max(browser_ms):.0f} |")
+        print("\n| asset | bytes | Cache-Control | ETag |")
+        print("| --- | ---: | --- | --- |")
+        for path, size, cache, etag in asset_rows:
+            print(f"| {path} | {size} | {cache} | {'yes' if etag else 'no'} |")
+        goal = statistics.median(server) <= 150
+        verdict = "met" if goal else "NOT met"
+        print(f"\npage render p50 {statistics.median(server):.0f} ms: goal (<= 150 ms) {verdict}")
+        return 0
+    finally:
+        up.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=("all", "load", "page"), default="all")
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--gpus", type=int, default=64)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=400, help="requests per endpoint")
+    parser.add_argument("--page-requests", type=int, default=200, help="renders of the demo's job page")
+    parser.add_argument("--page-clients", type=int, default=10, help="concurrent clients on the job page")
     args = parser.parse_args()
+    if args.case in ("all", "page"):
+        page_case(args.page_requests, args.page_clients)
+        if args.case == "page":
+            return 0
 
     work = Path(tempfile.mkdtemp(prefix="jobsight-api-bench-"))
     procs: list[Proc] = []
