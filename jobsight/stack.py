@@ -99,6 +99,14 @@ def register(subparsers: Any) -> None:
         help="Grafana service-account token: the API then annotates job start and failure there "
         "(default: $JOBSIGHT_GRAFANA_TOKEN)",
     )
+    parser.add_argument(
+        "--remote-write",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also send every sample to this Prometheus remote_write endpoint, e.g. VictoriaMetrics' "
+        "http://vm:8428/api/v1/write or Mimir's /api/v1/push (repeatable; docs/scale.md)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -116,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         scrape_interval=args.scrape_interval,
         grafana_url=args.grafana_url.rstrip("/"),
         grafana_token=args.grafana_token,
+        remote_write=tuple(args.remote_write),
     ).run()
 
 
@@ -185,8 +194,10 @@ class Stack:
         scrape_interval: float = 5.0,
         grafana_url: str = "http://localhost:3000",
         grafana_token: str | None = None,
+        remote_write: tuple[str, ...] = (),
     ) -> None:
         self.state = state_dir
+        self.remote_write = remote_write
         self.hardware = hardware
         self.free_ports = free_ports
         self.demo_enabled = demo
@@ -342,6 +353,7 @@ class Stack:
             api_metrics_token=keys.metrics_token,
             scrape_interval=interval,
             evaluation_interval=interval,
+            remote_write=self.remote_write,
         )
         # Private: it holds the token that reads the API's per-job metrics.
         prom_config = prom_dir / "prometheus.yml"

@@ -59,6 +59,9 @@ class PrometheusConfig:
     api_metrics_token: str | None = None
     scrape_interval: str = "5s"
     evaluation_interval: str = "5s"
+    # Where a cluster-wide store (VictoriaMetrics, Thanos Receive, Mimir) takes a copy of every
+    # sample; the local Prometheus keeps its own TSDB and rules either way.
+    remote_write: Sequence[str] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -88,6 +91,7 @@ class PrometheusConfig:
                 },
                 {"job_name": "alertmanager", "static_configs": [{"targets": [self.alertmanager]}]},
             ],
+            **({"remote_write": [{"url": url} for url in self.remote_write]} if self.remote_write else {}),
             **self.extra,
         }
         return yaml.safe_dump(document, sort_keys=False)
