@@ -50,6 +50,7 @@ def test_there_are_rule_files_and_test_files() -> None:
         "rdma.yaml",
         "recording.yaml",
         "rollups.yaml",
+        "training.yaml",
         "xid.yaml",
     ]
     assert len(rule_test_files()) == len(rule_files())
