@@ -18,12 +18,23 @@ from tests.support import RecordedRequest, RecordingHTTPServer, Reply, free_port
     ("environ", "expected"),
     [
         (
-            {"JOBSIGHT_JOB_ID": "ns:train", "SLURM_JOB_ID": "9", "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8"},
+            {
+                "JOBSIGHT_JOB_ID": "ns:train",
+                "SLURM_JOB_ID": "9",
+                "RANK": "3",
+                "LOCAL_RANK": "1",
+                "WORLD_SIZE": "8",
+            },
             training.Identity("ns:train", rank=3, local_rank=1, world_size=8, gpu="1"),
         ),
         (
-            {"SLURM_JOB_ID": "4711", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16",
-             "CUDA_VISIBLE_DEVICES": "2,3"},
+            {
+                "SLURM_JOB_ID": "4711",
+                "SLURM_PROCID": "5",
+                "SLURM_LOCALID": "1",
+                "SLURM_NTASKS": "16",
+                "CUDA_VISIBLE_DEVICES": "2,3",
+            },
             training.Identity("4711", rank=5, local_rank=1, world_size=16, gpu="3"),
         ),
         (
@@ -32,8 +43,13 @@ from tests.support import RecordedRequest, RecordingHTTPServer, Reply, free_port
             training.Identity("4711", rank=5, local_rank=1, world_size=None, gpu="6"),
         ),
         (
-            {"JOBSIGHT_JOB_ID": "m", "OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
-             "OMPI_COMM_WORLD_SIZE": "4", "CUDA_VISIBLE_DEVICES": "GPU-1234"},
+            {
+                "JOBSIGHT_JOB_ID": "m",
+                "OMPI_COMM_WORLD_RANK": "2",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+                "OMPI_COMM_WORLD_SIZE": "4",
+                "CUDA_VISIBLE_DEVICES": "GPU-1234",
+            },
             training.Identity("m", rank=2, local_rank=0, world_size=4, gpu=None),
         ),
         ({}, training.Identity(None, rank=0)),
@@ -53,7 +69,10 @@ def test_identity_comes_from_the_launchers_variables(
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://agent:4318"}, "http://agent:4318/v1/metrics"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://agent:4318/"}, "https://agent:4318/v1/metrics"),
         (
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:1", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://b:2/m"},
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:1",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://b:2/m",
+            },
             "http://b:2/m",
         ),
     ],
@@ -100,7 +119,9 @@ def test_with_the_agent_down_steps_go_on_and_failures_are_counted() -> None:
 
 
 def test_an_agent_answering_500_costs_failures_not_exceptions() -> None:
-    with RecordingHTTPServer(lambda request: Reply(status=500, body=b"no", content_type="text/plain")) as agent:
+    with RecordingHTTPServer(
+        lambda request: Reply(status=500, body=b"no", content_type="text/plain")
+    ) as agent:
         tracker = training.start(
             job_id="err", endpoint=f"{agent.url}/v1/metrics", export_interval_s=3600, export_timeout_s=1.0
         )
