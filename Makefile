@@ -72,14 +72,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy jobsight exporters collectors api dashboards alerts schedulers tests benchmarks
+	$(BIN)/mypy jobsight launch exporters collectors api dashboards alerts schedulers tests benchmarks
 
 pytest: setup
 	$(BIN)/pytest
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy jobsight exporters collectors api dashboards alerts schedulers tests benchmarks
+	$(BIN)/mypy jobsight launch exporters collectors api dashboards alerts schedulers tests benchmarks
 	$(BIN)/pytest
 
 BENCHMARKS := gpu_scrape.py node_exporters.py rdma_exporter.py logs_throughput.py api_load.py \

@@ -50,7 +50,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 def one_run(scrape_interval: float | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="jobsight-f2n-") as tmp:
         state = Path(tmp) / "state"
-        argv = [sys.executable, "-m", "jobsight", "up", "--state-dir", str(state), "--free-ports"]
+        argv = [sys.executable, "-m", "launch", "up", "--state-dir", str(state), "--free-ports"]
         if scrape_interval is not None:
             argv += ["--scrape-interval", str(scrape_interval)]
         log = open(Path(tmp) / "up.log", "wb")  # noqa: SIM115 - closed below

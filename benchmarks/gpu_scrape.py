@@ -48,7 +48,7 @@ class Exporter:
     def __init__(self, flags: Sequence[str]) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobsight", "--log.level", "warning", "exporter", "gpu",
+            [sys.executable, "-m", "launch", "--log.level", "warning", "exporter", "gpu",
              "--web.listen-address", f"127.0.0.1:{self.port}", *flags],
             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )

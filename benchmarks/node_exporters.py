@@ -138,7 +138,7 @@ def serve_round(binary: str, flags: list[str], scrapes: int, warmup: int,
         "--collector.netdev.device-exclude=^$",
         f"--collector.filesystem.mount-points-exclude={MOUNT_POINTS_EXCLUDE}", *flags,
     ], free_port())
-    jobsight = [sys.executable, "-m", "jobsight", "exporter", "node", *flags]
+    jobsight = [sys.executable, "-m", "launch", "exporter", "node", *flags]
     servers = [
         Server("jobsight", [*jobsight, "--no-collector.jobs"], free_port()),
         theirs,

@@ -96,7 +96,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> tuple[Target, 
         advance(root, 3600, utilisation=0.4, congestion=0.05, errors=0.2)
         ours = Target(
             "jobsight",
-            [sys.executable, "-m", "jobsight", "exporter", "rdma", f"--path.sysfs={root}"],
+            [sys.executable, "-m", "launch", "exporter", "rdma", f"--path.sysfs={root}"],
             free_port(),
             headers=headers,
         )

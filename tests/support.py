@@ -103,7 +103,7 @@ class Proc:
 
 def jobsight_command(*args: str) -> list[str]:
     """The argv that runs the jobsight CLI from this checkout with the test's interpreter."""
-    return [sys.executable, "-m", "jobsight", *args]
+    return [sys.executable, "-m", "launch", *args]
 
 
 def wait_for_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> httpx.Response:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from jobsight.stackconfig import AgentTarget, PrometheusConfig
+from launch.stackconfig import AgentTarget, PrometheusConfig
 from tests.scale.vm import run_victoria_metrics
 from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
 

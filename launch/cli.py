@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from exporters.gpu import cli as gpu_cli
     from exporters.node import cli as node_cli
     from exporters.rdma import cli as rdma_cli
-    from jobsight import agent, stack
+    from launch import agent, stack
     from schedulers.kubernetes import cli as kube_cli
     from schedulers.slurm import cli as slurm_cli
 

@@ -4,7 +4,7 @@ Under a state directory it generates configs and starts, in order: Alertmanager,
 the log collector, one agent per node (GPU, RDMA, node collectors) and Prometheus with jobsight's
 alert rules. On a machine with NVIDIA GPUs it runs one agent on the real hardware; elsewhere a
 clearly announced simulated cluster (2 nodes x 8 GPUs, an RDMA fabric) and a demo with one
-healthy and one failing job (see :mod:`jobsight.demo`). Ctrl-C stops every child cleanly.
+healthy and one failing job (see :mod:`launch.demo`). Ctrl-C stops every child cleanly.
 
 A wiring module: it imports components to start and configure them.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from jobsight.errors import BackendUnavailable, JobsightError
-from jobsight.stackconfig import Ports
+from launch.stackconfig import Ports
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Stack:
 
     # --- the whole run -------------------------------------------------------------------------
     def run(self) -> int:
-        from jobsight.supervisor import ChildFailed, Supervisor
+        from launch.supervisor import ChildFailed, Supervisor
 
         prometheus = find_binary("prometheus")
         alertmanager = find_binary("prometheus-alertmanager", "alertmanager")
@@ -240,7 +240,7 @@ class Stack:
         agents = {node: f"127.0.0.1:{port}" for node, port in zip(nodes, ports.agents, strict=True)}
 
         if simulated:
-            from jobsight.demo import DemoPaths, write_cluster
+            from launch.demo import DemoPaths, write_cluster
 
             paths = DemoPaths(self.state)
             print("=" * 78)
@@ -265,7 +265,7 @@ class Stack:
                 traffic = threading.Thread(target=self._advance_fabric, args=(nodes,), daemon=True)
                 traffic.start()
             if simulated and self.demo_enabled:
-                from jobsight.demo import DemoDriver, DemoPaths
+                from launch.demo import DemoDriver, DemoPaths
 
                 demo = DemoDriver(DemoPaths(self.state), urls["api"], keys.scheduler_token, self.fault_after)
                 demo.start()
@@ -339,7 +339,7 @@ class Stack:
         simulated: bool,
     ) -> None:
         from alerts.config import render_alertmanager_config, render_rules, write_alertmanager_config
-        from jobsight.stackconfig import AgentTarget, PrometheusConfig
+        from launch.stackconfig import AgentTarget, PrometheusConfig
 
         prom_dir = self.state / "prometheus"
         rules = render_rules(prom_dir / "rules")
@@ -440,7 +440,7 @@ class Stack:
         agents: dict[str, str],
         simulated: bool,
     ) -> None:
-        jobsight = [sys.executable, "-m", "jobsight"]
+        jobsight = [sys.executable, "-m", "launch"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NODE_NAME", None)  # the agents get their node names from flags
         steps: list[tuple[str, list[str], str]] = [

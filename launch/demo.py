@@ -9,7 +9,7 @@
   kernel line); the other ranks' NCCL watchdogs time out, the launcher reports ChildFailedError,
   and the job is marked failed with exit code 1 — as a scheduler epilog would do — through the API.
 
-Ranks are real processes (``python -m jobsight.demo rank …``) carrying ``JOBSIGHT_JOB_ID``, so
+Ranks are real processes (``python -m launch.demo rank …``) carrying ``JOBSIGHT_JOB_ID``, so
 per-job accounting sees them, and they write the log lines a PyTorch job writes.
 """
 
@@ -208,7 +208,7 @@ def rank_command(
     argv = [
         sys.executable,
         "-m",
-        "jobsight.demo",
+        "launch.demo",
         "rank",
         "--rank",
         str(rank.rank),
@@ -371,7 +371,7 @@ def _iso(ts: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobsight.demo")
+    parser = argparse.ArgumentParser(prog="python -m launch.demo")
     sub = parser.add_subparsers(dest="what", required=True)
     rank = sub.add_parser("rank", help="one simulated training rank")
     rank.add_argument("--rank", type=int, required=True)

@@ -1,3 +1,0 @@
-from jobsight.cli import main
-
-raise SystemExit(main())
