@@ -1,0 +1,1 @@
+"""Tests of the roof: the agent, jobsight up and the supervisor."""
