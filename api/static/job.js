@@ -89,6 +89,7 @@
       ctx.save();
       ctx.font = (11 * dpr) + "px system-ui, sans-serif";
       ctx.textBaseline = "top";
+      ctx.textAlign = "left";  // uPlot leaves the axes' alignment on the context
       // A tick for every moment; one label for a burst of NCCL timeouts (every rank times out
       // within seconds of the others), so that the labels stay readable.
       var labels = [];
@@ -110,11 +111,14 @@
         var text = l.text.length > 52 ? l.text.slice(0, 51) + "…" : l.text;
         var w = ctx.measureText(text).width;
         var tx = l.x + 3 * dpr + w > right ? l.x - 3 * dpr - w : l.x + 3 * dpr;
-        var lane = 0;
-        while (lane < lanes.length && lanes[lane] > tx - 4 * dpr) { lane++; }
-        lanes[lane] = tx + w;
+        // The first lane where this label overlaps none of the labels already in it.
+        var lane = 0, gap = 4 * dpr;
+        while (lanes[lane] && lanes[lane].some(function (r) { return tx < r[1] + gap && tx + w > r[0] - gap; })) {
+          lane++;
+        }
+        (lanes[lane] = lanes[lane] || []).push([tx, tx + w]);
         ctx.fillStyle = l.color;
-        ctx.fillText(text, tx, top + 2 * dpr + (lane % 10) * 14 * dpr);
+        ctx.fillText(text, tx, top + 2 * dpr + (lane % 11) * 14 * dpr);
       });
       ctx.restore();
     }] };
