@@ -114,7 +114,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
         tmp_path / "api.log",
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=120, proc=proc)  # slow on a busy machine
         yield Api(f"http://127.0.0.1:{port}", outbox)
     finally:
         proc.stop()
