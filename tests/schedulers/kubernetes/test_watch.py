@@ -75,7 +75,7 @@ class Api:
         r = httpx.get(f"{self.url}/v1/jobs", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
         return sorted(j["job_id"] for j in r.json()["jobs"])
 
-    def wait(self, job_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+    def wait(self, job_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
         found: dict[str, Any] = wait_until(
             lambda: (j := self.job(job_id)) and j["status"] == status and j,
             timeout=timeout,
