@@ -102,6 +102,12 @@ def test_demo_failure_page_in_chromium(tmp_path: Path, spawn: Callable[..., Proc
                 assert jobs.get_by_role("link", name="demo-fail").count() == 1
                 assert jobs.get_by_role("link", name="demo-ok").count() == 1
                 page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
+                # The TensorBoard button: started for the signed-in user, then reached through the
+                # API's proxy with the same session.
+                page.goto(f"{api}/jobs/demo-fail")
+                page.get_by_role("button", name="Start TensorBoard").click()
+                page.wait_for_url("**/v1/jobs/demo-fail/tensorboard/ui/**", timeout=120_000)
+                assert "TensorBoard" in page.title(), page.content()[:500]
             finally:
                 context.close()
         print(f"\nscreenshots in {tmp_path}")
