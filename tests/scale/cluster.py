@@ -42,6 +42,15 @@ class Cluster:
     # Utilisation and power rise and fall over an hour (else constant): rollups are then compared
     # with raw answers on data whose mean differs from any single sample.
     wave: bool = False
+    # The job's GPUs (the benchmark's long case uses a 16-GPU job).
+    job: tuple[tuple[str, int], ...] = tuple(JOB_GPUS)
+    # Hosts without the job carry only what the old, unbounded queries read most (job info,
+    # utilisation, power): a month of a full cluster does not fit this machine's disk and time.
+    light_bystanders: bool = False
+
+    @property
+    def job_hosts(self) -> list[str]:
+        return sorted({h for h, _ in self.job})
 
     def util_at(self, hostname: str, gpu: int, t: float) -> float:
         base = util(hostname, gpu)
@@ -52,9 +61,9 @@ class Cluster:
         return [host(i) for i in range(self.gpus // GPUS_PER_HOST)]
 
     def owner(self, hostname: str, gpu: int) -> str:
-        if (hostname, gpu) in JOB_GPUS:
+        if (hostname, gpu) in self.job:
             return JOB
-        if hostname in JOB_HOSTS:
+        if hostname in self.job_hosts:
             return "neighbour"
         return f"bystander-{hostname}"
 
@@ -63,6 +72,8 @@ class Cluster:
         n = int((self.end - self.start) // self.step) + 1
         times = [self.start + i * self.step for i in range(n)]
         devices = [(h, g) for h in self.hosts for g in range(GPUS_PER_HOST)]
+        full = [(h, g) for h, g in devices if not self.light_bystanders or h in self.job_hosts]
+        full_hosts = [h for h in self.hosts if not self.light_bystanders or h in self.job_hosts]
 
         def family(name: str, kind: str, series: Iterator[tuple[str, list[float]]]) -> Iterator[str]:
             yield f"# TYPE {name} {kind}"
@@ -76,26 +87,26 @@ class Cluster:
         yield from family("jobsight_gpu_job_info", "gauge", (
             (f'{gpu_labels(h, g)},job_id="{self.owner(h, g)}"', [1.0] * n) for h, g in devices))
         yield from family("jobsight_gpu_info", "gauge", (
-            (f'{gpu_labels(h, g)},pci_bus_id="00000000:{0x18 + g:02X}:00.0"', [1.0] * n) for h, g in devices))
+            (f'{gpu_labels(h, g)},pci_bus_id="00000000:{0x18 + g:02X}:00.0"', [1.0] * n) for h, g in full))
         yield from family("DCGM_FI_DEV_GPU_UTIL", "gauge", (
             (gpu_labels(h, g), [self.util_at(h, g, t) for t in times]) for h, g in devices))
         yield from family("DCGM_FI_DEV_FB_USED", "gauge", (
-            (gpu_labels(h, g), [1000.0 * (g + 1)] * n) for h, g in devices))
+            (gpu_labels(h, g), [1000.0 * (g + 1)] * n) for h, g in full))
         yield from family("DCGM_FI_DEV_POWER_USAGE", "gauge", (
             (gpu_labels(h, g), [100.0 + self.util_at(h, g, t) for t in times]) for h, g in devices))
         # mJ: (100 + util) W for every second of the history.
         yield from family("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter", (
             (gpu_labels(h, g), [1000.0 * (100.0 + util(h, g)) * (t - self.start) for t in times])
-            for h, g in devices))
+            for h, g in full))
         yield from family("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge", (
             (gpu_labels(h, g), [0.5] * n) for h, g in devices if h == "h0000"))
-        yield from family("jobsight_gpu_up", "gauge", ((gpu_labels(h, g), [1.0] * n) for h, g in devices))
+        yield from family("jobsight_gpu_up", "gauge", ((gpu_labels(h, g), [1.0] * n) for h, g in full))
         yield from family("node_infiniband_port_data_received_bytes_total", "counter", (
             (f'Hostname="{h}",device="mlx5_0",port="1"', [1e6 * (t - self.start) for t in times])
-            for h in self.hosts))
+            for h in full_hosts))
         yield from family("node_cpu_seconds_total", "counter", (
             (f'Hostname="{h}",cpu="0",mode="idle"', [0.25 * (t - self.start) for t in times])
-            for h in self.hosts))
+            for h in full_hosts))
         yield "# EOF"
 
     def write_tsdb(self, workdir: Path) -> Path:
