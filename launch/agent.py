@@ -1,4 +1,5 @@
-"""``jobsight agent``: the GPU, RDMA and node collectors of one host, served on one port.
+"""``jobsight agent``: the GPU, RDMA and node collectors of one host, served on one port, and the
+OTLP receiver for the training steps its jobs report (``jobsight.training``, on its own port).
 
 One process per node (a DaemonSet or a Slurm node service) instead of three. Each exporter keeps
 its own flags and its own self metrics (``jobsight_scrape_collector_*{collector="gpu"|"rdma"}``,
@@ -12,15 +13,16 @@ import argparse
 from typing import Any
 
 DEFAULT_LISTEN = ":9400"
-EXPORTERS = ("gpu", "rdma", "node")
+EXPORTERS = ("gpu", "rdma", "node", "otlp")
 
 
 def _exporter_clis() -> dict[str, Any]:
+    from collectors.otlp import cli as otlp_cli
     from exporters.gpu import cli as gpu_cli
     from exporters.node import cli as node_cli
     from exporters.rdma import cli as rdma_cli
 
-    return {"gpu": gpu_cli, "rdma": rdma_cli, "node": node_cli}
+    return {"gpu": gpu_cli, "rdma": rdma_cli, "node": node_cli, "otlp": otlp_cli}
 
 
 def register(subparsers: Any) -> None:
@@ -28,8 +30,10 @@ def register(subparsers: Any) -> None:
         "agent",
         help="serve the GPU, RDMA and node collectors of this host on one port",
         description="One process per node: the GPU (NVML or simulated), RDMA (sysfs) and node "
-        "(procfs/sysfs, per-job accounting) collectors on one /metrics endpoint. Flags shared by "
-        "several exporters (--path.sysfs, --path.procfs) apply to all of them.",
+        "(procfs/sysfs, per-job accounting) collectors on one /metrics endpoint, plus the training "
+        "steps jobs report over OTLP/HTTP (--otlp.listen-address, 127.0.0.1:4318 by default) as "
+        "jobsight_train_* series. Flags shared by several exporters (--path.sysfs, --path.procfs) "
+        "apply to all of them.",
         # Exporters sharing a flag (same dest, same default) define it once each; the last wins.
         conflict_handler="resolve",
     )
@@ -60,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     listen = parse_listen_address(args.web_listen_address)
     enabled = [name for name in EXPORTERS if getattr(args, f"agent_{name}")]
     if not enabled:
-        raise ConfigError("every collector is switched off: enable at least one of --collector.gpu/rdma/node")
+        raise ConfigError(
+            "every collector is switched off: enable at least one of --collector.gpu/rdma/node/otlp"
+        )
     clis = _exporter_clis()
     parts: list[ExporterParts] = []
     try:

@@ -6,10 +6,13 @@ Standard library only at module level; the receiver is imported in :func:`build`
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jobsight.serving import ExporterParts
+
+log = logging.getLogger(__name__)
 
 # OTLP/HTTP's port, where jobsight.training sends by default. Loopback: training processes run on
 # the node (a host-network pod on Kubernetes); --otlp.listen-address opens it wider.
@@ -70,7 +73,16 @@ def build(args: argparse.Namespace, hostname: str | None = None) -> ExporterPart
         max_series_per_job=args.otlp_max_series_per_job,
         expire_after_s=args.otlp_expire_after,
     )
-    receiver = OtlpReceiver(store, parse_listen_address(args.otlp_listen_address)).start()
+    listen = parse_listen_address(args.otlp_listen_address)
+    try:
+        receiver = OtlpReceiver(store, listen).start()
+    except ConfigError as exc:
+        # The port is taken (another agent, another OTLP receiver on the node): the agent's other
+        # collectors are served all the same, as when the GPU driver is missing; the log and
+        # /healthz say why training steps are not received.
+        log.error("%s; training steps are not received (see --otlp.listen-address)", exc)
+        reason = str(exc)
+        return ExporterParts(collectors={}, prefix="jobsight", health=lambda: (True, f"otlp: off: {reason}"))
     collector = TrainingCollector(
         store, host_key(hostname or getattr(args, "hostname", None)), receiver.request_counts
     )

@@ -74,7 +74,9 @@ def test_agent_collectors_can_be_switched_off(spawn: Callable[..., Proc]) -> Non
 
 def test_agent_with_every_collector_off_is_a_usage_error(spawn: Callable[..., Proc]) -> None:
     proc = spawn(
-        jobsight_command("agent", "--no-collector.gpu", "--no-collector.node", "--no-collector.rdma"),
+        jobsight_command(
+            "agent", "--no-collector.gpu", "--no-collector.node", "--no-collector.rdma", "--no-collector.otlp"
+        ),
         name="agent",
     )
     assert proc.popen.wait(timeout=60) == 2
