@@ -23,6 +23,16 @@ SIGNING_KEY = "pages-test-signing-key-0123456789abcdef"
 # What an attacker puts in a job name, a log line and an event field: it must stay text.
 EVIL = '<script>window.__pwned=1;alert("x")</script>"><img src=x onerror="window.__pwned=2;alert(1)">'
 EVIL_JOB = "evil-1"
+LONG_JOB = "long-1"  # 150 log lines, two of three on node1: pages of the log viewer
+
+
+def long_records(s: Scenario) -> list[LogRecord]:
+    return [
+        LogRecord(timestamp=s.base + 10 + i, host="node1" if i % 3 else "node2", job_id=LONG_JOB,
+                  path=f"/logs/long/{'node1' if i % 3 else 'node2'}.log", offset=i * 100,
+                  message=f"step {i} loss {2.0 - i / 100:.2f}", rank=0 if i % 3 else 4, record_id=f"long-{i}")
+        for i in range(150)
+    ]
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ def pages_api(scenario: Scenario, prometheus: RunningPrometheus,
     store_dir = tmp / "logstore"
     store = SQLiteLogStore(store_dir)
     try:
-        store.write(demo_log_records(scenario) + evil_records(scenario))
+        store.write(demo_log_records(scenario) + evil_records(scenario) + long_records(scenario))
     finally:
         store.close()
     port = free_port()
@@ -87,6 +97,10 @@ def _register(url: str, s: Scenario) -> None:
         "ok-job": {
             "name": "finetune", "user": "bob", "tenant": "team-b", "nodes": ["node3"],
             "started_at": s.base, "ended_at": s.ok_end, "status": "succeeded", "exit_code": 0,
+        },
+        LONG_JOB: {
+            "name": "long-logs", "user": "alice", "tenant": "team-a", "nodes": ["node1", "node2"],
+            "started_at": s.base, "ended_at": s.base + 300, "status": "succeeded", "exit_code": 0,
         },
         EVIL_JOB: {
             "name": EVIL, "user": "mallory", "tenant": "team-a", "nodes": ["node1"],
