@@ -8,6 +8,11 @@
   of node2 (rank 7) reports XID 79 and falls off the bus (scenario rewrite + an ``NVRM: Xid``
   kernel line); the other ranks' NCCL watchdogs time out, the launcher reports ChildFailedError,
   and the job is marked failed with exit code 1 — as a scheduler epilog would do — through the API.
+  With the ``hang`` scenario instead, rank 7 stops stepping (stuck before its all-reduce) while the
+  other ranks wait in the all-reduce and every GPU stays busy; JobHung fires and names rank 7.
+
+Every rank reports its steps through ``jobsight.training`` (phases data, compute, sync) to the
+OTLP receiver of its node's agent.
 
 Ranks are real processes (``python -m launch.demo rank …``) carrying ``JOBSIGHT_JOB_ID``, so
 per-job accounting sees them, and they write the log lines a PyTorch job writes.
@@ -108,6 +113,9 @@ class DemoPaths:
     def abort_flag(self, job_id: str) -> Path:
         return self.jobs / job_id / "abort"
 
+    def hang_flag(self, job_id: str) -> Path:
+        return self.jobs / job_id / "hang"
+
 
 def write_cluster(paths: DemoPaths) -> None:
     """Scenario files, RDMA sysfs trees and empty kmsg files for both nodes (fresh every start)."""
@@ -162,8 +170,16 @@ def inject_fault(paths: DemoPaths, seq: int) -> None:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    """Write a PyTorch-like log until the abort flag appears; then fail like NCCL does."""
+    """Write a PyTorch-like log and report steps until the abort flag appears; then fail like
+    NCCL does. Once the hang flag appears the rank stops stepping: the faulty rank inside its
+    compute phase, the others inside the all-reduce ("sync"), as in a real hang."""
+    import jobsight.training
+
     log_path, flag = Path(args.log), Path(args.abort_flag)
+    hang = Path(args.hang_flag) if args.hang_flag else None
+    # Job id, rank, local rank (the GPU) and the agent's OTLP endpoint come from the environment
+    # the driver sets, as torchrun and a scheduler would set them.
+    tracker = jobsight.training.start(export_interval_s=5.0)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     if args.tensorboard:
@@ -175,6 +191,11 @@ def run_rank(args: argparse.Namespace) -> int:
     with open(log_path, "a", buffering=1) as out:
         out.write(f"{prefix} initialising process group: world_size={args.world_size} backend=nccl\n")
         while not flag.exists():
+            if hang is not None and hang.exists():
+                with tracker.phase("compute" if args.faulty else "sync"):
+                    while not flag.exists():
+                        time.sleep(0.2)
+                break
             loss = 4.0 * math.exp(-step / 200.0) + 0.05 * math.sin(step)
             out.write(
                 f"{prefix} step {step} loss {loss:.4f} lr 3.0e-04 tokens/s {41000 + 37 * (step % 11)}\n"
@@ -184,9 +205,16 @@ def run_rank(args: argparse.Namespace) -> int:
                 writer.add_scalar("train/lr", 3e-4, step)
                 writer.flush()
             step += 1
-            time.sleep(args.step_seconds)
+            with tracker.phase("data"):
+                time.sleep(0.1 * args.step_seconds)
+            with tracker.phase("compute"):
+                time.sleep(0.6 * args.step_seconds)
+            with tracker.phase("sync"):
+                time.sleep(0.3 * args.step_seconds)
+            tracker.step(samples=32, tokens=32 * 2048, loss=loss)
         if writer is not None:
             writer.close()
+        tracker.close(timeout_s=1.0)
         if args.faulty:
             out.write(
                 f"{prefix} RuntimeError: CUDA error: unspecified launch failure\n"
@@ -203,7 +231,7 @@ def run_rank(args: argparse.Namespace) -> int:
 
 
 def rank_command(
-    rank: Rank, world_size: int, paths: DemoPaths, faulty: bool, step_seconds: float
+    rank: Rank, world_size: int, paths: DemoPaths, faulty: bool, step_seconds: float, hang: bool = False
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -225,6 +253,8 @@ def rank_command(
         argv += ["--tensorboard", str(paths.tensorboard(rank.job_id))]
     if faulty:
         argv.append("--faulty")
+    if hang:
+        argv += ["--hang-flag", str(paths.hang_flag(rank.job_id))]
     return argv
 
 
@@ -241,6 +271,10 @@ class DemoDriver:
     fault_after: float
     nccl_delay: float = 3.0
     step_seconds: float = 1.0
+    # "xid": GPU 3 of node2 falls off the bus and the job fails; "hang": its rank stops stepping.
+    scenario: str = "xid"
+    # node -> the OTLP/HTTP base URL of that node's agent, where its ranks report steps.
+    otlp_endpoints: dict[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     on_event: Callable[[str], None] = print
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -298,7 +332,12 @@ class DemoDriver:
                         "LOCAL_RANK": str(rank.gpu),
                         "WORLD_SIZE": str(len(job.ranks)),
                     }
-                    argv = rank_command(rank, len(job.ranks), self.paths, faulty, self.step_seconds)
+                    if rank.node in self.otlp_endpoints:
+                        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoints[rank.node]
+                    argv = rank_command(
+                        rank, len(job.ranks), self.paths, faulty, self.step_seconds,
+                        hang=self.scenario == "hang" and job is fail,
+                    )
                     self.paths.rank_log(rank).parent.mkdir(parents=True, exist_ok=True)
                     proc = subprocess.Popen(
                         argv,
@@ -308,11 +347,18 @@ class DemoDriver:
                         stderr=subprocess.DEVNULL,
                     )
                     self._procs.append((rank, proc))
+            fault = (
+                f"rank {self._faulty_rank(fail)} hangs" if self.scenario == "hang"
+                else f"XID {FAULT_XID} on {FAULT_NODE} GPU {FAULT_GPU}"
+            )
             self.on_event(
-                f"demo: jobs demo-ok (4 ranks) and demo-fail (12 ranks) started; "
-                f"XID {FAULT_XID} on {FAULT_NODE} GPU {FAULT_GPU} in {self.fault_after:.0f}s"
+                "demo: jobs demo-ok (4 ranks) and demo-fail (12 ranks) started; "
+                f"{fault} in {self.fault_after:.0f}s"
             )
             if self._stop.wait(self.fault_after):
+                return
+            if self.scenario == "hang":
+                self._hang(fail)
                 return
             self.fault_injected_at = self.clock()
             inject_fault(self.paths, seq=1)
@@ -348,6 +394,22 @@ class DemoDriver:
             )
             self.on_event(f"demo: demo-fail exited with code {exit_code}; marked failed")
 
+    @staticmethod
+    def _faulty_rank(job: DemoJob) -> int:
+        return next(r.rank for r in job.ranks if (r.node, r.gpu) == (FAULT_NODE, FAULT_GPU))
+
+    def _hang(self, job: DemoJob) -> None:
+        """Rank 7 stops inside its compute phase; the others stop inside the all-reduce. Every
+        process lives on and the simulated GPUs stay busy, as NCCL kernels spin in a real hang."""
+        self.fault_injected_at = self.clock()
+        self.paths.hang_flag(job.job_id).write_text("hang\n")
+        (self.paths.state / "fault_injected_at").write_text(f"{self.fault_injected_at}\n")
+        self.on_event(
+            f"demo: rank {self._faulty_rank(job)} of {job.job_id} ({FAULT_NODE} GPU {FAULT_GPU}) stopped "
+            "stepping before its all-reduce; the other ranks wait in it, every GPU stays busy. JobHung "
+            "fires once no rank has stepped for 5 minutes (plus its 1 minute for)."
+        )
+
 
 def _child_failed_text(rank: int, exit_code: int) -> str:
     return (
@@ -381,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     rank.add_argument("--tensorboard", default=None)
     rank.add_argument("--faulty", action="store_true")
     rank.add_argument("--step-seconds", type=float, default=1.0)
+    rank.add_argument("--hang-flag", default=None)
     args = parser.parse_args(argv)
     return run_rank(args)
 

@@ -79,6 +79,14 @@ def register(subparsers: Any) -> None:
         help="demo: seconds before XID 79 hits node2 GPU 3 (default: 20)",
     )
     parser.add_argument(
+        "--scenario",
+        choices=["xid", "hang"],
+        default="xid",
+        help="demo: how demo-fail goes wrong: xid (GPU 3 of node2 falls off the bus, the job fails) or "
+        "hang (its rank 7 stops stepping while its GPU stays busy; JobHung fires and names it) "
+        "(default: xid)",
+    )
+    parser.add_argument(
         "--scrape-interval",
         type=float,
         default=5.0,
@@ -121,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         free_ports=args.free_ports,
         demo=args.demo,
         fault_after=args.fault_after,
+        scenario=args.scenario,
         scrape_interval=args.scrape_interval,
         grafana_url=args.grafana_url.rstrip("/"),
         grafana_token=args.grafana_token,
@@ -191,6 +200,7 @@ class Stack:
         free_ports: bool = False,
         demo: bool = True,
         fault_after: float = 20.0,
+        scenario: str = "xid",
         scrape_interval: float = 5.0,
         grafana_url: str = "http://localhost:3000",
         grafana_token: str | None = None,
@@ -202,6 +212,7 @@ class Stack:
         self.free_ports = free_ports
         self.demo_enabled = demo
         self.fault_after = fault_after
+        self.scenario = scenario
         self.scrape_interval = scrape_interval
         self.grafana_url = grafana_url
         self.grafana_token = grafana_token
@@ -267,7 +278,13 @@ class Stack:
             if simulated and self.demo_enabled:
                 from launch.demo import DemoDriver, DemoPaths
 
-                demo = DemoDriver(DemoPaths(self.state), urls["api"], keys.scheduler_token, self.fault_after)
+                demo = DemoDriver(
+                    DemoPaths(self.state), urls["api"], keys.scheduler_token, self.fault_after,
+                    scenario=self.scenario,
+                    otlp_endpoints={
+                        node: f"http://127.0.0.1:{port}" for node, port in zip(nodes, ports.otlp, strict=True)
+                    },
+                )
                 demo.start()
                 notices = threading.Thread(target=self._watch_notifications, daemon=True)
                 notices.start()
@@ -327,7 +344,10 @@ class Stack:
     def _ports(self, agents: int) -> Ports:
         if self.free_ports:
             return Ports.free(agents)
-        return Ports(agents=tuple(9400 + 10 * i for i in range(agents)))
+        return Ports(
+            agents=tuple(9400 + 10 * i for i in range(agents)),
+            otlp=tuple(4318 + 10 * i for i in range(agents)),
+        )
 
     def _write_configs(
         self,
@@ -466,8 +486,11 @@ class Stack:
                 f"{urls['collector']}/metrics",
             ),
         ]
-        for node, address in agents.items():
-            argv = [*jobsight, "agent", f"--web.listen-address={address}", f"--hostname={node}"]
+        for index, (node, address) in enumerate(agents.items()):
+            argv = [
+                *jobsight, "agent", f"--web.listen-address={address}", f"--hostname={node}",
+                f"--otlp.listen-address=127.0.0.1:{ports.otlp[index]}",
+            ]
             if simulated:
                 argv += [
                     f"--scenario={self.state / 'nodes' / node / 'scenario.yaml'}",
@@ -575,7 +598,12 @@ class Stack:
                 "",
                 "Demo: job demo-ok trains on node1; job demo-fail trains on node1+node2 and, "
                 f"{self.fault_after:.0f} s from now,",
-                "loses GPU 3 of node2 to XID 79, then its other ranks hit NCCL timeouts and it fails.",
+                *(
+                    ["its rank 7 (node2 GPU 3) hangs before an all-reduce while every GPU stays busy;",
+                     "JobHung fires about 6 minutes later and names rank 7 (ranks report steps over OTLP)."]
+                    if self.scenario == "hang" else
+                    ["loses GPU 3 of node2 to XID 79, then its other ranks hit NCCL timeouts and it fails."]
+                ),
                 f"  Notification   {self.state / 'notifications.jsonl'}",
                 "  Job pages      (signed read-only links, valid 7 days; no token needed)",
                 *(f"    {job:<12} {signer.job_url(api, job)}" for job in ("demo-fail", "demo-ok")),

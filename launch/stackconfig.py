@@ -29,6 +29,9 @@ class Ports:
     api: int = 8000
     collector: int = 9404
     agents: tuple[int, ...] = (9400, 9410)
+    # Each agent's OTLP receiver (training steps from jobsight.training); the first at OTLP's own
+    # port, where a training script on this machine sends by default.
+    otlp: tuple[int, ...] = (4318, 4328)
 
     @classmethod
     def free(cls, agents: int) -> Ports:
@@ -36,7 +39,7 @@ class Ports:
         taken: list[socket.socket] = []
         try:
             numbers = []
-            for _ in range(4 + agents):
+            for _ in range(4 + 2 * agents):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.bind(("127.0.0.1", 0))
                 taken.append(sock)
@@ -44,7 +47,10 @@ class Ports:
         finally:
             for sock in taken:
                 sock.close()
-        return cls(numbers[0], numbers[1], numbers[2], numbers[3], tuple(numbers[4:]))
+        return cls(
+            numbers[0], numbers[1], numbers[2], numbers[3], tuple(numbers[4 : 4 + agents]),
+            tuple(numbers[4 + agents :]),
+        )
 
 
 @dataclass
