@@ -16,7 +16,7 @@ with recorded objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -368,11 +368,15 @@ class JobTracker:
         self.dirty.clear()
         return found
 
-    def forget(self, job_id: str) -> None:
-        """Drop a finished job with no pods left, so the tracker's memory stays bounded."""
-        record = self._jobs.get(job_id)
-        if record is not None and not record.pods:
+    def prune(self, settled: Callable[[str], bool]) -> list[str]:
+        """Drop the jobs with no pods and no object left for which ``settled(job_id)`` (their end
+        is delivered, or they were never reported); returns their ids."""
+        gone = [job_id for job_id, record in self._jobs.items()
+                if not record.pods and record.object_state is None and job_id not in self.dirty
+                and settled(job_id)]
+        for job_id in gone:
             del self._jobs[job_id]
+        return gone
 
     def object_uid(self, job_id: str) -> str | None:
         record = self._jobs.get(job_id)

@@ -35,6 +35,7 @@ from schedulers.kubernetes.tracker import FINAL, JobKind, JobTracker
 log = logging.getLogger(__name__)
 
 POD_KIND = JobKind("", "v1", "pods", "Pod")
+PRUNE_SECONDS = 60.0
 _COMPARED = ("status", "nodes", "started_at", "ended_at", "exit_code", "reason", "name", "user", "tenant")
 
 
@@ -254,8 +255,11 @@ class Delivery:
             if _same(last, body):
                 self.pending.pop(job_id, None)
                 return
-            if last.get("status") in FINAL and body.get("status") not in FINAL and not _new_run(last, body):
-                return  # a final state is final (a restart of the job is still the same run)
+            if (last.get("status") in FINAL and body.get("status") != last.get("status")
+                    and not _new_run(last, body)):
+                # A final state is final: a restart of the job is still the same run, and a job
+                # deleted after it succeeded did not get cancelled.
+                return
         self.pending[job_id] = body
         self._not_before[job_id] = self.clock() + (self.settle if body.get("status") in FINAL else 0.0)
 
@@ -273,6 +277,11 @@ class Delivery:
         labels = known.get("labels") or {}
         if uid is None or labels.get("uid") in (None, uid):
             self.delivered[job_id] = {k: known.get(k) for k in (*_COMPARED, "labels", "gpus")}
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is known of a job that is over and gone from the cluster (bounded memory)."""
+        if job_id not in self.pending:
+            self.delivered.pop(job_id, None)
 
     def flush(self) -> None:
         now = self.clock()
@@ -337,7 +346,9 @@ class Watcher:
         self.gpu_refresh = gpu_refresh
         self.clock = clock
         self._gpus: dict[str, list[dict[str, Any]]] = {}
+        self._gpus_at: dict[str, float] = {}
         self._next_gpu_refresh = 0.0
+        self._next_prune = 0.0
         self.tracker = tracker
         self.delivery = delivery
         self.kinds = kinds
@@ -396,7 +407,22 @@ class Watcher:
                 for job_id, sent in list(self.delivery.delivered.items()):
                     if sent.get("status") == "running":
                         self._offer(job_id)
+            if self.clock() >= self._next_prune:
+                self._next_prune = self.clock() + PRUNE_SECONDS
+                self._prune()
         self.delivery.flush()
+
+    def _prune(self) -> None:
+        """Forget jobs whose pods and object are gone once their end is delivered (or that were
+        never jobs to report), so a watcher running for months keeps only what is live."""
+        def settled(job_id: str) -> bool:
+            sent = self.delivery.delivered.get(job_id)
+            return job_id not in self.delivery.pending and (sent is None or sent.get("status") in FINAL)
+
+        for job_id in self.tracker.prune(settled):
+            self.delivery.forget(job_id)
+            self._gpus.pop(job_id, None)
+            self._gpus_at.pop(job_id, None)
 
     def _offer(self, job_id: str) -> None:
         body = self.tracker.body(job_id)
@@ -408,15 +434,18 @@ class Watcher:
         self.delivery.offer(job_id, body)
 
     def _add_gpus(self, job_id: str, body: dict[str, Any]) -> None:
-        """The job's GPUs from Prometheus; when it has none to say (the job ended long ago, or
-        Prometheus is down), the last ones known, here or in the API: a record is sent whole, and
-        one without GPUs would erase them."""
+        """The job's GPUs from Prometheus (asked at most every ``gpu_refresh`` seconds per job);
+        when it has none to say (the job ended long ago, or Prometheus is down), the last ones
+        known, here or in the API: a record is sent whole, and one without GPUs would erase them."""
         assert self.gpu_lookup is not None
-        try:
-            found = self.gpu_lookup.gpus(job_id)
-        except DependencyUnavailable as exc:
-            log.warning("%s", exc)
-            found = []
+        found: list[dict[str, Any]] = []
+        now = self.clock()
+        if now - self._gpus_at.get(job_id, -self.gpu_refresh) >= self.gpu_refresh:
+            self._gpus_at[job_id] = now
+            try:
+                found = self.gpu_lookup.gpus(job_id)
+            except DependencyUnavailable as exc:
+                log.warning("%s", exc)
         if found:
             self._gpus[job_id] = found
         sent = self.delivery.delivered.get(job_id) or {}

@@ -122,3 +122,18 @@ def test_deleted_job_object_and_pods_while_running_is_cancelled() -> None:
     t.replace_pods([])
     body = t.body(JOB)
     assert body is not None and body["status"] == "cancelled"
+
+
+def test_prune_forgets_only_settled_jobs_with_nothing_left() -> None:
+    t = tracker(PYTORCH)
+    t.replace_objects(PYTORCH, [pytorchjob("llama", CREATED, RUNNING)])
+    t.replace_pods([*workers(), batch_job_pod("nightly-report")])
+    t.take_dirty()
+    assert t.prune(lambda job_id: True) == []  # pods and the object still there
+    t.replace_pods([])
+    t.replace_objects(PYTORCH, [])
+    t.take_dirty()
+    assert t.prune(lambda job_id: job_id != JOB) == ["team-a:nightly-report"]
+    assert t.body(JOB) is not None  # its end is not delivered yet: kept
+    assert t.prune(lambda job_id: True) == [JOB]
+    assert t.body(JOB) is None
