@@ -24,7 +24,7 @@ all: test
 $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,torch-test]'
+	$(BIN)/python -m pip install -q -e '.[all,dev,torch-test]'
 	@touch $(STAMP)
 
 setup: $(STAMP) system-deps vendor $(BIN)/helm
