@@ -13,7 +13,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import markupsafe
 import pytest
+import yaml
 
+from api.catalog import CATALOG
+from api.pageviews import CHARTS, HARDWARE_ALERTS
 from api.signing import BadSignature, Signer
 from tests.api.conftest import SCHEDULER
 from tests.api.pages.conftest import (
@@ -28,12 +31,25 @@ from tests.api.pages.conftest import (
     login,
     signed_link,
 )
+from tests.support import REPO_ROOT
 
 
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as c:
         yield c
+
+
+def test_every_chart_is_a_catalog_metric() -> None:
+    assert {c.metric for c in CHARTS} <= set(CATALOG)
+    assert all(CATALOG[c.metric].scope == c.scope and CATALOG[c.metric].unit == c.unit for c in CHARTS)
+
+
+def test_fleet_hardware_alerts_are_alerts_jobsight_ships() -> None:
+    groups = [g for path in (REPO_ROOT / "alerts" / "rules").glob("*.yaml")
+              for g in yaml.safe_load(path.read_text())["groups"]]
+    shipped = {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
+    assert shipped >= HARDWARE_ALERTS, HARDWARE_ALERTS - shipped
 
 
 def test_signer_refuses_tampered_expired_and_other_job() -> None:
