@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jobsight.errors import DependencyUnavailable
+from jobsight.identity import JobMapDir, JobMapSnapshot
 from schedulers.kubernetes.owners import PodJobResolver, PodMeta
 from schedulers.kubernetes.podresources import DEFAULT_GPU_RESOURCES, DeviceAssignment
 
@@ -125,3 +126,45 @@ class PodGpuAttribution:
     def by_device(self) -> dict[str, GpuOwner]:
         """Owners keyed by device id (GPU or MIG UUID), as the GPU exporter looks them up."""
         return {owner.device_id: owner for owner in self.owners()}
+
+
+class PodJobMap:
+    """The kubelet's GPU allocations as a job map: the ``read() -> JobMapSnapshot`` interface of
+    :class:`jobsight.identity.JobMapDir`, keyed by GPU (or MIG) UUID, so the GPU exporter's job
+    attribution takes a pod's GPUs as its job's, as it takes a Slurm prolog's map files. Files in
+    ``files`` (if any) are read too; the kubelet's answer wins for the GPUs it names.
+
+    :meth:`pod_labels` gives dcgm-exporter's ``namespace``/``pod``/``container`` of each GPU as of
+    the last read, for ``jobsight_gpu_job_info``. A kubelet that does not answer is one error in the
+    snapshot (the exporter logs and counts it) and no pod GPUs until it answers again."""
+
+    def __init__(self, attribution: PodGpuAttribution, files: JobMapDir | None = None) -> None:
+        self.attribution = attribution
+        self.files = files
+        self._labels: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def read(self) -> JobMapSnapshot:
+        base = self.files.read() if self.files is not None else JobMapSnapshot()
+        jobs = dict(base.jobs_by_key)
+        errors = list(base.errors)
+        labels: dict[str, dict[str, str]] = {}
+        try:
+            owners = self.attribution.owners()
+        except DependencyUnavailable as exc:
+            owners = []
+            errors.append(str(exc))
+        for owner in owners:
+            labels[owner.device_id] = {"namespace": owner.namespace, "pod": owner.pod,
+                                       "container": owner.container}
+            if owner.job_id is not None:
+                jobs[owner.device_id] = (owner.job_id,)
+            else:
+                jobs.pop(owner.device_id, None)  # a pod of no job holds it: not a job's GPU
+        with self._lock:
+            self._labels = labels
+        return JobMapSnapshot(jobs_by_key=jobs, errors=tuple(errors))
+
+    def pod_labels(self) -> dict[str, dict[str, str]]:
+        with self._lock:
+            return dict(self._labels)

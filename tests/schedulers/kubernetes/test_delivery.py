@@ -93,7 +93,7 @@ def test_retries_what_failed_and_drops_what_is_refused() -> None:
 
 def test_a_restarted_watcher_learns_what_the_api_has() -> None:
     api = Api()
-    stored = {
+    stored: dict[str, Any] = {
         "started_at": "2026-11-29T10:00:00+00:00",
         "ended_at": None,
         "user": None,

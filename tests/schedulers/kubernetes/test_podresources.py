@@ -155,3 +155,45 @@ def test_committed_generated_code_matches_the_proto(tmp_path: Path) -> None:
     )
     for name in ("podresources_pb2.py", "podresources_pb2.pyi"):
         assert (tmp_path / name).read_text() == (proto_dir / name).read_text(), f"{name}: run `make proto`"
+
+
+def test_pod_job_map_reads_like_a_job_map_directory(
+    kubelet: FakeKubelet, socket_path: Path, tmp_path: Path
+) -> None:
+    """What the GPU exporter's attribution reads: UUID → job from the kubelet, over map files."""
+    from jobsight.identity import JobMapDir
+    from schedulers.kubernetes.gpus import PodJobMap
+
+    files = tmp_path / "jobs"
+    files.mkdir()
+    (files / UUIDS[7]).write_text("4711\n")  # a Slurm-style map file for a GPU no pod holds
+    (files / UUIDS[0]).write_text("stale\n")  # the kubelet says otherwise: it wins
+    with FakeKube(set()) as kube:
+        kube.put(PODS, pytorch_worker("llama", 0, node="gpu-node1"))
+        kube.put(PODS, kube_proxy())
+        kubelet.set([
+            ("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[0:2]),
+            ("kube-system", "kube-proxy-gpu-node1", "kube-proxy", GPU, [UUIDS[2]]),
+        ])  # fmt: skip
+        attribution = PodGpuAttribution(
+            PodResourcesClient(socket_path), ApiServerPodMetadata(_api_client(kube.url)), PodJobResolver()
+        )
+        job_map = PodJobMap(attribution, JobMapDir(files))
+        snapshot = job_map.read()
+        assert snapshot.jobs_by_key == {
+            UUIDS[0]: ("team-a:llama",),
+            UUIDS[1]: ("team-a:llama",),
+            UUIDS[7]: ("4711",),
+        }
+        job = snapshot.job_for_gpu(5, UUIDS[1])
+        assert job is not None and job.job_id == "team-a:llama"
+        assert job_map.pod_labels()[UUIDS[1]] == {
+            "namespace": "team-a",
+            "pod": "llama-worker-0",
+            "container": "pytorch",
+        }
+        assert job_map.pod_labels()[UUIDS[2]]["namespace"] == "kube-system"  # labelled, but no job
+        kubelet.stop()
+        down = job_map.read()
+        assert down.jobs_by_key == {UUIDS[0]: ("stale",), UUIDS[7]: ("4711",)}
+        assert any("kubelet pod-resources" in error for error in down.errors)
