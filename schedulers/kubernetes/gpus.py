@@ -50,7 +50,7 @@ class ApiServerPodMetadata:
     """``GET /api/v1/namespaces/{ns}/pods/{name}`` as PartialObjectMetadata, through the official
     client's configured ``ApiClient`` (in-cluster service account or kubeconfig)."""
 
-    def __init__(self, api_client: Any, timeout: float = 5.0) -> None:
+    def __init__(self, api_client: Any, timeout: float = 2.0) -> None:
         self.api_client = api_client
         self.timeout = timeout
 
@@ -78,16 +78,18 @@ class ApiServerPodMetadata:
 class PodGpuAttribution:
     """Who holds each GPU now. Pod metadata is cached for ``ttl`` seconds per pod (a scrape every
     few seconds must not cost an API request per GPU); entries of pods no longer listed by the
-    kubelet are dropped at once, so a pod replaced under the same name is read afresh."""
+    kubelet are dropped at once, so a pod replaced under the same name is read afresh. An API
+    server that does not answer is asked again after ``retry`` seconds."""
 
     def __init__(self, devices: DeviceLister, pods: PodMetadataSource, resolver: PodJobResolver,
                  resources: Sequence[str] = DEFAULT_GPU_RESOURCES, ttl: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 retry: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.devices = devices
         self.pods = pods
         self.resolver = resolver
         self.resources = tuple(resources)
         self.ttl = ttl
+        self.retry = min(retry, ttl)
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._lock = threading.Lock()
@@ -117,7 +119,11 @@ class PodGpuAttribution:
             meta = self.pods.get(namespace, pod)
         except DependencyUnavailable:
             self.errors += 1
-            return cached[1] if cached is not None else None
+            # Keep the last answer and ask again after ``retry`` seconds, not on every read: the
+            # GPU exporter reads this under its attribution lock, every sampling interval.
+            known = cached[1] if cached is not None else None
+            self._cache[(namespace, pod)] = (now - self.ttl + self.retry, known)
+            return known
         job = self.resolver.job_of(meta) if meta is not None else None
         job_id = job.job_id if job is not None else None
         self._cache[(namespace, pod)] = (now, job_id)

@@ -29,7 +29,7 @@ def run_flush_command(args: argparse.Namespace) -> int:
         # start it runs beside (on a small controller or a shared node).
         os.nice(10)
     try:
-        report = flush(load_config(path), wait_seconds=args.wait)
+        report = flush(load_config(path), wait_seconds=args.wait, delay_seconds=args.delay)
     except JobsightError as exc:
         print(f"jobsight slurm flush: {exc}", file=sys.stderr)
         return 1
@@ -53,6 +53,8 @@ def add_arguments(slurm: Any) -> None:
                        help="default: $JOBSIGHT_SLURM_CONFIG or /etc/jobsight/slurm.yaml")
     flush.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                        help="keep trying for this long while records are pending (default: one round)")
+    flush.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long before the first delivery (the hooks use 1 s)")
     flush.set_defaults(func=run_flush_command)
 
 

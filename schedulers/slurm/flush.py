@@ -91,9 +91,14 @@ class Deliverer:
         return out
 
 
-def flush(config: SlurmHookConfig, wait_seconds: float = 0.0,
+def flush(config: SlurmHookConfig, wait_seconds: float = 0.0, delay_seconds: float = 0.0,
           sleep: Callable[[float], None] = time.sleep) -> DeliveryReport:
-    """Deliver until the spool is empty, or ``wait_seconds`` have passed (one round when 0)."""
+    """Deliver until the spool is empty, or ``wait_seconds`` have passed (one round when 0).
+
+    ``delay_seconds`` first: a delivery started by PrologSlurmctld would otherwise ask scontrol
+    while slurmctld is still launching the very job, and hold up its start."""
+    if delay_seconds > 0:
+        sleep(delay_seconds)
     spool = Spool(config.node_path(config.spool_dir, "slurmctld"))
     if not config.api_url:
         return DeliveryReport(pending=len(spool.pending()), error="no api_url configured")

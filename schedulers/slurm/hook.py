@@ -69,9 +69,12 @@ def spawn_detached(argv: Sequence[str]) -> None:
     )
 
 
+FLUSH_DELAY_SECONDS = 1.0
+
+
 def flush_command(config_file: Path, wait_seconds: float) -> list[str]:
     return [sys.executable, "-m", "schedulers.slurm", "flush", "--config", str(config_file),
-            "--wait", str(wait_seconds)]
+            "--wait", str(wait_seconds), "--delay", str(FLUSH_DELAY_SECONDS)]
 
 
 class Hook:

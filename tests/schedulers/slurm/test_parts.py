@@ -225,7 +225,8 @@ def test_controller_hook_spools_and_starts_one_detached_flush(tmp_path: Path) ->
     assert record["job_id"] == "77" and record["state"] == "ended"
     assert record["body"]["tenant"] == "team-a" and record["body"]["nodes"] == ["n1", "n2"]
     assert record["resolve"]["final"] is True and record["resolve"]["exit_code"] == 0
-    assert len(started) == 1 and started[0][-4:] == ["--config", str(config), "--wait", "300.0"]
+    assert len(started) == 1
+    assert started[0][-6:] == ["--config", str(config), "--wait", "300.0", "--delay", "1.0"]
 
 
 def test_node_hook_keeps_the_array_alias_after_the_job_and_prunes_old_ones(tmp_path: Path) -> None:
