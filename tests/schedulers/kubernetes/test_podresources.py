@@ -122,18 +122,27 @@ def test_gpus_of_a_pytorchjob_node_belong_to_the_job(kubelet: FakeKubelet, socke
 
 
 def test_api_server_down_leaves_the_job_unknown_and_counts(kubelet: FakeKubelet, socket_path: Path) -> None:
+    clock = [0.0]
     with FakeKube(set()) as kube:
         kube.put(PODS, pytorch_worker("llama", 0, node="gpu-node1"))
         kubelet.set([("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[:1])])
-        kube.fail_next(500, 500, 500, 500)
+        kube.fail_next(500)
         attribution = PodGpuAttribution(
             PodResourcesClient(socket_path),
             ApiServerPodMetadata(_api_client(kube.url), timeout=2.0),
             PodJobResolver(),
+            retry=10.0,
+            clock=lambda: clock[0],
         )
         owners = attribution.owners()
         assert [(o.pod, o.job_id) for o in owners] == [("llama-worker-0", None)]
         assert attribution.errors == 1
+        reads = len(kube.requests())
+        clock[0] = 5.0
+        assert [o.job_id for o in attribution.owners()] == [None]  # not asked again before the retry
+        assert len(kube.requests()) == reads
+        clock[0] = 11.0
+        assert [o.job_id for o in attribution.owners()] == ["team-a:llama"]  # the API server is back
 
 
 def test_committed_generated_code_matches_the_proto(tmp_path: Path) -> None:
