@@ -16,7 +16,7 @@ from typing import Any
 TOKEN_ENV = "JOBSIGHT_API_TOKEN"
 
 
-def _api_client(kubeconfig: str | None) -> Any:
+def api_client(kubeconfig: str | None) -> Any:
     """A configured ``kubernetes.client.ApiClient``: the given kubeconfig, else the in-cluster
     service account, else ``$KUBECONFIG`` / ``~/.kube/config``."""
     from kubernetes import client
@@ -89,7 +89,7 @@ def run_watch(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     gpus = PrometheusGpus(args.prometheus_url) if args.prometheus_url else None
-    watcher = Watcher(KubeSource(_api_client(args.kubeconfig)), tracker, Delivery(api), kinds, stop,
+    watcher = Watcher(KubeSource(api_client(args.kubeconfig)), tracker, Delivery(api), kinds, stop,
                       gpus=gpus)
     try:
         watcher.run()
@@ -106,7 +106,7 @@ def run_gpus(args: argparse.Namespace) -> int:
     from schedulers.kubernetes.podresources import PodResourcesClient
 
     attribution = PodGpuAttribution(PodResourcesClient(args.pod_resources_socket),
-                                    ApiServerPodMetadata(_api_client(args.kubeconfig)),
+                                    ApiServerPodMetadata(api_client(args.kubeconfig)),
                                     PodJobResolver(args.job_label))
     for owner in attribution.owners():
         print(f"{owner.device_id}\t{owner.namespace}/{owner.pod}\t{owner.container}\t{owner.job_id or '-'}")
