@@ -21,6 +21,10 @@ The rule:
 4. Information is never a cause: informational XIDs (43, 45, 63, 92, ...), host EDAC errors (the
    CPU's DIMMs, not a GPU), a kernel OOM kill not shown to hit this job's process.
 5. A generic child failure / non-zero exit code comes last.
+6. The job's own steps (``jobsight.training``, a ``job_hung`` finding from the summary) say when
+   the ranks stopped and which stopped first ("ranks 3, 7 stopped stepping at … while the others
+   waited in sync"): the cause when no fatal event came before, else a symptom of it. They also
+   date the hang when no NCCL watchdog line does.
 """
 
 from __future__ import annotations
@@ -397,8 +401,12 @@ def diagnose(
             title = f"{_TITLES[kind]}{rank}{host}"
         candidates.append(_Candidate(first.time, kind, title, first.host, first.gpu, items))
 
+    stall = next((f for f in relevant if f.kind == "job_hung"), None)
     # Rank by proximity to the incident: the hang's start, else the failure.
-    anchor = hang.start if hang is not None and hang.start is not None else failed_at
+    anchor = (
+        hang.start if hang is not None and hang.start is not None
+        else stall.time if stall is not None else failed_at
+    )
 
     def bucket(c: _Candidate) -> tuple[int, float]:
         if c.time is None or anchor is None:
@@ -410,7 +418,11 @@ def diagnose(
         return (2, -c.time)
 
     candidates.sort(key=bucket)
-    reference = "the hang's start" if hang is not None and hang.start is not None else "the failure"
+    reference = (
+        "the hang's start"
+        if (hang is not None and hang.start is not None) or stall is not None
+        else "the failure"
+    )
     causes: list[Cause] = []
     for i, c in enumerate(candidates):
         b = bucket(c)[0]
@@ -478,6 +490,34 @@ def diagnose(
                     + "; no fatal event was found before it: look at the missing or lagging "
                     "ranks' hosts (hung process, network, storage)",
                     evidence=[_evidence(f) for f in nccl[:50]],
+                ),
+            )
+
+    # The job's own step telemetry: no rank stepped after stall.time, and it names the ranks that
+    # stopped first. A fatal event before (or just after: the step in progress when it struck) is
+    # the cause, and the stop its symptom.
+    if stall is not None:
+        before = [
+            c for c in candidates
+            if c.time is not None and stall.time is not None and c.time <= stall.time + FAILURE_GRACE_SECONDS
+        ]
+        if before:
+            symptoms.insert(0, f"training stopped: {stall.detail} (a symptom of the cause above)")
+        else:
+            causes.insert(
+                0,
+                Cause(
+                    rank=0,
+                    kind="job_hung",
+                    title=f"training hung: {stall.detail}",
+                    time=_dt(stall.time),
+                    host=stall.host,
+                    gpu=stall.gpu,
+                    explanation="from the job's own step telemetry (jobsight.training): no rank stepped "
+                    "after this and no fatal event came before it; the ranks named are usually the "
+                    "culprits (stuck outside the collective the others wait in): look at their stacks "
+                    "and hosts",
+                    evidence=[_evidence(stall)] + [_evidence(f) for f in nccl[:20]],
                 ),
             )
 

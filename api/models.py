@@ -268,6 +268,51 @@ class OverallSummary(BaseModel):
     ecc_dbe_errors: float = 0
 
 
+class TrainingRank(BaseModel):
+    """One rank as its own step telemetry (jobsight.training) shows it."""
+
+    rank: int
+    host: str
+    gpu: int | None = None
+    steps: float | None = None
+    last_step: datetime | None = None
+    step_seconds_mean: float | None = None
+    compute_seconds_mean: float | None = Field(
+        default=None, description="mean of the rank-local 'compute' phase, where the job reports phases")
+    phase: str | None = Field(default=None, description="the phase the rank is in at the end of the window")
+    slowdown: float | None = Field(
+        default=None, description="compute (else step) time over the median of the job's ranks")
+
+
+class TrainingHang(BaseModel):
+    """No rank stepped for max(10 x the median step time, 5 min) at the end of the window."""
+
+    stopped_at: datetime | None
+    stalled_seconds: float
+    ranks: list[int] = Field(description="the ranks that stopped first: not in the phase the others wait in, "
+                                         "else the ranks whose last step is oldest")
+    waiting_phase: str | None = Field(default=None, description="where the other ranks wait")
+    detail: str
+
+
+class TrainingSummary(BaseModel):
+    """What the job reported about its own progress (docs/training.md); absent for jobs that do not
+    use jobsight.training."""
+
+    ranks: int
+    steps: float | None = Field(default=None, description="steps of the furthest rank")
+    samples: float | None = None
+    tokens: float | None = None
+    samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    step_seconds_p50: float | None = None
+    step_seconds_p95: float | None = None
+    slowest_ranks: list[TrainingRank] = Field(default_factory=list)
+    stalled_seconds: float = Field(
+        default=0.0, description="time in the window with no step for max(10 x the median step, 5 min)")
+    hang: TrainingHang | None = None
+
+
 class SummaryResponse(BaseModel):
     job: JobOut
     start: datetime
@@ -280,6 +325,8 @@ class SummaryResponse(BaseModel):
     events: list[LogRecordOut]
     alerts: list[AlertOut]
     diagnosis: Diagnosis | None
+    training: TrainingSummary | None = Field(
+        default=None, description="the job's own step telemetry (jobsight.training), when it reports any")
     warnings: list[str] = Field(default_factory=list)
     rollup_step_seconds: float | None = Field(
         default=None,

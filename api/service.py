@@ -16,7 +16,7 @@ from typing import Any
 from api.annotations import JobAnnotator, NoAnnotations
 from api.cache import ResultCache
 from api.catalog import CATALOG, rate_window
-from api.diagnosis import diagnose
+from api.diagnosis import Finding, diagnose
 from api.links import build_links
 from api.logsource import LogSource, UnconfiguredLogSource
 from api.models import (
@@ -29,6 +29,7 @@ from api.models import (
     Links,
     LogRecordOut,
     SummaryResponse,
+    TrainingSummary,
     WebhookPayload,
     WebhookResult,
 )
@@ -40,6 +41,7 @@ from api.signing import Signer
 from api.store import Alert, IncomingAlert, Job, JobStore
 from api.summary import JobFacts, PromFacts, findings_from_alerts, findings_from_events, overall
 from api.tensorboard import TensorBoardManager
+from api.training import training_facts
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.identity import is_valid_job_id
 from jobsight.logstore import LogRecord
@@ -392,6 +394,18 @@ class JobService:
             missing.append(exc.dependency)
             warnings.append(str(exc))
         warnings.extend(facts.warnings)
+        # The job's own step telemetry (jobsight.training), when it reports any: api/training.py.
+        training: TrainingSummary | None = None
+        training_findings: list[Finding] = []
+        if "prometheus" not in missing:
+            try:
+                training, training_findings = training_facts(
+                    self.prometheus, self.executor, job.job_id, start_ts, end_ts)
+            except DependencyUnavailable as exc:
+                if strict:
+                    raise
+                missing.append(exc.dependency)
+                warnings.append(str(exc))
         all_hosts = set(hosts) | {g.host for g in facts.gpus} | {n.host for n in facts.nodes}
         events: list[LogRecord] = []
         if isinstance(self.logs, UnconfiguredLogSource):
@@ -409,7 +423,7 @@ class JobService:
         diagnosis: Diagnosis | None = None
         if job.status == "failed":
             findings = (facts.findings + findings_from_events(events, facts.pci_to_gpu)
-                        + findings_from_alerts(alerts))
+                        + findings_from_alerts(alerts) + training_findings)
             diagnosis = diagnose(findings, started_at=job.started_at, failed_at=self._failed_at(job),
                                  exit_code=job.exit_code, reason=job.reason, missing_sources=missing,
                                  world_size=world_size(job))
@@ -420,7 +434,8 @@ class JobService:
             "stragglers": [{"host": g.host, "gpu": g.gpu, "uuid": g.uuid} for g in stragglers],
             "events": [LogRecordOut.model_validate(record_out(e)) for e in events[-200:]],
             "alerts": [AlertOut.model_validate(alert_out(a)) for a in alerts],
-            "diagnosis": diagnosis, "warnings": warnings, "rollup_step_seconds": facts.rollup_step,
+            "diagnosis": diagnosis, "training": training, "warnings": warnings,
+            "rollup_step_seconds": facts.rollup_step,
         })
 
     def links(self, job: Job) -> Links:
