@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.sync_api import Browser, Page
 
 from tests.api.pages.browser import CONTRAST_JS, FAULT_PIXEL_JS, UNLABELLED_JS, chromium, watch_dialogs
-from tests.api.pages.conftest import EVIL, EVIL_JOB, TEAM_A, TEAM_B, PagesApi, signed_link
+from tests.api.pages.conftest import ADMIN, EVIL, EVIL_JOB, TEAM_A, TEAM_B, PagesApi, signed_link
 
 TIMEOUT_MS = 30_000
 
@@ -23,7 +23,7 @@ def _sign_in(page: Page, url: str, token: str) -> None:
     page.wait_for_url(f"{url}/jobs", timeout=TIMEOUT_MS)
 
 
-def _check_accessibility(page: Page, charts: bool = True) -> None:
+def _check_accessibility(page: Page, charts: bool = True, badges: bool = True) -> None:
     """Every chart has a text alternative, every form field a label, every status badge a
     contrast of at least 4.5:1 (WCAG AA for normal text)."""
     plots = page.locator(".plot")
@@ -32,11 +32,11 @@ def _check_accessibility(page: Page, charts: bool = True) -> None:
         label = plots.nth(i).get_attribute("aria-label") or ""
         assert plots.nth(i).get_attribute("role") == "img" and len(label) > 20, label
     assert page.evaluate(UNLABELLED_JS) == []
-    badges = page.locator(".badge")
-    assert badges.count() >= 1
-    for i in range(badges.count()):
-        ratio = badges.nth(i).evaluate(CONTRAST_JS)
-        assert ratio >= 4.5, (badges.nth(i).inner_text(), ratio)
+    found = page.locator(".badge")
+    assert (found.count() >= 1) == badges
+    for i in range(found.count()):
+        ratio = found.nth(i).evaluate(CONTRAST_JS)
+        assert ratio >= 4.5, (found.nth(i).inner_text(), ratio)
 
 
 def _job_page(browser: Browser, link: str, scheme: Literal["light", "dark"], shots: Path) -> None:
@@ -151,5 +151,20 @@ def test_sign_in_tenants_and_hostile_text(pages_api: PagesApi, tmp_path: Path) -
             _sign_in(page, url, TEAM_B)
             response = page.goto(f"{url}/jobs/demo-fail")
             assert response is not None and response.status == 404  # another tenant's job
+        finally:
+            context.close()
+        # An admin lands on the fleet.
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(f"{url}/login")
+            page.get_by_label("API token").fill(ADMIN)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"{url}/", timeout=TIMEOUT_MS)
+            tiles = page.locator("ul.tiles li").all_inner_texts()
+            assert any("jobs failed today" in t for t in tiles), tiles
+            assert any("GPUs lost" in t for t in tiles), tiles
+            _check_accessibility(page, charts=False, badges=False)
+            page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
         finally:
             context.close()

@@ -110,6 +110,23 @@ def test_demo_failure_page_in_chromium(tmp_path: Path, spawn: Callable[..., Proc
                 assert "TensorBoard" in page.title(), page.content()[:500]
             finally:
                 context.close()
+            # The admin's fleet: GPU 3 of node2 lost, node2 among the nodes with hardware faults.
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                page.goto(f"{api}/login")
+                page.get_by_label("API token").fill(ep["admin_token"])
+                page.get_by_role("button", name="Sign in").click()
+                page.wait_for_url(f"{api}/", timeout=TIMEOUT_MS)
+                tiles = " | ".join(page.locator("ul.tiles li").all_inner_texts())
+                lost = int(page.locator("ul.tiles li", has_text="GPUs lost").locator(".big").inner_text())
+                busy = int(page.locator("ul.tiles li", has_text="GPUs busy").locator(".big").inner_text())
+                assert lost >= 1 and busy >= 1, tiles
+                faults = page.locator("table", has_text="Faults").inner_text()
+                assert "node2" in faults and "XID 79" in faults, faults
+                page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
+            finally:
+                context.close()
         print(f"\nscreenshots in {tmp_path}")
     finally:
         if proc.alive():
