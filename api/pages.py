@@ -232,7 +232,10 @@ def pages_router(settings: ApiSettings, service: JobService, signer: Signer,
     async def login(request: Request) -> Response:
         _same_origin(request)
         raw = await request.body()
-        form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"), max_num_fields=10)
+        try:
+            form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"), max_num_fields=10)
+        except ValueError:
+            raise PageError(400, "Bad form", "The sign-in form has more fields than it should.") from None
         token = (form.get("token") or [""])[0].strip()
         target = _safe_next((form.get("next") or [""])[0])
         who = token_caller(token) if token else None

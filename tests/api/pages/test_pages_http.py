@@ -186,6 +186,13 @@ def test_roles(pages_api: PagesApi, client: httpx.Client) -> None:
     assert client.get(f"{url}/jobs", params={"status": "nonsense"}).status_code == 422
 
 
+def test_malformed_login_form(pages_api: PagesApi, client: httpx.Client) -> None:
+    crowded = "&".join(f"f{i}=x" for i in range(50))
+    response = client.post(f"{pages_api.url}/login", content=crowded,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400 and "set-cookie" not in response.headers
+
+
 def test_cross_site_login_post_refused(pages_api: PagesApi, client: httpx.Client) -> None:
     response = client.post(f"{pages_api.url}/login", data={"token": TEAM_A},
                            headers={"Origin": "http://evil.example"}, follow_redirects=False)
