@@ -399,8 +399,13 @@ class JobService:
         training_findings: list[Finding] = []
         if "prometheus" not in missing:
             try:
-                training, training_findings = training_facts(
-                    self.prometheus, self.executor, job.job_id, start_ts, end_ts)
+                def training_part() -> tuple[TrainingSummary | None, list[Finding]]:
+                    return training_facts(self.prometheus, self.executor, job.job_id, start_ts, end_ts)
+
+                # A settled window's step telemetry does not change either: reused like the facts.
+                training, training_findings = (
+                    self.cache.get_or_compute(("training", job.job_id, start_ts, end_ts), training_part)
+                    if self.settled(end_ts) else training_part())
             except DependencyUnavailable as exc:
                 if strict:
                     raise

@@ -353,9 +353,99 @@ def long_case(args: argparse.Namespace, root: Path, baseline: Path | None) -> di
     }
 
 
+def write_month(path: Path, gpus: int, start: float, end: float) -> int:
+    """What ``alerts/rules/rollups.yaml`` records for a job holding ``gpus`` GPUs from ``start`` to
+    ``end`` (utilisation mean and max, power mean, every 5 minutes), and its job info (hourly: the
+    API needs the series in the label index, not its samples). Returns the number of samples."""
+    import math
+
+    rollup_times = [start + i * 300.0 for i in range(int((end - start) // 300) + 1)]
+    info_times = [start + i * 3600.0 for i in range(int((end - start) // 3600) + 1)]
+    devices = [(f"h{i // 8:04d}", i % 8) for i in range(gpus)]
+    written = 0
+    with open(path, "w") as fh:
+
+        def family(name: str, times: list[float], value: Any, extra: str = "") -> None:
+            nonlocal written
+            fh.write(f"# TYPE {name} gauge\n")
+            for h, g in devices:
+                labels = f'Hostname="{h}",gpu="{g}"{extra.format(h=h, g=g)}'
+                base = float((int(h[1:]) * 7 + g * 11) % 90 + 5)
+                fh.writelines(f"{name}{{{labels}}} {value(base, t)!r} {t:.3f}\n" for t in times)
+                written += len(times)
+
+        def wave(base: float, t: float) -> float:
+            return base + 4.0 * math.sin(2 * math.pi * (t - start) / 86400.0)
+
+        family(
+            "jobsight_gpu_job_info", info_times, lambda b, t: 1.0, ',UUID="GPU-{h}-{g}",job_id="' + JOB + '"'
+        )
+        family("gpu:DCGM_FI_DEV_GPU_UTIL:avg5m", rollup_times, wave)
+        family("gpu:DCGM_FI_DEV_GPU_UTIL:max5m", rollup_times, lambda b, t: wave(b, t) + 3.0)
+        family("gpu:DCGM_FI_DEV_POWER_USAGE:avg5m", rollup_times, lambda b, t: 100.0 + wave(b, t))
+        fh.write("# EOF\n")
+    return written
+
+
+def month_case(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """A job on every GPU of a ``--month-gpus`` cluster for ``--month-days``: its summary from the
+    rollups, under Prometheus' default limits. The TSDB holds the rollups as the rules record them
+    (three of the eleven GPU statistics: a month of 2,048 GPUs' raw samples does not fit here)."""
+    from tests.scale.cluster import prometheus_with_query_log
+
+    days, gpus = args.month_days, args.month_gpus
+    end = float(int(time.time()) // 300 * 300 - 900)
+    window = (end - days * 86400, end)
+    workdir = root / "month"
+    workdir.mkdir()
+    print(f"\nmonth: a {gpus}-GPU job over {days:g} days, summary from the 5-minute rollups", flush=True)
+    started = time.perf_counter()
+    source = workdir / "month.om"
+    samples = write_month(source, gpus, window[0], window[1])
+    tsdb = workdir / "tsdb"
+    tsdb.mkdir()
+    subprocess.run(
+        [require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb)],
+        check=True,
+        capture_output=True,
+        timeout=7200,
+    )
+    source.unlink()
+    print(f"  {samples:,} samples into TSDB blocks in {time.perf_counter() - started:.0f} s", flush=True)
+    with (
+        prometheus_with_query_log(tsdb, workdir) as prom,
+        api(prom.url, workdir / "api", "rollups", None, window) as base,
+        httpx.Client(timeout=600) as client,
+    ):
+        timing = timed(client, f"{base}/v1/jobs/{JOB}/summary", args.repeat)
+        body = client.get(f"{base}/v1/jobs/{JOB}/summary", headers=auth()).json()
+        logged = [json.loads(line) for line in prom.query_log.read_text().splitlines() if line.strip()]
+    queries = len(logged) // (max(1, args.repeat) + 2)
+    overall = body.get("overall", {})
+    print(
+        f"\n| summary of the {days:g}-day, {gpus}-GPU job | median ms | HTTP | read from | GPUs | util_mean "
+        "| queries per summary |"
+    )
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    print(
+        f"| rollups, Prometheus default limits | {timing.median_ms:.0f} | {timing.status} | "
+        f"{body.get('rollup_step_seconds')} s rollups | {overall.get('gpus')} | "
+        f"{overall.get('util_mean'):.3f} | {queries} |"
+    )
+    return {
+        "days": days,
+        "gpus": gpus,
+        "samples": samples,
+        "timing": asdict(timing),
+        "rollup_step_seconds": body.get("rollup_step_seconds"),
+        "gpus_answered": overall.get("gpus"),
+        "queries_per_summary": queries,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=("all", "ratio", "long"), default="all")
+    parser.add_argument("--case", choices=("all", "ratio", "long", "month"), default="all")
     parser.add_argument("--sizes", default="64,2048", help="cluster sizes in GPUs (multiples of 8)")
     parser.add_argument("--hours", type=float, default=6.0, help="the ratio case's job window")
     parser.add_argument("--step", type=float, default=30.0, help="the ratio case's scrape interval, seconds")
@@ -368,6 +458,8 @@ def main() -> int:
     parser.add_argument(
         "--baseline-rev", default=BASELINE_REV, help="git revision of the unbounded API; '' for none"
     )
+    parser.add_argument("--month-days", type=float, default=30.0)
+    parser.add_argument("--month-gpus", type=int, default=2048)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
@@ -378,6 +470,8 @@ def main() -> int:
             figures["ratio"] = ratio_case(args, root, baseline)
         if args.case in ("all", "long"):
             figures["long"] = long_case(args, root, baseline)
+        if args.case in ("all", "month"):
+            figures["month"] = month_case(args, root)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     met = all(
