@@ -140,9 +140,10 @@ class PodJobMap:
     attribution takes a pod's GPUs as its job's, as it takes a Slurm prolog's map files. Files in
     ``files`` (if any) are read too; the kubelet's answer wins for the GPUs it names.
 
-    :meth:`pod_labels` gives dcgm-exporter's ``namespace``/``pod``/``container`` of each GPU as of
-    the last read, for ``jobsight_gpu_job_info``. A kubelet that does not answer is one error in the
-    snapshot (the exporter logs and counts it) and no pod GPUs until it answers again."""
+    :meth:`pod_labels` gives dcgm-exporter's ``namespace``/``pod``/``container`` of each GPU a
+    job's pod holds, as of the last read, for ``jobsight_gpu_job_info``. A kubelet that does not
+    answer is one error in the snapshot (the exporter logs and counts it) and no pod GPUs until it
+    answers again."""
 
     def __init__(self, attribution: PodGpuAttribution, files: JobMapDir | None = None) -> None:
         self.attribution = attribution
@@ -161,12 +162,14 @@ class PodJobMap:
             owners = []
             errors.append(str(exc))
         for owner in owners:
+            if owner.job_id is None:
+                # A pod of no job holds it: no job's GPU, and no pod labels that a job found
+                # otherwise (by its processes) could be mistaken to have.
+                jobs.pop(owner.device_id, None)
+                continue
+            jobs[owner.device_id] = (owner.job_id,)
             labels[owner.device_id] = {"namespace": owner.namespace, "pod": owner.pod,
                                        "container": owner.container}
-            if owner.job_id is not None:
-                jobs[owner.device_id] = (owner.job_id,)
-            else:
-                jobs.pop(owner.device_id, None)  # a pod of no job holds it: not a job's GPU
         with self._lock:
             self._labels = labels
         return JobMapSnapshot(jobs_by_key=jobs, errors=tuple(errors))
