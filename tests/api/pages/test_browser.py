@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page
 from tests.api.pages.browser import CONTRAST_JS, FAULT_PIXEL_JS, UNLABELLED_JS, chromium, watch_dialogs
 from tests.api.pages.conftest import ADMIN, EVIL, EVIL_JOB, TEAM_A, TEAM_B, PagesApi, signed_link
 
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 60_000  # a shared 2-core machine can be slow; every wait is on a condition
 
 
 def _sign_in(page: Page, url: str, token: str) -> None:
