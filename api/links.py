@@ -18,13 +18,17 @@ def _ms(ts: float) -> int:
     return int(ts * 1000)
 
 
-def job_time_range(job: Job, now: float, pad: float = 300.0) -> tuple[int, int]:
+def job_time_range(job: Job, now: float, pad: float = 300.0) -> tuple[int, int | str]:
+    """Grafana's ``from``/``to`` for the job: its start − 5 min to its end + 5 min; a job still
+    running ends at ``now``, so the dashboard keeps following it instead of freezing at the moment
+    the link was made."""
     start = (job.started_at if job.started_at is not None else now - 3600) - pad
-    end = (job.ended_at + pad) if job.ended_at is not None else now
-    return _ms(start), _ms(end)
+    if job.ended_at is None:
+        return _ms(start), "now"
+    return _ms(start), _ms(job.ended_at + pad)
 
 
-def job_dashboard_url(grafana_url: str, job_id: str, start_ms: int, end_ms: int) -> str:
+def job_dashboard_url(grafana_url: str, job_id: str, start_ms: int, end_ms: int | str) -> str:
     query = urlencode({"var-job_id": job_id, "from": start_ms, "to": end_ms})
     return f"{grafana_url.rstrip('/')}/d/{JOB_DASHBOARD}?{query}"
 
