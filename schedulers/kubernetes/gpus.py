@@ -11,12 +11,16 @@ container}`` for each GPU a pod holds; pods that belong to no job give the label
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from jobsight.errors import DependencyUnavailable
@@ -24,6 +28,7 @@ from jobsight.identity import JobMapDir, JobMapSnapshot
 from schedulers.kubernetes.owners import PodJobResolver, PodMeta
 from schedulers.kubernetes.podresources import DEFAULT_GPU_RESOURCES, DeviceAssignment
 
+_UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -36,6 +41,7 @@ class GpuOwner:
     pod: str
     container: str
     job_id: str | None
+    pod_uid: str | None = None
 
 
 class DeviceLister(Protocol):
@@ -91,7 +97,8 @@ class PodGpuAttribution:
         self.ttl = ttl
         self.retry = min(retry, ttl)
         self.clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+        # (namespace, pod) → (when read, job id, pod UID)
+        self._cache: dict[tuple[str, str], tuple[float, str | None, str | None]] = {}
         self._lock = threading.Lock()
         self.errors = 0
 
@@ -106,28 +113,29 @@ class PodGpuAttribution:
             for key in [k for k in self._cache if k not in live]:
                 del self._cache[key]
             for device in assigned:
-                job_id = self._job_of(device.namespace, device.pod, now)
+                job_id, uid = self._job_of(device.namespace, device.pod, now)
                 found.append(GpuOwner(device.device_id, device.namespace, device.pod, device.container,
-                                      job_id))
+                                      job_id, uid))
         return found
 
-    def _job_of(self, namespace: str, pod: str, now: float) -> str | None:
+    def _job_of(self, namespace: str, pod: str, now: float) -> tuple[str | None, str | None]:
         cached = self._cache.get((namespace, pod))
         if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
+            return cached[1], cached[2]
         try:
             meta = self.pods.get(namespace, pod)
         except DependencyUnavailable:
             self.errors += 1
             # Keep the last answer and ask again after ``retry`` seconds, not on every read: the
             # GPU exporter reads this under its attribution lock, every sampling interval.
-            known = cached[1] if cached is not None else None
-            self._cache[(namespace, pod)] = (now - self.ttl + self.retry, known)
+            known = (cached[1], cached[2]) if cached is not None else (None, None)
+            self._cache[(namespace, pod)] = (now - self.ttl + self.retry, *known)
             return known
         job = self.resolver.job_of(meta) if meta is not None else None
         job_id = job.job_id if job is not None else None
-        self._cache[(namespace, pod)] = (now, job_id)
-        return job_id
+        uid = meta.uid or None if meta is not None else None
+        self._cache[(namespace, pod)] = (now, job_id, uid)
+        return job_id, uid
 
     def by_device(self) -> dict[str, GpuOwner]:
         """Owners keyed by device id (GPU or MIG UUID), as the GPU exporter looks them up."""
@@ -145,10 +153,16 @@ class PodJobMap:
     answer is one error in the snapshot (the exporter logs and counts it) and no pod GPUs until it
     answers again."""
 
-    def __init__(self, attribution: PodGpuAttribution, files: JobMapDir | None = None) -> None:
+    def __init__(self, attribution: PodGpuAttribution, files: JobMapDir | None = None,
+                 pod_alias_dir: Path | None = None, alias_keep_seconds: float = 7 * 86400.0,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.attribution = attribution
         self.files = files
+        self.pod_alias_dir = pod_alias_dir
+        self.alias_keep_seconds = alias_keep_seconds
+        self.wall_clock = wall_clock
         self._labels: dict[str, dict[str, str]] = {}
+        self._written: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def read(self) -> JobMapSnapshot:
@@ -172,7 +186,37 @@ class PodJobMap:
                                        "container": owner.container}
         with self._lock:
             self._labels = labels
+        if self.pod_alias_dir is not None:
+            try:
+                self._write_aliases({o.pod_uid: o.job_id for o in owners if o.pod_uid and o.job_id})
+            except OSError as exc:
+                errors.append(f"{self.pod_alias_dir}: {exc.strerror or exc}")
         return JobMapSnapshot(jobs_by_key=jobs, errors=tuple(errors))
+
+    def _write_aliases(self, by_uid: dict[str, str]) -> None:
+        """``<pod_alias_dir>/<pod UID>`` holding the pod's job id, for the log collector: the
+        kubelet names a pod's log directory ``/var/log/pods/<ns>_<pod>_<uid>/``. Written once per
+        pod (atomically: temporary file, rename); removed ``alias_keep_seconds`` after the pod is
+        gone, since its last lines may be read late."""
+        directory = self.pod_alias_dir
+        assert directory is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        for uid, job_id in by_uid.items():
+            if self._written.get(uid) == job_id or not _UID_RE.match(uid):
+                continue
+            partial = directory / f".{uid}.tmp"
+            partial.write_text(job_id + "\n", encoding="utf-8")
+            partial.chmod(0o644)
+            partial.replace(directory / uid)
+            self._written[uid] = job_id
+        now = self.wall_clock()
+        for entry in os.scandir(directory):
+            if entry.name in by_uid or not _UID_RE.match(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > self.alias_keep_seconds:
+                    os.unlink(entry.path)
+                    self._written.pop(entry.name, None)
 
     def pod_labels(self) -> dict[str, dict[str, str]]:
         with self._lock:

@@ -3,6 +3,7 @@ node of a 4-worker PyTorchJob (pod metadata from the in-test Kubernetes API serv
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -187,8 +188,17 @@ def test_pod_job_map_reads_like_a_job_map_directory(
         attribution = PodGpuAttribution(
             PodResourcesClient(socket_path), ApiServerPodMetadata(_api_client(kube.url)), PodJobResolver()
         )
-        job_map = PodJobMap(attribution, JobMapDir(files))
+        aliases = tmp_path / "pods"
+        aliases.mkdir()
+        old_uid, recent_uid = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+        for uid in (old_uid, recent_uid):
+            (aliases / uid).write_text("team-a:earlier\n")
+        os.utime(aliases / old_uid, (1.0, 1.0))  # a pod gone for long: its alias is pruned
+        job_map = PodJobMap(attribution, JobMapDir(files), pod_alias_dir=aliases)
         snapshot = job_map.read()
+        worker_uid = kube.objects[PODS][("team-a", "llama-worker-0")]["metadata"]["uid"]
+        assert (aliases / worker_uid).read_text() == "team-a:llama\n"  # for the log collector
+        assert sorted(p.name for p in aliases.iterdir()) == sorted([worker_uid, recent_uid])
         assert snapshot.jobs_by_key == {
             UUIDS[0]: ("team-a:llama",),
             UUIDS[1]: ("team-a:llama",),
