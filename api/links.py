@@ -19,7 +19,7 @@ def _ms(ts: float) -> int:
 
 
 def job_time_range(job: Job, now: float, pad: float = 300.0) -> tuple[int, int | str]:
-    """Grafana's ``from``/``to`` for the job: its start − 5 min to its end + 5 min; a job still
+    """Grafana's ``from``/``to`` for the job: its start - 5 min to its end + 5 min; a job still
     running ends at ``now``, so the dashboard keeps following it instead of freezing at the moment
     the link was made."""
     start = (job.started_at if job.started_at is not None else now - 3600) - pad
