@@ -46,7 +46,9 @@ vendor: $(UPLOT_STAMP)
 # uPlot's built files, unpacked from its npm package (npm pack fetches the tarball only; nothing
 # is built). The directory is ignored by git.
 $(UPLOT_STAMP):
-	@command -v npm >/dev/null || { echo "npm is needed to vendor uPlot for the job pages"; exit 1; }
+	@command -v npm >/dev/null || { echo "installing Debian package: npm (to vendor uPlot)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; }
 	@tmp=$$(mktemp -d) && \
 	  npm pack --silent --pack-destination "$$tmp" uplot@$(UPLOT_VERSION) >/dev/null && \
 	  tar -xzf "$$tmp/uplot-$(UPLOT_VERSION).tgz" -C "$$tmp" && \
