@@ -39,8 +39,10 @@ class JobScope:
     def gpu_set(self) -> frozenset[tuple[str, str]]:
         return frozenset(self.gpus)
 
-    def host_batches(self, max_hosts: int = MAX_HOSTS_PER_QUERY) -> list[tuple[str, ...]]:
-        size = max(1, max_hosts)
+    def host_batches(self, max_hosts: int | None = None) -> list[tuple[str, ...]]:
+        """The hosts in batches of at most ``max_hosts`` and never more than
+        :data:`MAX_HOSTS_PER_QUERY` (read at call time)."""
+        size = max(1, min(max_hosts or MAX_HOSTS_PER_QUERY, MAX_HOSTS_PER_QUERY))
         return [self.hosts[i:i + size] for i in range(0, len(self.hosts), size)]
 
     def gpus_on(self, hosts: Iterable[str]) -> int:

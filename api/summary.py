@@ -17,7 +17,7 @@ from api.diagnosis import Finding
 from api.logsource import LogSource
 from api.models import GpuSummary, NodeSummary, OverallSummary, XidEvent
 from api.prometheus import PrometheusClient, RangeSeries, Sample, duration, matcher
-from api.scope import MAX_HOSTS_PER_QUERY, JobScope, host_matcher
+from api.scope import JobScope, host_matcher
 from api.store import Alert
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.logstore import LogRecord
@@ -170,7 +170,7 @@ class JobFacts:
         per_series = span / (ROLLUP_STEP_SECONDS if rollups else RAW_SCRAPE_SECONDS)
         gpus_per_batch = max(1, int(MAX_SAMPLES_PER_QUERY / (per_series * GPU_STATS_PER_QUERY)))
         per_host = max(1, max(scope.gpus_on([h]) for h in scope.hosts))
-        batches = scope.host_batches(min(MAX_HOSTS_PER_QUERY, max(1, gpus_per_batch // per_host)))
+        batches = scope.host_batches(max(1, gpus_per_batch // per_host))
 
         def tagged(parts: dict[str, str]) -> str:
             """One query for several statistics: each part gets a ``stat`` label, so Prometheus

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api import scope as scope_module
 from api.app import create_app
 from tests.api.conftest import ADMIN, TEAM_A, auth, base_settings
 from tests.scale.cluster import (
@@ -211,3 +212,26 @@ def test_a_job_that_held_nothing_in_the_window_costs_no_metric_query(
     asked = queries_since(prometheus, offset)
     assert not [q for q in asked if unbounded(q, "ghost")], asked
     assert not [q for q in asked if "DCGM_" in q or "node_" in q], asked
+
+
+def test_a_job_asked_in_batches_of_one_host_gets_the_same_answers(
+    clusters: dict[int, LoggedPrometheus], api_for: Callable[..., TestClient], window: tuple[float, float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prometheus = clusters[64]
+    whole = api_for(prometheus)
+    register(whole, window)
+    expected = ask(whole, window)
+    monkeypatch.setattr(scope_module, "MAX_HOSTS_PER_QUERY", 1)
+    batched = api_for(prometheus)
+    register(batched, window)
+    offset = prometheus.query_log.stat().st_size
+    answer = ask(batched, window)
+    assert answer[0]["metrics"] == expected[0]["metrics"]
+    for key in ("overall", "gpus", "nodes", "stragglers"):
+        assert answer[1][key] == expected[1][key], key
+    hardware = [q for q in queries_since(prometheus, offset) if "Hostname=" in q]
+    # Each metric and each summary query once per host, each naming one host only.
+    assert len(hardware) >= 2 * 5 + 2 * 4
+    for query in hardware:
+        assert sum(h in query for h in JOB_HOSTS) == 1, query
