@@ -85,7 +85,8 @@ test: setup
 	$(BIN)/pytest
 
 BENCHMARKS := gpu_scrape.py node_exporters.py rdma_exporter.py logs_throughput.py api_load.py \
-	fault_to_notification.py slurm_hooks.py dashboards_scale.py training_overhead.py
+	fault_to_notification.py slurm_hooks.py dashboards_scale.py training_overhead.py \
+	api_scale.py
 
 bench: setup
 	@for b in $(BENCHMARKS); do echo "== benchmarks/$$b"; $(BIN)/python benchmarks/$$b || exit 1; done
