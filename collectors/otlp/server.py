@@ -76,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        if status in (411, 413):  # the body was not read: the connection cannot be reused
+        if status in (404, 411, 413):  # the body was not read: the connection cannot be reused
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
