@@ -305,7 +305,11 @@ class TrainingSummary(BaseModel):
     tokens: float | None = None
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
-    step_seconds_p50: float | None = None
+    step_seconds_mean: float | None = Field(
+        default=None, description="exact: the ranks' step time sum / count")
+    step_seconds_p50: float | None = Field(
+        default=None, description="estimated from the step histogram's buckets (1-2.5-5 per decade, "
+                                  "interpolated within a bucket): use the mean for a precise figure")
     step_seconds_p95: float | None = None
     slowest_ranks: list[TrainingRank] = Field(default_factory=list)
     stalled_seconds: float = Field(

@@ -61,7 +61,8 @@ def training_facts(
     end: float,
 ) -> tuple[TrainingSummary | None, list[Finding]]:
     """The job's training summary over ``[start, end]`` and, when it is hung at ``end``, a
-    ``job_hung`` finding. (None, []) for a job that reports no steps."""
+    ``job_hung`` finding. (None, []) for a job that reports no steps. Fourteen instant queries and
+    one range query, in parallel on ``executor``."""
     span = max(end - start, 60.0)
     window = duration(span)
     job = matcher("job_id", job_id)
@@ -85,6 +86,8 @@ def training_facts(
         "tokens": f"sum(max by (rank) (max_over_time(jobsight_train_tokens_total{{{job}}}[{window}])))",
         "samples_rate": f"sum(rate(jobsight_train_samples_total{{{job}}}[{window}]))",
         "tokens_rate": f"sum(rate(jobsight_train_tokens_total{{{job}}}[{window}]))",
+        "step_mean_job": f"sum(rate(jobsight_train_step_seconds_sum{{{job}}}[{window}])) "
+        f"/ sum(rate(jobsight_train_step_seconds_count{{{job}}}[{window}]))",
         "p50": quantile(0.5),
         "p95": quantile(0.95),
         "step_mean": mean("jobsight_train_step_seconds"),
@@ -161,6 +164,7 @@ def training_facts(
         tokens=scalar("tokens"),
         samples_per_second=scalar("samples_rate"),
         tokens_per_second=scalar("tokens_rate"),
+        step_seconds_mean=scalar("step_mean_job"),
         step_seconds_p50=p50,
         step_seconds_p95=scalar("p95"),
         slowest_ranks=slowest,

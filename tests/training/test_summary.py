@@ -112,6 +112,7 @@ def test_a_stepping_job_is_not_hung_and_its_slowest_rank_leads(prometheus: Runni
     assert slowest.compute_seconds_mean == pytest.approx(1.5, rel=0.01)
     assert slowest.slowdown == pytest.approx(3.0, rel=0.01)
     assert summary.samples_per_second == pytest.approx(4 * 8, rel=0.05)
+    assert summary.step_seconds_mean == pytest.approx(1.0)
 
 
 def test_a_job_without_training_telemetry_has_no_section(prometheus: RunningPrometheus) -> None:
