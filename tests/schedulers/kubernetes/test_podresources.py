@@ -216,3 +216,28 @@ def test_pod_job_map_reads_like_a_job_map_directory(
         down = job_map.read()
         assert down.jobs_by_key == {UUIDS[0]: ("stale",), UUIDS[7]: ("4711",)}
         assert any("kubelet pod-resources" in error for error in down.errors)
+
+
+def test_kube_gpus_command_prints_the_node_table(
+    kubelet: FakeKubelet, socket_path: Path, tmp_path: Path
+) -> None:
+    from tests.schedulers.kubernetes.fakekube import kubeconfig
+    from tests.support import jobsight_command
+
+    with FakeKube(set()) as kube:
+        kube.put(PODS, pytorch_worker("llama", 0, node="gpu-node1"))
+        kubelet.set([("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[:2])])
+        config = tmp_path / "kubeconfig"
+        config.write_text(kubeconfig(kube.url))
+        result = subprocess.run(
+            jobsight_command(
+                "kube", "gpus", "--pod-resources-socket", str(socket_path), "--kubeconfig", str(config)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{u}\tteam-a/llama-worker-0\tpytorch\tteam-a:llama" for u in UUIDS[:2]
+    ]
