@@ -276,3 +276,31 @@ class RecordingHTTPServer:
         handler.send_header("Content-Length", str(len(reply.body)))
         handler.end_headers()
         handler.wfile.write(reply.body)
+
+
+# The attacker of the security tests: an ordinary user, no capabilities, no supplementary groups.
+NOBODY_UID = 65534
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+
+
+def as_nobody(*argv: str) -> None:
+    """Run ``argv`` as the unprivileged user ``nobody`` (the attacker): the tests run as root, and
+    every file the attack makes must be one an ordinary cluster user can make."""
+    result = subprocess.run([*AS_NOBODY, *argv], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise AssertionError(f"as nobody: {argv} exited with {result.returncode}: {result.stderr}")
+
+
+def nobody_python(code: str) -> subprocess.Popen[bytes]:
+    """Start ``python -c code`` as ``nobody`` (a long-running attacker)."""
+    return subprocess.Popen([*AS_NOBODY, sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def world_dir(parent: Path, name: str, mode: int = 0o755, owner: int = 0) -> Path:
+    """A directory ``nobody`` can reach (pytest's tmp_path is 0700 root)."""
+    path = parent / name
+    path.mkdir()
+    os.chown(path, owner, owner)
+    path.chmod(mode)
+    return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,16 +25,11 @@ from tensorboard.summary import Writer
 
 from tests.api.conftest import SCHEDULER, TEAM_A, TEAM_B, auth
 from tests.api.live import LiveApi, live_settings, start_api
-from tests.support import FIXTURES, Proc, free_port, wait_until
+from tests.support import FIXTURES, NOBODY_UID, Proc, as_nobody, free_port, wait_until
 
 pytestmark = pytest.mark.security
 
 FAKE_TB = [sys.executable, str(FIXTURES / "api" / "fake_tensorboard.py")]
-NOBODY = 65534
-
-
-def as_nobody(*argv: str) -> None:
-    subprocess.run(["runuser", "-u", "nobody", "--", *argv], check=True, capture_output=True, timeout=30)
 
 
 def write_scalars(logdir: Path, tag: str, values: list[float]) -> None:
@@ -54,12 +48,12 @@ def roots() -> Iterator[Path]:
         base.chmod(0o755)
         for tenant in ("team-a", "team-b"):
             (base / tenant).mkdir()
-        os.chown(base / "team-a", NOBODY, NOBODY)
+        os.chown(base / "team-a", NOBODY_UID, NOBODY_UID)
         write_scalars(base / "team-b" / "secret-run", "secret_loss", [42.0, 43.0])
         own = base / "team-a" / "job-a"
         write_scalars(own / "train", "loss", [1.0, 0.5])
         for path in [own, *own.rglob("*")]:
-            os.chown(path, NOBODY, NOBODY)
+            os.chown(path, NOBODY_UID, NOBODY_UID)
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -7,31 +7,22 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobsight.trust import HARDWARE_KINDS
-from tests.collectors.logs.harness import NOBODY_UID, CollectorProcess, as_nobody, world_dir
-from tests.support import Proc, jobsight_command, wait_until
+from tests.collectors.logs.harness import CollectorProcess
+from tests.support import NOBODY_UID, Proc, as_nobody, jobsight_command, wait_until, world_dir
 
 pytestmark = pytest.mark.security
 
 XID = "NVRM: Xid (PCI:0000:cb:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 3 has"
 
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="jobsight-sec-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_forged_xid_lines_make_no_hardware_event(base: Path, tmp_path: Path,

@@ -6,33 +6,23 @@ user's own log in the same directory is still shipped."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobsight.logstore import SQLiteLogStore
-from tests.collectors.logs.harness import NOBODY_UID, CollectorProcess, as_nobody, world_dir
-from tests.support import Proc, wait_until
+from tests.collectors.logs.harness import CollectorProcess
+from tests.support import NOBODY_UID, Proc, as_nobody, wait_until, world_dir
 
 pytestmark = pytest.mark.security
 
 SECRET = "root:$6$SECRET-HASH-4711:19000:0:99999:7:::"
 PRIVATE = "PRIVATE-NOTES of another user"
 
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A tree ``nobody`` can reach: pytest's tmp_path is private to root."""
-    path = Path(tempfile.mkdtemp(prefix="jobsight-sec-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,18 +5,16 @@ keep flowing, and when the read loop does stop making progress /healthz says so 
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.collectors.logs.harness import CollectorProcess, as_nobody, nobody_python, world_dir
-from tests.support import Proc, wait_until
+from tests.collectors.logs.harness import CollectorProcess
+from tests.support import Proc, as_nobody, nobody_python, wait_until, world_dir
 
 pytestmark = pytest.mark.security
 
@@ -38,13 +36,6 @@ while time.monotonic() < end:
     os.rename(d + "/r.tmp", d + "/x.log")
 """
 
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="jobsight-sec-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def file_source(jobs: Path) -> dict[str, Any]:

@@ -22,12 +22,10 @@ import pytest
 
 from exporters.node.jobs import JobsCollector
 from tests.exporters.node.helpers import copy_fixtures, samples, scrape
-from tests.support import REPO_ROOT, Proc, free_port, jobsight_command, wait_for_http, wait_until
+from tests.support import AS_NOBODY, REPO_ROOT, Proc, free_port, jobsight_command, wait_for_http, wait_until
 
 pytestmark = pytest.mark.security
 
-# The attacker: an ordinary user, no capabilities, no supplementary groups.
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 OTHER_COLLECTORS = ("cpu", "diskstats", "filesystem", "loadavg", "meminfo", "netdev", "pressure", "stat",
                     "uname", "vmstat")
 VICTIM = "4711"

@@ -3,9 +3,6 @@ collector as a real process (:class:`CollectorProcess`)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,30 +125,3 @@ class CollectorProcess:
 
     def messages(self) -> list[str]:
         return [r.message for r in self.records()]
-
-
-NOBODY_UID = 65534
-
-
-def as_nobody(*argv: str) -> None:
-    """Run ``argv`` as the unprivileged user ``nobody`` (the attacker): the tests run as root, and
-    every file the attack makes must be one an ordinary cluster user can make."""
-    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv],
-                            capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise AssertionError(f"as nobody: {argv} exited with {result.returncode}: {result.stderr}")
-
-
-def nobody_python(code: str) -> subprocess.Popen[bytes]:
-    """Start ``python -c code`` as ``nobody`` (a long-running attacker)."""
-    return subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
-                             sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def world_dir(parent: Path, name: str, mode: int = 0o755, owner: int = 0) -> Path:
-    """A directory ``nobody`` can reach (pytest's tmp_path is 0700 root)."""
-    path = parent / name
-    path.mkdir()
-    os.chown(path, owner, owner)
-    path.chmod(mode)
-    return path
