@@ -67,10 +67,12 @@ class Cluster:
             return "neighbour"
         return f"bystander-{hostname}"
 
-    def lines(self) -> Iterator[str]:
-        """OpenMetrics text, one metric family after another, each series' samples in time order."""
-        n = int((self.end - self.start) // self.step) + 1
-        times = [self.start + i * self.step for i in range(n)]
+    def lines(self, since: float | None = None, until: float | None = None) -> Iterator[str]:
+        """OpenMetrics text, one metric family after another, each series' samples in time order
+        (those in ``[since, until)`` where given)."""
+        every = [self.start + i * self.step for i in range(int((self.end - self.start) // self.step) + 1)]
+        times = [t for t in every if (since is None or t >= since) and (until is None or t < until)]
+        n = len(times)
         devices = [(h, g) for h in self.hosts for g in range(GPUS_PER_HOST)]
         full = [(h, g) for h, g in devices if not self.light_bystanders or h in self.job_hosts]
         full_hosts = [h for h in self.hosts if not self.light_bystanders or h in self.job_hosts]
@@ -109,18 +111,28 @@ class Cluster:
             for h in full_hosts))
         yield "# EOF"
 
-    def write_tsdb(self, workdir: Path) -> Path:
-        source = workdir / "cluster.om"
-        with open(source, "w") as fh:
-            for line in self.lines():
-                fh.write(line + "\n")
+    def write_tsdb(self, workdir: Path, chunk_hours: float | None = None) -> Path:
+        """TSDB blocks of the history. promtool (2.42) reads its whole input once per 2-hour block,
+        so a long history goes in chunks of ``chunk_hours`` (multiples of 2 keep the blocks
+        apart): one file of 14 days would be read 168 times."""
         tsdb = workdir / "tsdb"
         tsdb.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb)],
-            capture_output=True, timeout=900,
-        )
-        assert result.returncode == 0, f"promtool failed: {result.stderr.decode(errors='replace')[-2000:]}"
+        bounds: list[tuple[float | None, float | None]] = [(None, None)]
+        if chunk_hours is not None:
+            size = chunk_hours * 3600
+            first = self.start - self.start % 7200
+            bounds = [(first + i * size, first + (i + 1) * size)
+                      for i in range(int((self.end - first) // size) + 1)]
+        source = workdir / "cluster.om"
+        for since, until in bounds:
+            with open(source, "w") as fh:
+                for line in self.lines(since, until):
+                    fh.write(line + "\n")
+            promtool = require_binary("promtool")
+            argv = [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(tsdb)]
+            result = subprocess.run(argv, capture_output=True, timeout=3600)
+            said = result.stderr.decode(errors="replace")[-2000:]
+            assert result.returncode == 0, f"promtool failed: {said}"
         source.unlink()
         return tsdb
 
