@@ -261,3 +261,18 @@ def test_values_schema_refuses_wrong_values() -> None:
     ):
         result = run_helm("template", "jobsight", str(CHART), "--set", setting)
         assert result.returncode != 0 and "schema" in result.stderr, setting
+
+
+def test_the_packaged_chart_carries_the_rules_and_dashboards(tmp_path: Path) -> None:
+    """`helm package` resolves files/alerts and files/dashboards (links into the repository) into
+    the archive: a chart installed from it has the same rules."""
+    packaged = run_helm("package", str(CHART), "-d", str(tmp_path))
+    assert packaged.returncode == 0, packaged.stderr
+    archive = next(tmp_path.glob("jobsight-*.tgz"))
+    result = run_helm("template", "jobsight", str(archive), "--namespace", "monitoring")
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    expected = [group for path in _rule_files() for group in yaml.safe_load(path.read_text())["groups"]]
+    assert one(objects, "PrometheusRule", "jobsight")["spec"]["groups"] == expected
+    boards = sorted((REPO_ROOT / "dashboards" / "json").glob("*.json"))
+    assert len([o for o in objects if o["metadata"]["name"].startswith("jobsight-dashboard-")]) == len(boards)
