@@ -15,20 +15,24 @@ import contextlib
 import json
 import os
 import re
+import ssl
 import threading
 import time
+import urllib.error
 import urllib.parse
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from jobsight.errors import DependencyUnavailable
+from jobsight.errors import ConfigError, DependencyUnavailable
 from jobsight.identity import JobMapDir, JobMapSnapshot
 from schedulers.kubernetes.owners import PodJobResolver, PodMeta
 from schedulers.kubernetes.podresources import DEFAULT_GPU_RESOURCES, DeviceAssignment
 
 _UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_MAX_POD_BYTES = 4 * 1024 * 1024  # one pod's metadata; a bound against a runaway answer
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -78,6 +82,56 @@ class ApiServerPodMetadata:
             quoted = urllib.parse.quote(f"{namespace}/{name}")
             raise DependencyUnavailable("kubernetes API",
                                         f"pod {quoted}: {type(exc).__name__}: {exc}") from exc
+        return PodMeta.from_object(obj)
+
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class InClusterPodMetadata:
+    """The same request with the standard library, for ``jobsight agent``: node images carry
+    ``jobsight[agent]``, which has no Kubernetes client. In a pod, ``api_url`` is
+    ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`` and the service account's token
+    (read again for every request: the kubelet rotates it) and CA are used; a token file that does
+    not exist sends no token (tests, or a proxy that adds its own)."""
+
+    def __init__(self, api_url: str, token_file: Path | None = SERVICE_ACCOUNT / "token",
+                 ca_file: Path | None = SERVICE_ACCOUNT / "ca.crt", timeout: float = 2.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.token_file = token_file
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._context: ssl.SSLContext | None = None
+        if self.api_url.startswith("https://"):
+            cafile = str(ca_file) if ca_file is not None and ca_file.exists() else None
+            self._context = ssl.create_default_context(cafile=cafile)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> InClusterPodMetadata:
+        host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host:
+            raise ConfigError("not in a Kubernetes pod (no KUBERNETES_SERVICE_HOST): "
+                              "give the API server's URL")
+        host = f"[{host}]" if ":" in host else host
+        return cls(f"https://{host}:{port}")
+
+    def get(self, namespace: str, name: str) -> PodMeta | None:
+        path = (f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/pods/"
+                f"{urllib.parse.quote(name, safe='')}")
+        headers = {"Accept": PARTIAL_METADATA}
+        if self.token_file is not None:
+            with contextlib.suppress(OSError):
+                headers["Authorization"] = "Bearer " + self.token_file.read_text(encoding="utf-8").strip()
+        request = urllib.request.Request(self.api_url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
+                obj = json.loads(response.read(_MAX_POD_BYTES))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise DependencyUnavailable("kubernetes API", f"pod {namespace}/{name}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise DependencyUnavailable("kubernetes API", f"pod {namespace}/{name}: {exc}") from exc
         return PodMeta.from_object(obj)
 
 

@@ -44,6 +44,7 @@ class Seen:
 
     path: str
     query: dict[str, str]
+    authorization: str | None = None
 
     @property
     def watch(self) -> bool:
@@ -153,7 +154,7 @@ class FakeKube:
         parsed = urllib.parse.urlsplit(handler.path)
         query = dict(urllib.parse.parse_qsl(parsed.query))
         with self.cond:
-            self.seen.append(Seen(parsed.path, query))
+            self.seen.append(Seen(parsed.path, query, handler.headers.get("Authorization")))
             fail = self._fail.pop(0) if self._fail else None
         if fail is not None:
             self._json(handler, fail, _status(fail, "injected failure"))

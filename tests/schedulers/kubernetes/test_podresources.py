@@ -241,3 +241,32 @@ def test_kube_gpus_command_prints_the_node_table(
     assert result.stdout.splitlines() == [
         f"{u}\tteam-a/llama-worker-0\tpytorch\tteam-a:llama" for u in UUIDS[:2]
     ]
+
+
+def test_in_cluster_metadata_with_the_standard_library(
+    kubelet: FakeKubelet, socket_path: Path, tmp_path: Path
+) -> None:
+    """What the agent uses (no Kubernetes client in jobsight[agent]): the service account's token,
+    read on every request, PartialObjectMetadata only; 404 is no pod; errors are the API's."""
+    from schedulers.kubernetes.gpus import InClusterPodMetadata
+
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    with FakeKube(set()) as kube:
+        kube.put(PODS, pytorch_worker("llama", 0, node="gpu-node1"))
+        kubelet.set([("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[:1])])
+        pods = InClusterPodMetadata(kube.url, token_file=token)
+        attribution = PodGpuAttribution(PodResourcesClient(socket_path), pods, PodJobResolver())
+        assert [o.job_id for o in attribution.owners()] == ["team-a:llama"]
+        token.write_text("rotated-token\n")
+        meta = pods.get("team-a", "llama-worker-0")
+        assert meta is not None and meta.uid
+        assert pods.get("team-a", "gone") is None
+        kube.fail_next(500)
+        with pytest.raises(DependencyUnavailable, match="HTTP 500"):
+            pods.get("team-a", "llama-worker-0")
+        seen = [r for r in kube.requests() if "/pods/" in r.path]
+        assert seen[0].path == "/api/v1/namespaces/team-a/pods/llama-worker-0"
+        assert [r.authorization for r in seen[:2]] == ["Bearer first-token", "Bearer rotated-token"]
+    with pytest.raises(DependencyUnavailable):
+        InClusterPodMetadata(kube.url, token_file=token, timeout=1).get("team-a", "x")  # server gone
