@@ -260,6 +260,9 @@ class Delivery:
                 # A final state is final: a restart of the job is still the same run, and a job
                 # deleted after it succeeded did not get cancelled.
                 return
+        previous = self.pending.get(job_id)
+        if previous is not None and _same(previous, body):
+            return  # already waiting: the same record offered again does not restart the settling
         self.pending[job_id] = body
         self._not_before[job_id] = self.clock() + (self.settle if body.get("status") in FINAL else 0.0)
 

@@ -59,8 +59,11 @@ def test_each_state_once_and_a_final_state_is_final() -> None:
         delivery.offer(JOB, body("succeeded"))
         delivery.flush()
         assert puts(server) == ["running"]  # settling
+        clock.now = 1.5
+        delivery.offer(JOB, body("succeeded"))  # offered again (a periodic refresh): no new wait
         clock.now = 2.5
         delivery.flush()
+        assert puts(server) == ["running", "succeeded"]  # 2 s after it first became final
         delivery.offer(JOB, body("cancelled"))  # the job object deleted after it succeeded
         delivery.offer(JOB, body("running"))
         clock.now = 10
