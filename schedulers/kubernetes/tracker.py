@@ -225,6 +225,9 @@ def pod_failures(pod: Mapping[str, Any]) -> list[PodFailure]:
     return sorted(found, key=lambda f: f.time)
 
 
+_Object = tuple[str, ObjectState, Mapping[str, Any], tuple[int, int]]
+
+
 @dataclass
 class _JobRecord:
     job: KubeJob
@@ -258,9 +261,9 @@ class JobTracker:
         self.watched_kinds: set[JobKind] = set(watched_kinds)
         self._jobs: dict[str, _JobRecord] = {}
         self._pod_job: dict[str, str] = {}  # pod uid → job id
-        # (kind, job id) → (uid, state, metadata, declared (pods, GPUs))
-        self._objects: dict[tuple[JobKind, str], tuple[str, ObjectState, Mapping[str, Any], tuple[int, int]]]
-        self._objects = {}
+        # job id → kind → (uid, state, metadata, declared (pods, GPUs)); by job id first, so that
+        # attaching a job's object costs the same however many objects the cluster has.
+        self._objects: dict[str, dict[JobKind, _Object]] = {}
         self.dirty: set[str] = set()
 
     # -- input ---------------------------------------------------------------------------------
@@ -316,12 +319,14 @@ class JobTracker:
         job_id = kube_job_id(str(meta.get("namespace", "")), str(meta.get("name", "")))
         if job_id is None:
             return
-        key = (kind, job_id)
         if event == "DELETED":
-            self._objects.pop(key, None)
+            kinds = self._objects.get(job_id, {})
+            kinds.pop(kind, None)
+            if not kinds:
+                self._objects.pop(job_id, None)
         else:
-            self._objects[key] = (str(meta.get("uid", "")), object_state(kind, obj), meta,
-                                  declared_size(obj.get("spec") or {}))
+            self._objects.setdefault(job_id, {})[kind] = (
+                str(meta.get("uid", "")), object_state(kind, obj), meta, declared_size(obj.get("spec") or {}))
         record = self._jobs.get(job_id)
         if record is not None and matches(record.job, kind):
             self._attach_object(record)
@@ -336,12 +341,12 @@ class JobTracker:
             if job_id is not None:
                 listed.add(job_id)
             self.object_event(kind, "ADDED", obj)
-        for key in [k for k in self._objects if k[0] == kind and k[1] not in listed]:
-            self.object_event(kind, "DELETED", {"metadata": _split(key[1])})
+        for job_id in [j for j, kinds in self._objects.items() if kind in kinds and j not in listed]:
+            self.object_event(kind, "DELETED", {"metadata": _split(job_id)})
 
     def _attach_object(self, record: _JobRecord) -> None:
-        for (kind, job_id), (uid, state, meta, size) in self._objects.items():
-            if job_id == record.job.job_id and matches(record.job, kind):
+        for kind, (uid, state, meta, size) in self._objects.get(record.job.job_id, {}).items():
+            if matches(record.job, kind):
                 record.object_uid, record.object_state, record.declared = uid, state, size
                 record.object_labels = dict(meta.get("labels") or {})
                 record.object_annotations = dict(meta.get("annotations") or {})
