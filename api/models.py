@@ -285,7 +285,7 @@ class TrainingRank(BaseModel):
 
 
 class TrainingHang(BaseModel):
-    """No rank stepped for max(10 x the median step time, 5 min) at the end of the window."""
+    """No rank stepped for max(10 x the mean step time, 5 min) at the end of the window."""
 
     stopped_at: datetime | None
     stalled_seconds: float
@@ -313,7 +313,7 @@ class TrainingSummary(BaseModel):
     step_seconds_p95: float | None = None
     slowest_ranks: list[TrainingRank] = Field(default_factory=list)
     stalled_seconds: float = Field(
-        default=0.0, description="time in the window with no step for max(10 x the median step, 5 min)")
+        default=0.0, description="time in the window with no step for max(10 x the mean step, 5 min)")
     hang: TrainingHang | None = None
 
 

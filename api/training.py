@@ -2,8 +2,9 @@
 (``jobsight.training`` → the agent's OTLP receiver → ``jobsight_train_*``), and the hang finding
 the diagnosis uses.
 
-Same thresholds as the rules in ``alerts/rules/training.yaml``: a job is hung when no rank has
-stepped for ``max(10 x its median step time, 5 min)``; the ranks that stopped first are those not
+Thresholds as in ``alerts/rules/training.yaml``: a job is hung when no rank has stepped for
+``max(10 x its step time, 5 min)`` (here the mean step over the window; the rule takes the median
+of the ranks' means over the last hour); the ranks that stopped first are those not
 in the phase most ranks wait in (when the job reports phases), else those whose last step is
 oldest. Every query selects the job's own series by ``job_id`` (escaped by :func:`matcher`) and
 reads the job's window only.
@@ -49,8 +50,10 @@ def _ranks_text(ranks: list[int]) -> str:
     return f"rank{'s' if len(ranks) > 1 else ''} {shown}{more}"
 
 
-def hang_threshold(step_p50: float | None) -> float:
-    return max(HANG_STEPS * step_p50, HANG_FLOOR_SECONDS) if step_p50 is not None else HANG_FLOOR_SECONDS
+def hang_threshold(step_seconds: float | None) -> float:
+    if step_seconds is None:
+        return HANG_FLOOR_SECONDS
+    return max(HANG_STEPS * step_seconds, HANG_FLOOR_SECONDS)
 
 
 def training_facts(
@@ -154,7 +157,8 @@ def training_facts(
     )[:SLOWEST]
 
     p50 = scalar("p50")
-    threshold = hang_threshold(p50)
+    step_mean = scalar("step_mean_job")
+    threshold = hang_threshold(step_mean)
     stalled = _stalled_seconds(prometheus, job, start, end, threshold)
     hang, findings = _hang(r["live"], ranks, latest_phase, end, threshold)
     summary = TrainingSummary(
@@ -164,7 +168,7 @@ def training_facts(
         tokens=scalar("tokens"),
         samples_per_second=scalar("samples_rate"),
         tokens_per_second=scalar("tokens_rate"),
-        step_seconds_mean=scalar("step_mean_job"),
+        step_seconds_mean=step_mean,
         step_seconds_p50=p50,
         step_seconds_p95=scalar("p95"),
         slowest_ranks=slowest,
