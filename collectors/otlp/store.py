@@ -154,11 +154,8 @@ def _small_int(value: str | int | None) -> int | None:
 
 def _points(metric: Metric) -> int:
     kind = metric.WhichOneof("data")
-    if kind in ("sum", "gauge", "histogram"):
-        return len(getattr(metric, kind).data_points)
-    if kind in ("exponential_histogram", "summary"):
-        return len(getattr(metric, kind).data_points)
-    return 0
+    # Counted for every kind, those refused (exponential histograms, summaries) too.
+    return len(getattr(metric, kind).data_points) if kind is not None else 0
 
 
 class TrainingStore:
