@@ -6,12 +6,14 @@ VictoriaMetrics' increase() and rate() do not extrapolate to the window's edges)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import TEAM_A, TEAM_B, auth, register_demo
+from api.catalog import CATALOG
+from tests.api.conftest import ADMIN, TEAM_A, TEAM_B, WEBHOOK, auth, register_demo
 from tests.api.scenario import DEMO_GPUS, STEP, Scenario, build_series
 from tests.scale.vm import RunningVM, run_victoria_metrics
 
@@ -60,8 +62,7 @@ def test_metrics_are_the_same_on_victoria_metrics(
     make_client: Callable[..., TestClient], victoria: RunningVM, scenario: Scenario
 ) -> None:
     clients = both(make_client, victoria, scenario)
-    names = ["gpu_util", "gpu_memory_used", "gpu_power", "gpu_tensor_active", "rdma_rx_bytes", "node_cpu",
-             "job_cpu", "job_memory"]
+    names = list(CATALOG)
     answers = {label: get(c, "/v1/jobs/demo-fail/metrics", TEAM_A, name=names, step=60)
                for label, c in clients.items()}
     prom, vm = ({m["name"]: m for m in answers[k]["metrics"]} for k in ("prometheus", "victoria"))
@@ -113,3 +114,37 @@ def test_summary_and_diagnosis_are_the_same_on_victoria_metrics(
     assert causes[0]["title"].startswith("XID 79 on node2 GPU 3")
     assert any(e["source"] == "prometheus" for e in causes[0]["evidence"])
 
+
+
+def test_discovery_alert_mapping_and_rollup_queries_are_accepted_by_victoria_metrics(
+    make_client: Callable[..., TestClient], victoria: RunningVM, scenario: Scenario
+) -> None:
+    clients = both(make_client, victoria, scenario)
+    # Discovery: jobs the exporters report now, never registered (disc-1 on node4).
+    listed = {label: get(c, "/v1/jobs", ADMIN)["discovered"] for label, c in clients.items()}
+    found = {label: [j["job_id"] for j in jobs] for label, jobs in listed.items()}
+    assert found["victoria"] == found["prometheus"] == ["disc-1"]
+    # An alert naming only a host and GPU is mapped to the job holding it at the alert's time.
+    alert = {
+        "status": "firing", "labels": {"alertname": "GPULost", "Hostname": "node4", "gpu": "0"},
+        "annotations": {"summary": "s"}, "startsAt": get_iso(scenario.now - 60), "fingerprint": "fp-vm",
+    }
+    body = {"version": "4", "groupKey": "{}", "status": "firing", "receiver": "jobsight", "groupLabels": {},
+            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am:9093", "alerts": [alert]}
+    mapped = {}
+    for label, client in clients.items():
+        response = client.post("/v1/alerts/webhook", json=body, headers=auth(WEBHOOK))
+        assert response.status_code == 200, response.text
+        mapped[label] = response.json()["mapped"]
+    assert mapped["victoria"] == mapped["prometheus"] == {"fp-vm": ["disc-1"]}
+    # The rollup summary's queries parse in MetricsQL; with no rollup series it falls back to raw.
+    rolled = make_client(settings={"prometheus_url": victoria.url, "summary_rollup_after_seconds": 60})
+    register_demo(rolled, scenario)
+    summary = get(rolled, "/v1/jobs/demo-fail/summary", TEAM_A)
+    assert any("rollups.yaml" in w for w in summary["warnings"])
+    raw = get(clients["victoria"], "/v1/jobs/demo-fail/summary", TEAM_A)
+    assert summary["gpus"] == raw["gpus"]
+
+
+def get_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
