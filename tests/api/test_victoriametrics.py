@@ -5,8 +5,11 @@ VictoriaMetrics' increase() and rate() do not extrapolate to the window's edges)
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +19,15 @@ from api.catalog import CATALOG
 from tests.api.conftest import ADMIN, TEAM_A, TEAM_B, WEBHOOK, auth, register_demo
 from tests.api.scenario import DEMO_GPUS, STEP, Scenario, build_series
 from tests.scale.vm import RunningVM, run_victoria_metrics
+from tests.support import REPO_ROOT, require_binary
+
+ROLLUPS = REPO_ROOT / "alerts" / "rules" / "rollups.yaml"
 
 
-@pytest.fixture(scope="module")
-def victoria(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningVM]:
-    with run_victoria_metrics(tmp_path_factory.mktemp("vm")) as vm:
+@contextmanager
+def loaded(scenario: Scenario, workdir: Path) -> Iterator[RunningVM]:
+    """A VictoriaMetrics holding the API tests' series (the same the test Prometheus serves)."""
+    with run_victoria_metrics(workdir) as vm:
         book = build_series(scenario)
 
         def lines() -> Iterator[str]:
@@ -31,6 +38,12 @@ def victoria(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> It
                         yield f"{name}{{{labels}}} {float(v)!r} {round(t * 1000)}"
 
         vm.import_text(lines())
+        yield vm
+
+
+@pytest.fixture(scope="module")
+def victoria(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningVM]:
+    with loaded(scenario, tmp_path_factory.mktemp("vm")) as vm:
         yield vm
 
 
@@ -148,3 +161,42 @@ def test_discovery_alert_mapping_and_rollup_queries_are_accepted_by_victoria_met
 
 def get_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_rollups_replayed_by_vmalert_give_the_raw_summary(
+    make_client: Callable[..., TestClient], scenario: Scenario, tmp_path: Path
+) -> None:
+    """vmalert evaluates alerts/rules/rollups.yaml over the demo's history (``-replay.*``) and writes
+    the rollups back into VictoriaMetrics; the summary read from them matches the raw one."""
+    with loaded(scenario, tmp_path / "vm") as victoria:
+        replay_and_compare(make_client, victoria, scenario, tmp_path)
+
+
+def replay_and_compare(
+    make_client: Callable[..., TestClient], victoria: RunningVM, scenario: Scenario, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [require_binary("vmalert"), f"-rule={ROLLUPS}", f"-datasource.url={victoria.url}",
+         f"-remoteWrite.url={victoria.url}", f"-replay.timeFrom={get_iso(scenario.base - 600)}",
+         f"-replay.timeTo={get_iso(scenario.ok_end + 600)}", "-replay.rulesDelay=0s",
+         "-replay.disableProgressBar", "-loggerLevel=ERROR"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    victoria.flush()
+    raw = make_client(settings={"prometheus_url": victoria.url})
+    rolled = make_client(settings={"prometheus_url": victoria.url, "summary_rollup_after_seconds": 60})
+    for client in (raw, rolled):
+        register_demo(client, scenario)
+    slow = get(raw, "/v1/jobs/demo-fail/summary", TEAM_A)
+    fast = get(rolled, "/v1/jobs/demo-fail/summary", TEAM_A)
+    assert slow["rollup_step_seconds"] is None and fast["rollup_step_seconds"] == 300
+    assert not any("rollups.yaml" in w for w in fast["warnings"])
+    assert [(g["host"], g["gpu"]) for g in fast["gpus"]] == [(g["host"], g["gpu"]) for g in slow["gpus"]]
+    for f, s in zip(fast["gpus"], slow["gpus"], strict=True):
+        # Constant per GPU in the demo: the 5-minute windows at the edges change nothing.
+        for field in ("util_max", "memory_max_bytes", "power_max_watts"):
+            assert close(f[field], s[field], rel=1e-6), (f["host"], f["gpu"], field)
+        assert close(f["util_mean"], s["util_mean"], rel=0.1), (f["host"], f["gpu"])
+        assert f["lost"] == s["lost"]
+    assert fast["diagnosis"]["causes"][0]["title"] == slow["diagnosis"]["causes"][0]["title"]
