@@ -160,9 +160,11 @@ class JobService:
     def discovered(self, job_id: str | None = None) -> dict[str, Job]:
         """Jobs that exporters currently report holding GPUs (``jobsight_gpu_job_info``)."""
         selector = f"{{{matcher('job_id', job_id)}}}" if job_id is not None else ""
+        # An explicit time: VictoriaMetrics answers "now" with its latency offset applied.
         samples = self.prometheus.query(
             "max by (job_id, Hostname, gpu, UUID) "
-            f"(last_over_time(jobsight_gpu_job_info{selector}[{DISCOVERY_LOOKBACK}]))"
+            f"(last_over_time(jobsight_gpu_job_info{selector}[{DISCOVERY_LOOKBACK}]))",
+            at=self.clock(),
         )
         gpus: dict[str, list[dict[str, Any]]] = {}
         for sample in samples:
