@@ -3,6 +3,7 @@ cluster store; checked by promtool and against a real VictoriaMetrics receiving 
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from launch.stack import register
 from launch.stackconfig import AgentTarget, PrometheusConfig
 from tests.scale.vm import run_victoria_metrics
 from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
@@ -57,3 +59,12 @@ def test_prometheus_remote_writes_to_victoria_metrics(tmp_path: Path) -> None:
             assert sample["value"][1] == "0"  # type: ignore[index]
         finally:
             prometheus.stop()
+
+
+def test_jobsight_up_takes_remote_write_urls() -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["up", "--remote-write", "http://vm:8428/api/v1/write",
+                              "--remote-write", "http://mimir:8080/api/v1/push"])
+    assert args.remote_write == ["http://vm:8428/api/v1/write", "http://mimir:8080/api/v1/push"]
+    assert parser.parse_args(["up"]).remote_write == []
