@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +21,7 @@ class LogSource(Protocol):
         self, *, job_id: str | None = None, q: str | None = None, kind: str | None = None,
         rank: int | None = None, since: float | None = None, until: float | None = None,
         events_only: bool = False, limit: int = 100, cursor: str | None = None,
+        hosts: Sequence[str] | None = None,
     ) -> LogPage: ...
 
     def ping(self) -> None: ...
@@ -61,9 +62,10 @@ class SQLiteLogSource:
         self, *, job_id: str | None = None, q: str | None = None, kind: str | None = None,
         rank: int | None = None, since: float | None = None, until: float | None = None,
         events_only: bool = False, limit: int = 100, cursor: str | None = None,
+        hosts: Sequence[str] | None = None,
     ) -> LogPage:
         return self._open().search(job_id=job_id, q=q, kind=kind, rank=rank, since=since, until=until,
-                                   events_only=events_only, limit=limit, cursor=cursor)
+                                   events_only=events_only, limit=limit, cursor=cursor, hosts=hosts)
 
     def ping(self) -> None:
         self._open().ping()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,11 +27,14 @@ MAX_LIMIT = 10_000
 
 def build_query(
     *, job_id: str | None, q: str | None, kind: str | None, rank: int | None, since: float | None,
-    until: float | None, events_only: bool,
+    until: float | None, events_only: bool, hosts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The bool query for one search; pure, so it is tested without a cluster."""
     filters: list[dict[str, Any]] = []
     must: list[dict[str, Any]] = []
+    if hosts is not None:
+        # An empty terms list matches nothing, as the SQLite store's empty host list does.
+        filters.append({"terms": {"host.name": list(hosts)}})
     if job_id is not None:
         filters.append({"term": {"labels.job_id": job_id}})
     if kind is not None:
@@ -131,6 +135,7 @@ class ElasticsearchLogSource:
         self, *, job_id: str | None = None, q: str | None = None, kind: str | None = None,
         rank: int | None = None, since: float | None = None, until: float | None = None,
         events_only: bool = False, limit: int = 100, cursor: str | None = None,
+        hosts: Sequence[str] | None = None,
     ) -> LogPage:
         from elasticsearch import ApiError, TransportError
 
@@ -138,7 +143,7 @@ class ElasticsearchLogSource:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
         body: dict[str, Any] = {
             "query": build_query(job_id=job_id, q=q, kind=kind, rank=rank, since=since, until=until,
-                                 events_only=events_only),
+                                 events_only=events_only, hosts=hosts),
             "sort": [{"@timestamp": "asc"}, {"log.offset": {"order": "asc", "unmapped_type": "long"}}],
             "size": limit + 1,
         }

@@ -396,8 +396,11 @@ class JobFacts:
         since, until = start - grace, end + grace
         events = list(self._logs.search(job_id=job_id, events_only=True, since=since, until=until,
                                         limit=MAX_EVENTS).records)
-        for kind in HOST_EVENT_KINDS:
-            page = self._logs.search(kind=kind, since=since, until=until, limit=MAX_EVENTS)
+        # The kernel lines of the job's hosts only: asked cluster-wide, the first MAX_EVENTS of
+        # other hosts' faults would crowd out this job's on a large cluster.
+        for kind in HOST_EVENT_KINDS if hosts else ():
+            page = self._logs.search(kind=kind, since=since, until=until, limit=MAX_EVENTS,
+                                     hosts=sorted(hosts))
             # Only the kernel's own lines: a job-less hardware line from a user-writable source would
             # otherwise land on every failed job of the host (jobsight/trust.py).
             events.extend(r for r in page.records

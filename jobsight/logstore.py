@@ -371,10 +371,12 @@ class SQLiteLogStore:
         events_only: bool = False,
         limit: int = 100,
         cursor: str | None = None,
+        hosts: Sequence[str] | None = None,
     ) -> LogPage:
         """Records matching every given filter, oldest first, at most ``limit`` per page.
 
         ``since`` is inclusive, ``until`` exclusive (unix seconds). ``kind`` implies events only.
+        ``hosts``: records of these hosts only (an empty list matches nothing).
         Raises :class:`InvalidInput` for a bad limit or cursor.
         """
         if not 1 <= limit <= MAX_SEARCH_LIMIT:
@@ -392,6 +394,11 @@ class SQLiteLogStore:
         if rank is not None:
             where.append("r.rank = ?")
             params.append(rank)
+        if hosts is not None:
+            if not hosts:
+                return LogPage(records=[], next_cursor=None)
+            where.append(f"r.host IN ({', '.join('?' for _ in hosts)})")
+            params.extend(hosts)
         if since is not None:
             where.append("r.timestamp >= ?")
             params.append(since)
