@@ -109,6 +109,30 @@ def failure_message(job: Job, diagnosis: Diagnosis | None, links: Links) -> tupl
     return title, "\n".join(lines)
 
 
+def alert_message(job: Job, alertname: str, annotations: dict[str, str], starts_at: float,
+                  links: Links) -> tuple[str, str]:
+    """Title and body of a notification about an alert on a job that has not failed (JobHung: the
+    job burns its GPUs while no rank steps). The rule's own text names the ranks."""
+    summary = annotations.get("summary") or alertname
+    title = f"jobsight: job {job.job_id}: {summary}"
+    lines = [
+        f"Job {job.job_id} ({job.name or 'unnamed'}) of user {job.user or 'unknown'}: {alertname} "
+        f"since {_stamp(starts_at)}.",
+        f"Tenant: {job.tenant}",
+        "",
+        annotations.get("description") or summary,
+    ]
+    if annotations.get("runbook_url"):
+        lines.append(f"Runbook: {annotations['runbook_url']}")
+    lines.append("")
+    if links.page:
+        lines.append(f"Job page: {links.page}")
+    lines.append(f"Logs: {links.logs}")
+    if links.job_dashboard:
+        lines.append(f"Dashboard: {links.job_dashboard}")
+    return title, "\n".join(lines)
+
+
 _FIRST_CAUSE = re.compile(r"^  1\. (?P<title>.+?) at (?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC|unknown): ", re.M)
 
 

@@ -33,7 +33,7 @@ from api.models import (
     WebhookPayload,
     WebhookResult,
 )
-from api.notify import Notifier, failure_message
+from api.notify import Notifier, alert_message, failure_message
 from api.prometheus import PrometheusClient, RangeSeries, choose_step, duration, matcher
 from api.scope import JobScope, resolve
 from api.settings import ApiSettings
@@ -53,6 +53,9 @@ MAX_RANGE_SECONDS = 400 * 24 * 3600
 DEFAULT_POINTS = 720
 DISCOVERY_LOOKBACK = "5m"
 FAILURE_ALERTS = frozenset({"JobFailed"})
+# Alerts about a job that has not failed but needs its owner now (a hang burns every GPU of the
+# job until a watchdog or a person stops it): each firing one is notified once to the tenant.
+NOTIFY_ALERTS = frozenset({"JobHung"})
 
 
 class NotFound(Exception):
@@ -504,8 +507,14 @@ class JobService:
                 ends_at=ends if alert.status == "resolved" else None, group_key=payload.groupKey,
                 job_ids=self.jobs_for_alert(alert.labels, starts, warnings),
             ))
-        self.store.record_alerts(incoming)
-        for stored in incoming:
+        alert_ids = self.store.record_alerts(incoming)
+        for stored, alert_id in zip(incoming, alert_ids, strict=True):
+            if stored.alertname in NOTIFY_ALERTS and stored.status == "firing":
+                for job_id in stored.job_ids:
+                    job = self.store.get_job(job_id)
+                    if job is not None and job.status == "running":
+                        self.store.add_alert_notification(
+                            job_id, alert_id, notify_targets=len(self.settings.notify.get(job.tenant, [])))
             if stored.alertname in FAILURE_ALERTS and stored.status == "firing":
                 for job_id in stored.job_ids:
                     job = self.store.get_job(job_id)
@@ -531,8 +540,16 @@ class JobService:
             urls = self.settings.notify.get(job.tenant, [])
             body: str | None = None
             try:
-                summary = self.summary(job, "registered", strict=False)
-                title, body = failure_message(job, summary.diagnosis, self.links(job))
+                if notification.alert_id is not None:
+                    alerts = self.store.list_alerts(alert_id=notification.alert_id, limit=1)
+                    if not alerts:
+                        raise RuntimeError(f"alert {notification.alert_id} no longer exists")
+                    alert = alerts[0]
+                    title, body = alert_message(job, alert.alertname or "alert", alert.annotations,
+                                                alert.starts_at, self.links(job))
+                else:
+                    summary = self.summary(job, "registered", strict=False)
+                    title, body = failure_message(job, summary.diagnosis, self.links(job))
                 if not urls:
                     raise RuntimeError(f"tenant {job.tenant} has no notify URLs")
                 self.notifier.send(urls, title, body)
@@ -548,8 +565,9 @@ class JobService:
             self.store.finish_notification(notification.id, ok=True, body=body, targets=len(urls), error=None,
                                            retry_at=None)
             # Once per failure, like the notification; this loop already runs off the request path.
-            failed_at = self._failed_at(job) or self.clock()
-            self.annotator.annotate(job.job_id, title, int(failed_at * 1000), ["failed"])
+            if notification.alert_id is None:
+                failed_at = self._failed_at(job) or self.clock()
+                self.annotator.annotate(job.job_id, title, int(failed_at * 1000), ["failed"])
         return len(due)
 
 

@@ -107,6 +107,13 @@ class Notification:
     targets: int
     body: str | None
 
+    @property
+    def alert_id(self) -> int | None:
+        """For a notification about a firing alert (a hung job, which has not failed) rather than
+        a failure: the alert's id. Such rows use ``failure_seq = -alert_id``, so the one
+        (job, failure_seq) key keeps each failure and each alert notified once."""
+        return -self.failure_seq if self.failure_seq < 0 else None
+
 
 @dataclass(frozen=True)
 class UpsertResult:
@@ -358,9 +365,12 @@ class JobStore:
         return ids
 
     def list_alerts(self, *, job_id: str | None = None, status: str | None = None, limit: int = 100,
-                    before_id: int | None = None) -> list[Alert]:
+                    before_id: int | None = None, alert_id: int | None = None) -> list[Alert]:
         where: list[str] = []
         params: list[Any] = []
+        if alert_id is not None:
+            where.append("id = ?")
+            params.append(alert_id)
         if job_id is not None:
             where.append("id IN (SELECT alert_id FROM alert_jobs WHERE job_id = ?)")
             params.append(job_id)
@@ -404,6 +414,12 @@ class JobStore:
             "targets) VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT (job_id, failure_seq) DO NOTHING",
             (job_id, failure_seq, status, now, now + self._notify_delay, targets or 0),
         )
+
+    def add_alert_notification(self, job_id: str, alert_id: int, notify_targets: int | None = None) -> None:
+        """Queue one notification to the job's tenant about a firing alert (see
+        :attr:`Notification.alert_id`); the same alert again adds nothing."""
+        with self.db.transaction() as cur:
+            self._add_notification(cur, job_id, -alert_id, self._clock(), notify_targets)
 
     def due_notifications(self, now: float, limit: int = 20) -> list[Notification]:
         with self.db.transaction() as cur:

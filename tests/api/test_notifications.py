@@ -149,6 +149,41 @@ def test_job_failed_alert_marks_the_job_and_notifies(
     assert len(notifications(client, "demo-fail")) == 1 and len(notifier.calls) == 1
 
 
+def test_a_hung_job_notifies_its_owner_once_naming_the_ranks(
+    make_client: Callable[..., TestClient], scenario: Scenario
+) -> None:
+    # JobHung (alerts/rules/training.yaml) fires on a job that has not failed: it keeps running,
+    # and its owner hears once, with the rule's own text naming the ranks that stopped.
+    notifier = FlakyNotifier(failures=0)
+    client = make_client(settings=NOTIFY, notifier=notifier)
+    job = {"name": "llama", "user": "alice", "started_at": scenario.demo_start, "status": "running",
+           "nodes": ["node1"], "tenant": "team-a"}
+    assert client.put("/v1/jobs/hung-1", json=job, headers=auth(SCHEDULER)).status_code == 201
+    description = "Ranks 7 stopped stepping at 12:00:03 while ranks 0-6 wait in sync."
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "JobHung", "job_id": "hung-1", "severity": "critical"},
+        "annotations": {"summary": "job hung-1 made no training step for 6m", "description": description},
+        "startsAt": datetime.fromtimestamp(scenario.demo_end, tz=UTC).isoformat(),
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": "hung",
+    }
+    payload = {"version": "4", "status": "firing", "receiver": "jobsight", "groupKey": "{}:{}",
+               "alerts": [alert]}
+    assert client.post("/v1/alerts/webhook", json=payload, headers=auth(WEBHOOK)).status_code == 200
+    (note,) = wait_until(
+        lambda: [n for n in notifications(client, "hung-1") if n["status"] == "sent"],
+        timeout=30, message="the hang notification")
+    assert note["failure_seq"] < 0 and note["targets"] == 1
+    (_, title, body) = notifier.calls[-1]
+    assert title == "jobsight: job hung-1: job hung-1 made no training step for 6m"
+    assert description in body and "JobHung since" in body
+    assert client.get("/v1/jobs/hung-1", headers=auth(TEAM_A)).json()["status"] == "running"
+    # Alertmanager repeats the alert: still one notification.
+    assert client.post("/v1/alerts/webhook", json=payload, headers=auth(WEBHOOK)).status_code == 200
+    assert len(notifications(client, "hung-1")) == 1 and len(notifier.calls) == 1
+
+
 @pytest.fixture
 def receiver() -> Iterator[RecordingHTTPServer]:
     with RecordingHTTPServer(methods=("POST",)) as server:
