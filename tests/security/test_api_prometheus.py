@@ -31,6 +31,10 @@ GOOD = {
         "result": [{"metric": {"Hostname": "node1", "gpu": "0"}, "values": [[1, "0.5"]]}],
     },
 }
+SERIES = {
+    "status": "success",
+    "data": [{"__name__": "jobsight_gpu_job_info", "Hostname": "node1", "gpu": "0", "job_id": "job-1"}],
+}
 MALFORMED: dict[str, bytes] = {
     "a list": b"[]",
     "no data": json.dumps({"status": "success"}).encode(),
@@ -129,7 +133,11 @@ def _api(spawn: Callable[..., Proc], tmp_path: Path, prometheus_url: str, **extr
 def test_malformed_and_huge_answers_are_503(
     spawn: Callable[..., Proc], tmp_path: Path, answers: dict[str, bytes]
 ) -> None:
-    def respond(_: RecordedRequest) -> Reply:
+    def respond(request: RecordedRequest) -> Reply:
+        # The label index the API asks first for the job's GPUs answers well; the data query
+        # behind it gets the answer under test.
+        if request.path.startswith("/api/v1/series"):
+            return Reply(200, json.dumps(SERIES).encode(), "application/json")
         return Reply(200, answers["body"], "application/json")
 
     with RecordingHTTPServer(respond, record=False) as prometheus:
