@@ -6,7 +6,9 @@ Every selector names the job's hosts (``Hostname=~"h1|h2"``, resolved beforehand
 cluster. GPU entries then join to ``jobsight_gpu_job_info{job_id, Hostname}`` at every step, which
 keeps only the GPUs the job held at that time (a host shared with another job shows only ours);
 node entries join on ``Hostname`` to the nodes where the job holds a GPU; ``job_*`` entries read
-the node exporter's per-job series.
+the node exporter's per-job series; ``train_*`` entries (scope ``rank``) read the job's own step
+telemetry (``jobsight.training`` -> the agent's OTLP receiver, docs/training.md), one series per
+rank, selected by the job's id as well as its hosts.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ NO_TENSOR_PIPES = ("not available on this GPU: DCGM_FI_PROF_PIPE_TENSOR_ACTIVE c
 class CatalogMetric:
     name: str
     unit: str
-    scope: Literal["gpu", "node"]
+    scope: Literal["gpu", "node", "rank"]
     description: str
     # (job id, the hosts of one batch, rate window seconds) -> PromQL; values are escaped inside.
     build: Callable[[str, Sequence[str], float], str]
@@ -76,6 +78,15 @@ def _job_memory(job_id: str, hosts: Sequence[str], _window: float) -> str:
     return f"sum by (Hostname) ({selector})"
 
 
+def _train_step(job_id: str, hosts: Sequence[str], window: float) -> str:
+    """Each rank's mean step time over the rate window; a rank that made no step in the window has
+    no point there (a gap, not a zero), so a stopped rank's line ends where it stopped."""
+    selector = f"{{{matcher('job_id', job_id)}, {host_matcher(hosts)}}}"
+    span = duration(window)
+    return (f"max by (Hostname, rank) (rate(jobsight_train_step_seconds_sum{selector}[{span}]) "
+            f"/ (rate(jobsight_train_step_seconds_count{selector}[{span}]) > 0))")
+
+
 CATALOG: dict[str, CatalogMetric] = {
     metric.name: metric
     for metric in [
@@ -107,6 +118,11 @@ CATALOG: dict[str, CatalogMetric] = {
                       _job_cpu),
         CatalogMetric("job_memory", "bytes", "node", "resident memory of the job's processes on each node",
                       _job_memory),
+        CatalogMetric("train_step_seconds", "seconds", "rank",
+                      "mean time between consecutive steps of each rank, as the job reports it through "
+                      "jobsight.training (jobsight_train_step_seconds); no series for a job that reports "
+                      "no steps, no point where a rank made no step",
+                      _train_step),
     ]
 }
 

@@ -143,7 +143,7 @@ class Unavailable(BaseModel):
 class MetricSeries(BaseModel):
     name: str
     unit: str
-    scope: Literal["gpu", "node"]
+    scope: Literal["gpu", "node", "rank"]
     description: str
     series: list[Series]
     unavailable: list[Unavailable] = Field(
@@ -163,7 +163,7 @@ class MetricsResponse(BaseModel):
 class CatalogEntry(BaseModel):
     name: str
     unit: str
-    scope: Literal["gpu", "node"]
+    scope: Literal["gpu", "node", "rank"]
     description: str
 
 

@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from api.pageviews import (
     CHARTS,
+    charts_for,
     fault_of,
     first_cause_of,
     fleet_view,
@@ -38,6 +39,7 @@ from api.pageviews import (
     iso_time,
     log_view,
     timeline,
+    training_marks,
 )
 from api.service import Caller, JobService, NotFound, iso
 from api.settings import ApiSettings
@@ -335,9 +337,10 @@ def pages_router(settings: ApiSettings, service: JobService, signer: Signer,
             "chartsUrl": charts_url, "axis": list(axis),
             "moments": [{"t": m.t, "kind": m.kind, "label": m.label} for m in moments],
             "fault": fault,
+            "training": training_marks(summary),
         }
         links = service.links(job)
-        charts = list(CHARTS)
+        charts = charts_for(summary)
         response = render(
             "job.html", **base_context(request, seen), job=job, source=source, summary=summary,
             diagnosis=summary.diagnosis, moments=moments, notifications=notifications, page_data=page_data,

@@ -36,7 +36,7 @@ class Chart:
     metric: str
     title: str
     unit: str
-    scope: Literal["gpu", "node"]
+    scope: Literal["gpu", "node", "rank"]
 
 
 CHARTS = (
@@ -49,7 +49,30 @@ CHARTS = (
     Chart("rdma_tx_bytes", "RDMA transmitted", "bytes_per_second", "node"),
     Chart("job_cpu", "Job CPU", "cores", "node"),
     Chart("job_memory", "Job memory (RSS)", "bytes", "node"),
+    # Shown only for a job that reports its steps (jobsight.training): see charts_for.
+    Chart("train_step_seconds", "Training step time", "seconds", "rank"),
 )
+# A rank this much slower than the job's median is drawn as slow (the JobSlowRank rule's factor).
+SLOW_RANK = 1.3
+
+
+def charts_for(summary: SummaryResponse) -> list[Chart]:
+    """The job page's charts: the per-rank training chart only when the job reported steps."""
+    return [c for c in CHARTS if c.scope != "rank" or summary.training is not None]
+
+
+def training_marks(summary: SummaryResponse) -> dict[str, Any] | None:
+    """What the training chart draws apart from the data: the hang (its time and the ranks that
+    stopped first, in red) and the ranks slower than :data:`SLOW_RANK` x the median (thicker)."""
+    training = summary.training
+    if training is None:
+        return None
+    hang = training.hang
+    return {
+        "hang": {"t": hang.stopped_at.timestamp() if hang.stopped_at else None, "ranks": hang.ranks,
+                 "detail": hang.detail} if hang is not None else None,
+        "slow": [r.rank for r in training.slowest_ranks if (r.slowdown or 0.0) >= SLOW_RANK],
+    }
 
 
 
@@ -110,13 +133,14 @@ def fmt_num(value: float | None, digits: int = 1, suffix: str = "") -> str:
 @dataclass(frozen=True)
 class Moment:
     t: float
-    kind: Literal["start", "fault", "nccl", "alert", "failure", "notification", "cause"]
+    kind: Literal["start", "fault", "nccl", "alert", "failure", "notification", "cause", "hang"]
     label: str
 
 
 def timeline(job: Job, summary: SummaryResponse, notifications: Sequence[Any]) -> list[Moment]:
     """Job start, the causes (the first hardware fault among them), NCCL timeouts per rank,
-    alerts firing, the failure and the notification, oldest first."""
+    alerts firing, the last step of a hung job (its own step telemetry), the failure and the
+    notification, oldest first."""
     out: list[Moment] = []
     if job.started_at is not None:
         out.append(Moment(job.started_at, "start", "job started"))
@@ -149,6 +173,9 @@ def timeline(job: Job, summary: SummaryResponse, notifications: Sequence[Any]) -
         if failure is not None:
             out.append(Moment(failure, "failure", f"job failed (exit code {job.exit_code})"
                               if job.exit_code is not None else "job failed"))
+    hang = summary.training.hang if summary.training is not None else None
+    if hang is not None and hang.stopped_at is not None:
+        out.append(Moment(hang.stopped_at.timestamp(), "hang", f"training stopped: {hang.detail}"))
     for note in notifications:
         if note.sent_at is not None:
             out.append(Moment(note.sent_at, "notification", "notification sent"))

@@ -283,7 +283,10 @@ class JobService:
         where the job's series would otherwise exceed ``max_points_per_answer``; an explicit step
         that would exceed it is refused, naming the limit."""
         cap = self.settings.max_points_per_answer
-        series = sum(len(scope.gpus) if CATALOG[name].scope == "gpu" else len(scope.hosts) for name in names)
+        # A rank entry has about one series per GPU (a rank per GPU), at least one per host.
+        series = sum(len(scope.gpus) if CATALOG[name].scope == "gpu" else
+                     max(len(scope.gpus), len(scope.hosts)) if CATALOG[name].scope == "rank" else
+                     len(scope.hosts) for name in names)
         if requested is None and series:
             per_series = max(2, min(DEFAULT_POINTS + 1, cap // series))
             step = choose_step(start_ts, end_ts, None, default_points=per_series - 1)
@@ -350,8 +353,10 @@ class JobService:
                 labels = {"host": s.labels.get("Hostname", "")}
                 if entry.scope == "gpu":
                     labels["gpu"] = s.labels.get("gpu", "")
+                elif entry.scope == "rank":
+                    labels["rank"] = s.labels.get("rank", "")
                 series.append({"labels": labels, "points": [[t, v] for t, v in s.points]})
-            series.sort(key=lambda s: (s["labels"]["host"], int(s["labels"].get("gpu") or 0)))
+            series.sort(key=_series_order)
             unavailable: list[dict[str, Any]] = []
             if entry.scope == "gpu":
                 # Empty data would read as "idle"; say which GPUs have none, and why.
@@ -579,6 +584,15 @@ def world_size(job: Job) -> int | None:
         if text.isdigit() and 0 < int(text) <= 1_000_000:
             return int(text)
     return None
+
+
+def _series_order(series: dict[str, Any]) -> tuple[int, str, int]:
+    """Rank series by rank; GPU and node series by host, then GPU."""
+    labels = series["labels"]
+    rank, gpu = labels.get("rank"), labels.get("gpu") or ""
+    if rank is not None:
+        return (int(rank) if rank.isdigit() else -1, labels["host"], 0)
+    return (0, labels["host"], int(gpu) if gpu.isdigit() else 0)
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,6 +8,9 @@
   var axis = page.axis;
   var moments = page.moments || [];
   var fault = page.fault;
+  // The job's own step telemetry: the hang (its time, the ranks that stopped first) and slow ranks.
+  var training = page.training || null;
+  var hang = training && training.hang;
   var css = getComputedStyle(document.documentElement);
   function v(name) { return css.getPropertyValue(name).trim(); }
   var FG = v("--fg"), MUTED = v("--muted"), GRID = v("--grid"), BAD = v("--bad");
@@ -15,7 +18,7 @@
   var YAXIS = 72;
   var PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
                  "#86bcb6", "#8cd17d", "#499894", "#d4a6c8", "#79706e", "#a0cbe8", "#ffbe7d", "#bab0ac"];
-  var MARKED = { fault: true, failure: true, cause: true };
+  var MARKED = { fault: true, failure: true, cause: true, hang: true };
   var charts = [];
   var sync = uPlot.sync("job");
 
@@ -33,6 +36,7 @@
     if (unit === "ratio") { return (value * 100).toFixed(0) + " %"; }
     if (unit === "watts") { return value.toFixed(0) + " W"; }
     if (unit === "celsius") { return value.toFixed(0) + " °C"; }
+    if (unit === "seconds") { return abs < 1 ? (value * 1e3).toFixed(0) + " ms" : value.toFixed(abs >= 100 ? 0 : 2) + " s"; }
     return abs >= 100 ? value.toFixed(0) : value.toFixed(2);
   }
 
@@ -95,7 +99,8 @@
       var labels = [];
       moments.forEach(function (m) {
         var x = u.valToPos(m.t, "x", true);
-        var color = (m.kind === "fault" || m.kind === "failure") ? BAD : (m.kind === "cause" ? MUTED : FG);
+        var color = (m.kind === "fault" || m.kind === "failure" || m.kind === "hang") ? BAD
+          : (m.kind === "cause" ? MUTED : FG);
         ctx.strokeStyle = color; ctx.lineWidth = (m.kind === "fault" ? 3 : 1.5) * dpr;
         ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + h); ctx.stroke();
         var last = labels[labels.length - 1];
@@ -147,12 +152,22 @@
     return !!fault && labels.host === fault.host && fault.gpu !== null && String(fault.gpu) === labels.gpu;
   }
 
+  function rankIn(list, labels) {
+    return !!list && labels.rank !== undefined && list.map(String).indexOf(labels.rank) >= 0;
+  }
+
+  function seriesLabel(labels) {
+    if (labels.rank !== undefined) { return "rank " + labels.rank + " (" + labels.host + ")"; }
+    return labels.gpu !== undefined ? labels.host + " GPU " + labels.gpu : labels.host;
+  }
+
   function drawChart(fig, metric) {
     var el = fig.querySelector(".plot");
     var status = fig.querySelector(".chart-status");
     if (!metric || metric.series.length === 0) {
       status.textContent = fig.dataset.metric === "gpu_tensor_active"
-        ? "No data: tensor activity needs NVML GPM (Hopper and newer GPUs)." : "No data for this job.";
+        ? "No data: tensor activity needs NVML GPM (Hopper and newer GPUs)."
+        : (fig.dataset.scope === "rank" ? "No step times in the charts' window." : "No data for this job.");
       fig.dataset.rendered = "empty";
       return;
     }
@@ -160,14 +175,18 @@
     var opts = baseOpts(el, 240);
     opts.axes[1].values = function (u, ticks) { return ticks.map(function (t) { return fmt(unit, t); }); };
     opts.series = [{ value: function (u, ts) { return ts == null ? "" : new Date(ts * 1e3).toISOString().slice(11, 19) + " UTC"; } }];
-    var faulty = 0;
+    var faulty = 0, stopped = 0, slow = 0;
     metric.series.forEach(function (s, i) {
-      var hit = isFaulty(s.labels);
+      // A fault's GPU, or a rank that stopped first in a hang: red; a slow rank: thicker.
+      var hit = isFaulty(s.labels) || rankIn(hang && hang.ranks, s.labels);
+      var slowRank = !hit && rankIn(training && training.slow, s.labels);
       if (hit) { faulty++; }
+      if (rankIn(hang && hang.ranks, s.labels)) { stopped++; }
+      if (slowRank) { slow++; }
       opts.series.push({
-        label: s.labels.gpu !== undefined ? s.labels.host + " GPU " + s.labels.gpu : s.labels.host,
+        label: seriesLabel(s.labels),
         stroke: hit ? BAD : PALETTE[i % PALETTE.length],
-        width: hit ? 3 : 1.25,
+        width: hit ? 3 : (slowRank ? 2.5 : 1.25),
         spanGaps: false,
         points: { show: false },
         value: function (u, val) { return fmt(unit, val); },
@@ -180,6 +199,8 @@
     fig.dataset.series = String(metric.series.length);
     fig.dataset.points = String(data[0].length);
     fig.dataset.faultSeries = String(faulty);
+    fig.dataset.stoppedSeries = String(stopped);
+    fig.dataset.slowSeries = String(slow);
     fig.dataset.markers = String(moments.filter(function (m) { return MARKED[m.kind]; }).length);
     charts.push({ el: el, chart: chart });
   }

@@ -1,9 +1,13 @@
 """The test world: job ``demo-fail`` on node1+node2 (XID 79 on node2 GPU 3, then NCCL watchdog
 timeouts in other ranks, then a non-zero exit), job ``ok-job`` on node3 (GPU 1 a straggler), and
-``disc-1`` on node4, seen by the exporters but never registered. Times are relative to ``base``."""
+``disc-1`` on node4, seen by the exporters but never registered, and ``train-hang`` on node1+node2,
+a running job whose four ranks report their steps (jobsight.training): rank 1 steps 1.5x slower
+than the others, rank 3 stops first and the others 30 s later (a hang). Times are relative to
+``base``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +43,24 @@ class Scenario:
     def ok_end(self) -> float:
         return self.base + 60 * 60
 
+    # train-hang
+    @property
+    def train_start(self) -> float:
+        return self.base + 60 * 60
+
+    @property
+    def train_hang_at(self) -> float:
+        """When the last ranks stepped; rank 3 stopped 30 s before."""
+        return self.base + 90 * 60
+
 
 DEMO_GPUS = [("node1", g) for g in range(4)] + [("node2", g) for g in range(4)]
 OK_GPUS = [("node3", 0), ("node3", 1)]
 DISC_GPUS = [("node4", 0)]
+TRAIN_JOB = "train-hang"
+TRAIN_RANKS = {0: "node1", 1: "node1", 2: "node2", 3: "node2"}
+TRAIN_SLOW_RANK = 1
+TRAIN_STOPPED_RANK = 3
 BROKEN = ("node2", 3)
 ECC_GPU = ("node3", 0)  # two double-bit ECC errors 30 minutes into ok-job
 
@@ -172,7 +190,44 @@ def build_series(s: Scenario) -> SeriesBook:
             t_all,
             lambda t: 64 * 2**30 if s.demo_start <= t <= s.demo_end else None,
         )
+    train_series(book, s)
     return book
+
+
+def train_series(book: SeriesBook, s: Scenario) -> None:
+    """``train-hang``'s step telemetry, as the agent's OTLP receiver publishes it, sampled every
+    scrape until an hour after ``now`` (a running job: the receiver keeps exporting the last-step
+    gauge of a live rank)."""
+    times = _times(s.train_start, s.now + 3600)
+    for rank, host in TRAIN_RANKS.items():
+        labels = {"job_id": TRAIN_JOB, "rank": str(rank), "Hostname": host}
+        seconds = 1.5 if rank == TRAIN_SLOW_RANK else 1.0
+        stop = s.train_hang_at - (30.0 if rank == TRAIN_STOPPED_RANK else 0.0)
+
+        def steps(t: float, stop: float = stop, seconds: float = seconds) -> float:
+            return (min(t, stop) - s.train_start) / seconds
+
+        def last(t: float, stop: float = stop) -> float:
+            return min(t, stop)
+
+        def step_sum(t: float, stop: float = stop) -> float:
+            return min(t, stop) - s.train_start
+
+        def samples(t: float, steps: Callable[[float], float] = steps) -> float:
+            return 8 * steps(t)
+
+        def bucket(within: bool, steps: Callable[[float], float] = steps) -> Callable[[float], float]:
+            return lambda t: steps(t) if within else 0.0
+
+        book.add_range("jobsight_train_rank_info", {**labels, "gpu": str(rank % 2)}, times, lambda t: 1.0)
+        book.add_range("jobsight_train_steps_total", labels, times, steps)
+        book.add_range("jobsight_train_samples_total", labels, times, samples)
+        book.add_range("jobsight_train_last_step_timestamp_seconds", labels, times, last)
+        for le in ("1.0", "2.5", "+Inf"):
+            book.add_range("jobsight_train_step_seconds_bucket", {**labels, "le": le}, times,
+                           bucket(le != "1.0" or seconds <= 1.0))
+        book.add_range("jobsight_train_step_seconds_sum", labels, times, step_sum)
+        book.add_range("jobsight_train_step_seconds_count", labels, times, steps)
 
 
 def demo_log_records(s: Scenario) -> list[LogRecord]:

@@ -35,6 +35,7 @@ def test_catalog_lists_documented_names(client: TestClient) -> None:
         "node_cpu",
         "job_cpu",
         "job_memory",
+        "train_step_seconds",
     } == names
 
 

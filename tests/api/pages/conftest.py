@@ -16,7 +16,7 @@ from jobsight.logstore import LogRecord, SQLiteLogStore
 from tests.api.conftest import ADMIN, TEAM_A, TEAM_B, auth
 from tests.api.live import live_settings
 from tests.api.promdata import RunningPrometheus
-from tests.api.scenario import Scenario, demo_log_records
+from tests.api.scenario import TRAIN_JOB, Scenario, demo_log_records
 from tests.support import Proc, free_port, jobsight_command, wait_for_http, wait_until
 
 SIGNING_KEY = "pages-test-signing-key-0123456789abcdef"
@@ -102,6 +102,10 @@ def _register(url: str, s: Scenario) -> None:
             "name": "long-logs", "user": "alice", "tenant": "team-a", "nodes": ["node1", "node2"],
             "started_at": s.base, "ended_at": s.base + 300, "status": "succeeded", "exit_code": 0,
         },
+        TRAIN_JOB: {
+            "name": "train-hang", "user": "alice", "tenant": "team-a", "scheduler": "slurm",
+            "nodes": ["node1", "node2"], "started_at": s.train_start, "status": "running",
+        },
         EVIL_JOB: {
             "name": EVIL, "user": "mallory", "tenant": "team-a", "nodes": ["node1"],
             "started_at": s.base, "ended_at": s.base + 600, "status": "failed", "exit_code": 2,
@@ -133,4 +137,4 @@ def signed_link(api: PagesApi, job_id: str) -> str:
     return wait_until(link, timeout=60, interval=0.2, message=f"the notification of {job_id}")
 
 
-__all__ = ["ADMIN", "EVIL", "EVIL_JOB", "TEAM_A", "TEAM_B", "PagesApi", "login", "signed_link"]
+__all__ = ["ADMIN", "EVIL", "EVIL_JOB", "TEAM_A", "TEAM_B", "TRAIN_JOB", "PagesApi", "login", "signed_link"]

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.sync_api import Browser, Page
 
 from tests.api.pages.browser import CONTRAST_JS, FAULT_PIXEL_JS, UNLABELLED_JS, chromium, watch_dialogs
-from tests.api.pages.conftest import ADMIN, EVIL, EVIL_JOB, TEAM_A, TEAM_B, PagesApi, signed_link
+from tests.api.pages.conftest import ADMIN, EVIL, EVIL_JOB, TEAM_A, TEAM_B, TRAIN_JOB, PagesApi, signed_link
 
 TIMEOUT_MS = 60_000  # a shared 2-core machine can be slow; every wait is on a condition
 
@@ -59,6 +59,8 @@ def _job_page(browser: Browser, link: str, scheme: Literal["light", "dark"], sho
         assert util.get_attribute("data-series") == "8"  # every GPU of the job
         assert util.get_attribute("data-fault-series") == "1"
         assert int(util.get_attribute("data-markers") or 0) >= 1
+        # The job reports no training steps: no training chart, not even an empty one.
+        assert page.locator("#chart-train_step_seconds").count() == 0
         fault_t = page.evaluate("JSON.parse(document.getElementById('page-data').textContent).fault.t")
         assert page.evaluate(FAULT_PIXEL_JS, ["gpu_util", fault_t]), "no fault marker drawn at the fault"
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -168,3 +170,54 @@ def test_sign_in_tenants_and_hostile_text(pages_api: PagesApi, tmp_path: Path) -
             page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
         finally:
             context.close()
+
+
+def test_training_chart_shows_ranks_and_the_hang(pages_api: PagesApi, tmp_path: Path) -> None:
+    url = pages_api.url
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            dialogs = watch_dialogs(page)
+            _sign_in(page, url, TEAM_A)
+            response = page.goto(f"{url}/jobs/{TRAIN_JOB}")
+            assert response is not None and response.status == 200
+            page.wait_for_selector("body[data-charts]", timeout=TIMEOUT_MS)
+            assert page.locator("body").get_attribute("data-charts") == "ready", dialogs
+            chart = page.locator("#chart-train_step_seconds")
+            assert chart.get_attribute("data-rendered") == "true"
+            assert chart.get_attribute("data-series") == "4"  # one line per rank
+            assert chart.get_attribute("data-stopped-series") == "1"  # rank 3, in red
+            assert chart.get_attribute("data-slow-series") == "1"  # rank 1, thicker
+            assert int(chart.get_attribute("data-markers") or 0) >= 1
+            assert page.locator("li.moment-hang").count() == 1
+            hang_t = page.evaluate(
+                "JSON.parse(document.getElementById('page-data').textContent).training.hang.t")
+            assert page.evaluate(FAULT_PIXEL_JS, ["train_step_seconds", hang_t]), "no hang marker at the hang"
+            # One time axis with the timeline (the GPU charts of this job have no data here).
+            spans = page.evaluate("() => (window.jobsightCharts || []).map((c) => [c.chart.scales.x.min, "
+                                  "c.chart.scales.x.max])")
+            assert len(spans) >= 2 and all(span == spans[0] for span in spans), spans
+            _check_accessibility(page)
+            page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
+            assert dialogs == []
+        finally:
+            context.close()
+        # Without JavaScript: the hang and the slowest ranks as text.
+        context = browser.new_context(java_script_enabled=False)
+        try:
+            page = context.new_page()
+            _sign_in_form(page, url, TEAM_A)
+            page.goto(f"{url}/jobs/{TRAIN_JOB}")
+            assert "rank 3 stopped stepping first" in page.locator("#training .training-hang").inner_text()
+            assert page.locator("table.training-ranks tbody tr").count() == 3
+        finally:
+            context.close()
+
+
+def _sign_in_form(page: Page, url: str, token: str) -> None:
+    """Sign in without JavaScript: the form posts and the server redirects."""
+    page.goto(f"{url}/login")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/jobs", timeout=TIMEOUT_MS)
