@@ -347,13 +347,15 @@ class JobAliasDir:
         return tokens[0] if tokens and is_valid_job_id(tokens[0]) else None
 
 
-_ALIAS_RE = re.compile(r"^\d{1,20}[_+]\d{1,20}$")
+# Slurm's array/het pairs, and Kubernetes pod UIDs (the agent writes <uid> → the pod's job).
+_ALIAS_RE = re.compile(r"^(?:\d{1,20}[_+]\d{1,20}"
+                       r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
 
 class PathJobMatcher:
-    """Finds a job id in a log file's path with regexes holding a named group ``job_id`` — or the
-    pair ``array_job_id``/``array_task_id``, resolved through a :class:`JobAliasDir` — each matched
-    against the whole path (see :func:`compile_path_pattern`)."""
+    """Finds a job id in a log file's path with regexes holding a named group ``job_id`` — or a
+    Kubernetes ``pod_uid``, or the pair ``array_job_id``/``array_task_id``, resolved through a
+    :class:`JobAliasDir` — each matched against the whole path (see :func:`compile_path_pattern`)."""
 
     def __init__(self, patterns: Sequence[str] = DEFAULT_LOG_PATH_PATTERNS,
                  aliases: JobAliasDir | None = None) -> None:
@@ -369,6 +371,13 @@ class PathJobMatcher:
             value = groups.get("job_id")
             if value and is_valid_job_id(value):
                 return JobRef(value, "path")
+            pod_uid = groups.get("pod_uid")
+            if pod_uid and self.aliases is not None:
+                # A pod's log directory names the pod; its job is what the agent found for it
+                # (owner rules), never the UID itself.
+                resolved = self.aliases.resolve(pod_uid)
+                if resolved is not None:
+                    return JobRef(resolved, f"alias:pod:{pod_uid}")
             array, task = groups.get("array_job_id"), groups.get("array_task_id")
             if array and task and self.aliases is not None:
                 resolved = self.aliases.resolve(f"{array}_{task}")
@@ -399,9 +408,11 @@ def compile_path_pattern(pattern: str) -> re.Pattern[str]:
         regex = re.compile(body)
     except re.error as exc:
         raise InvalidInput(f"job_id pattern {pattern!r} is not a valid regex: {exc}") from exc
-    if "job_id" not in regex.groupindex and not {"array_job_id", "array_task_id"} <= set(regex.groupindex):
+    if ("job_id" not in regex.groupindex and "pod_uid" not in regex.groupindex
+            and not {"array_job_id", "array_task_id"} <= set(regex.groupindex)):
         raise InvalidInput(f"job_id pattern {pattern!r} has no named group (?P<job_id>...) "
-                           "(nor the pair (?P<array_job_id>...) and (?P<array_task_id>...))")
+                           "(nor (?P<pod_uid>...), nor the pair (?P<array_job_id>...) and "
+                           "(?P<array_task_id>...))")
     return regex
 
 

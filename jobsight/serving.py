@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from prometheus_client.exposition import gzip_accepted
 
 from jobsight.errors import ConfigError
 from jobsight.exposition import Renderer
+from jobsight.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +163,12 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
         address: tuple[str, int],
         route: Callable[[str, str, Message], Response],
         keepalive_connections: int,
+        web: WebConfig | None = None,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.route = route
+        self.web = web
         self.keepalive_connections = keepalive_connections
         self.closing = False
         self._changed = threading.Condition()
@@ -178,9 +182,18 @@ class _HTTPServer(ThreadingMixIn, HTTPServer):
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        context = self.web.ssl_context() if self.web is not None else None
+        if context is not None:
+            # The handshake runs in the connection's own thread (_Handler.setup), so a client that
+            # stalls in it never blocks accept().
+            connection = context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints these to stderr; a scraper hanging up mid-response is routine.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError | TimeoutError):
             log.debug("client %s went away", client_address)
         else:
             log.exception("error serving %s", client_address)
@@ -217,6 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = KEEPALIVE_IDLE_TIMEOUT_S
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()  # a failed handshake ends here, logged by handle_error
         super().setup()
         # Headers and body are two writes: without TCP_NODELAY, Nagle's algorithm plus the
         # client's delayed ACK can hold the body back ~40 ms on a reused connection.
@@ -246,8 +262,16 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_POST
 
     def _respond(self, send_body: bool) -> None:
+        web = self._server.web
         try:
-            status, headers, body = self._server.route(self.command, self.path, self.headers)
+            if web is not None and not web.authorized(self.headers.get("Authorization")):
+                status, body = 401, b"Unauthorized\n"
+                headers = [("WWW-Authenticate", 'Basic realm="jobsight"'),
+                           ("Content-Type", "text/plain; charset=utf-8")]
+            else:
+                status, headers, body = self._server.route(self.command, self.path, self.headers)
+            if web is not None and web.headers:
+                headers = [*headers, *web.headers.items()]
         except Exception:
             log.exception("error answering %s %s", self.command, self.path)
             status, headers = 500, [("Content-Type", "text/plain; charset=utf-8")]
@@ -312,14 +336,16 @@ class MetricsServer:
         listen: ListenAddress,
         health: HealthCheck = _always_healthy,
         keepalive_connections: int = KEEPALIVE_CONNECTIONS,
+        web: WebConfig | None = None,
     ) -> None:
         self.registry = registry
+        self.web = web
         self.health = health
         # Renders what prometheus_client would, byte for byte, several times faster: it keeps the
         # formatted name{labels} of each series between scrapes (jobsight/exposition.py).
         self.renderer = Renderer()
         try:
-            self._server = _HTTPServer((listen.host, listen.port), self._route, keepalive_connections)
+            self._server = _HTTPServer((listen.host, listen.port), self._route, keepalive_connections, web)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
         host, port = self._server.server_address[:2]
@@ -386,7 +412,7 @@ class MetricsServer:
         return 200, out_headers, body
 
 
-def serve_parts(parts: list[ExporterParts], listen: ListenAddress) -> int:
+def serve_parts(parts: list[ExporterParts], listen: ListenAddress, web: WebConfig | None = None) -> int:
     """Serve the collectors of ``parts`` on one port until SIGINT/SIGTERM; the wiring every
     exporter command and ``jobsight agent`` share. One CollectorSet per self-metrics prefix."""
     registry = CollectorRegistry(auto_describe=False)
@@ -405,7 +431,7 @@ def serve_parts(parts: list[ExporterParts], listen: ListenAddress) -> int:
             part.close()
 
     try:
-        server = MetricsServer(registry, listen, health=health)
+        server = MetricsServer(registry, listen, health=health, web=web)
     except BaseException:
         close_all()
         raise
@@ -425,7 +451,8 @@ def serve_until_signalled(server: MetricsServer, on_stop: Callable[[], None] | N
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     server.start()
-    log.info("serving metrics on http://%s/metrics", server.address)
+    scheme = "https" if server.web is not None and server.web.tls else "http"
+    log.info("serving metrics on %s://%s/metrics", scheme, server.address)
     while not stop.wait(1.0):
         pass
     server.stop()

@@ -44,6 +44,38 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help=f"address to serve /metrics and /healthz on (default: {DEFAULT_LISTEN})",
     )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="FILE",
+        help="TLS and basic auth, exporter-toolkit's format (docs/kubernetes.md)",
+    )
+    parser.add_argument(
+        "--kubelet.pod-resources-socket",
+        dest="pod_resources_socket",
+        default=None,
+        metavar="PATH",
+        help="Kubernetes: a GPU's job is the training job of the pod the kubelet gave it (its "
+        "pod-resources API, e.g. /var/lib/kubelet/pod-resources/kubelet.sock; pod metadata from the "
+        "API server), and jobsight_gpu_job_info gets namespace/pod/container (default: off)",
+    )
+    parser.add_argument(
+        "--kubelet.pod-alias-dir",
+        dest="pod_alias_dir",
+        default="/run/jobsight/pods",
+        metavar="DIR",
+        help="with --kubelet.pod-resources-socket: where <pod UID> → job id files are written for the "
+        "log collector (its job_alias_dir; default /run/jobsight/pods)",
+    )
+    parser.add_argument(
+        "--kubernetes.api-url",
+        dest="kube_api_url",
+        default=None,
+        metavar="URL",
+        help="with --kubelet.pod-resources-socket: the API server pod metadata is read from (default: "
+        "the pod's own, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, with its service account)",
+    )
     for name in EXPORTERS:
         parser.add_argument(
             f"--collector.{name}",
@@ -57,11 +89,31 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _pod_job_map(args: argparse.Namespace) -> Any:
+    """The kubelet's GPU allocations as the GPU exporter's job map (schedulers/kubernetes)."""
+    import os
+    from pathlib import Path
+
+    from jobsight.identity import JobMapDir
+    from schedulers.kubernetes.gpus import InClusterPodMetadata, PodGpuAttribution, PodJobMap
+    from schedulers.kubernetes.owners import PodJobResolver
+    from schedulers.kubernetes.podresources import PodResourcesClient
+
+    # The standard library's HTTP, not the Kubernetes client: node images carry jobsight[agent].
+    pods = (InClusterPodMetadata(args.kube_api_url) if args.kube_api_url
+            else InClusterPodMetadata.from_environment(os.environ))
+    attribution = PodGpuAttribution(PodResourcesClient(args.pod_resources_socket), pods, PodJobResolver())
+    return PodJobMap(attribution, JobMapDir(args.job_map_dir),
+                     pod_alias_dir=Path(args.pod_alias_dir) if args.pod_alias_dir else None)
+
+
 def run(args: argparse.Namespace) -> int:
     from jobsight.errors import ConfigError
     from jobsight.serving import ExporterParts, parse_listen_address, serve_parts
+    from jobsight.webconfig import load_web_config
 
     listen = parse_listen_address(args.web_listen_address)
+    web = load_web_config(args.web_config_file) if args.web_config_file else None
     enabled = [name for name in EXPORTERS if getattr(args, f"agent_{name}")]
     if not enabled:
         raise ConfigError(
@@ -74,11 +126,13 @@ def run(args: argparse.Namespace) -> int:
             # A node without a usable NVIDIA driver (CPU-only, or the driver loads later) still
             # gets its node and RDMA metrics: the GPU part waits for NVML in the background.
             if name == "gpu":
-                parts.append(clis[name].build(args, wait_for_driver=True))
+                job_map = _pod_job_map(args) if args.pod_resources_socket else None
+                parts.append(clis[name].build(args, wait_for_driver=True, job_map=job_map,
+                                              pod_labels=job_map.pod_labels if job_map else None))
             else:
                 parts.append(clis[name].build(args))
     except BaseException:
         for part in parts:
             part.close()
         raise
-    return serve_parts(parts, listen)
+    return serve_parts(parts, listen, web)

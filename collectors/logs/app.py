@@ -60,8 +60,12 @@ def setup_elasticsearch(sink: ElasticsearchSink, stop: threading.Event, initial:
     return False
 
 
-def run_collector(config_path: Path, listen_override: str | None = None) -> int:
+def run_collector(config_path: Path, listen_override: str | None = None,
+                  web_config_file: str | None = None) -> int:
+    from jobsight.webconfig import load_web_config
+
     config = load_config(config_path)
+    web = load_web_config(web_config_file) if web_config_file else None
     listen = parse_listen_address(listen_override or config.listen)
     host = host_key(config.host)
     rules = build_rules(config)
@@ -87,7 +91,7 @@ def run_collector(config_path: Path, listen_override: str | None = None) -> int:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(CollectorSet({"logs": LogMetrics(stats), "logs_loop": LoopProbe(stats)},
                                        prefix="jobsight"))
-        server = MetricsServer(registry, listen, health=collector.health).start()
+        server = MetricsServer(registry, listen, health=collector.health, web=web).start()
         log.info("jobsight log collector on host %s: metrics on http://%s/metrics, store %s%s", host,
                  server.address, config.store.path, f", elasticsearch {es.stream}" if es else "")
         try:

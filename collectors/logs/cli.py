@@ -17,6 +17,8 @@ def register_collector(subparsers: Any) -> None:
     parser.add_argument("--listen", "--web.listen-address", dest="listen", default=None,
                         help="address for /metrics and /healthz (overrides `listen` in the config; "
                              "default 127.0.0.1:9404; port 0 picks a free port)")
+    parser.add_argument("--web.config.file", dest="web_config_file", default=None, metavar="FILE",
+                        help="TLS and basic auth, exporter-toolkit's format (docs/kubernetes.md)")
     parser.set_defaults(func=run_collector)
 
 
@@ -31,7 +33,7 @@ def register_logs(subparsers: Any) -> None:
 def run_collector(args: argparse.Namespace) -> int:
     from collectors.logs.app import run_collector as run
 
-    return run(args.config, args.listen)
+    return run(args.config, args.listen, getattr(args, "web_config_file", None))
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from exporters.gpu.model import Clock, GpuIdentity, InstanceReading, ProcessUsage
 from jobsight.identity import JobMapDir, JobMapSnapshot, JobRef, ProcessJobResolver, is_valid_job_id
@@ -21,6 +22,13 @@ log = logging.getLogger(__name__)
 # Distinct job-map problems are logged once each; the set is bounded so a directory full of bad
 # files cannot grow it without end.
 _MAX_LOGGED_ERRORS = 256
+
+
+class JobMapSource(Protocol):
+    """What the attribution reads GPU → job from: a job map directory, or on Kubernetes the
+    kubelet's GPU allocations in the same shape (schedulers/kubernetes, wired by the agent)."""
+
+    def read(self) -> JobMapSnapshot: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class JobAttributor:
 
     def __init__(
         self,
-        job_map: JobMapDir | None,
+        job_map: JobMapDir | JobMapSource | None,
         resolver: ProcessJobResolver,
         clock: Clock,
         map_ttl_s: float = 1.0,

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from exporters.gpu.attribution import JobMapSource
     from exporters.gpu.nvml import NvmlBackend
     from jobsight.identity import ProcessJobResolver
     from jobsight.serving import ExporterParts
@@ -108,12 +111,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> ExporterParts:
+def build(args: argparse.Namespace, wait_for_driver: bool | None = None,
+          job_map: JobMapSource | None = None,
+          pod_labels: Callable[[], Mapping[str, Mapping[str, str]]] | None = None) -> ExporterParts:
     """The GPU exporter's collectors (named ``gpu``, prefix ``jobsight``), health check and
     close; starts the background threads. Raises ConfigError for bad flags or a bad scenario and
     BackendUnavailable when NVML cannot be used and no simulation was asked for, unless
     ``wait_for_driver`` (default: ``--wait-for-driver``): then the GPU part waits for NVML in the
-    background and serves ``jobsight_gpu_backend_up 0`` meanwhile."""
+    background and serves ``jobsight_gpu_backend_up 0`` meanwhile. ``job_map`` replaces the job map
+    directory and ``pod_labels`` adds namespace/pod/container to the job info (Kubernetes, from
+    `jobsight agent`)."""
     import time
 
     from exporters.gpu.attribution import JobAttributor
@@ -169,12 +176,12 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None) -> Expo
 
     def start(opened: GpuBackend) -> Running:
         ledger = XidLedger()
-        attributor = JobAttributor(JobMapDir(args.job_map_dir), process_resolver(args), clock=time.monotonic,
-                                   map_ttl_s=interval)
+        attributor = JobAttributor(job_map or JobMapDir(args.job_map_dir), process_resolver(args),
+                                   clock=time.monotonic, map_ttl_s=interval)
         sampler = Sampler(opened, attributor, ledger, interval_s=interval, stale_after_s=stale_after)
         sampler.start(wait_first_s=min(stale_after, 5.0))
         collector = GpuCollector(sampler, ledger, opened.info, hostname, extra=extra, host_label=host_label,
-                                 hpc_job=bool(args.gpu_hpc_job_label))
+                                 hpc_job=bool(args.gpu_hpc_job_label), pod_labels=pod_labels)
         return Running(collector, sampler.health, sampler.close)
 
     def closing(close: Callable[[], None]) -> Callable[[], None]:

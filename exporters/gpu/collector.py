@@ -52,6 +52,7 @@ class GpuCollector:
         extra: Sequence[Collector] = (),
         host_label: str = DEFAULT_HOST_LABEL,
         hpc_job: bool = False,
+        pod_labels: Callable[[], Mapping[str, Mapping[str, str]]] | None = None,
     ) -> None:
         if host_label not in HOST_LABELS:
             raise ValueError(f"host label must be one of {', '.join(HOST_LABELS)}, not {host_label!r}")
@@ -65,6 +66,9 @@ class GpuCollector:
         self.extra = tuple(extra)
         self.host_label = host_label
         self.hpc_job = hpc_job
+        # Kubernetes: dcgm-exporter's namespace/pod/container of the pod holding a GPU (or MIG
+        # device), by UUID, on jobsight_gpu_job_info only (not on every series).
+        self.pod_labels = pod_labels
         self.gpu_labels = gpu_labels(host_label)
         self.dcgm_labels = [*self.gpu_labels, DRIVER_VERSION_LABEL]
         self.job_labels = [host_label, "gpu", "UUID", "job_id"]
@@ -197,10 +201,16 @@ class GpuCollector:
             "jobsight: GPU memory used by the job's processes on the GPU.",
             labels=self.job_labels,
         )
+        pods = self.pod_labels() if self.pod_labels is not None else {}
         for view in views:
             ident = view.identity
             for job_id in view.jobs.jobs:
-                job_info.add_metric([self.hostname, str(ident.index), ident.uuid, job_id], 1.0)
+                gpu_keys = [self.hostname, str(ident.index), ident.uuid, job_id]
+                if ident.uuid in pods:
+                    job_info.add_sample(job_info.name, {**dict(zip(self.job_labels, gpu_keys, strict=True)),
+                                                        **pods[ident.uuid]}, 1.0)
+                else:
+                    job_info.add_metric(gpu_keys, 1.0)
             for job_id, used in sorted(view.jobs.memory_bytes.items()):
                 memory.add_metric([self.hostname, str(ident.index), ident.uuid, job_id], float(used))
             # A MIG instance's jobs: the same series with the instance's GPU_I_ID (and profile).
@@ -213,7 +223,8 @@ class GpuCollector:
                 base = {**dict(zip(self.job_labels[:3], [self.hostname, str(ident.index), ident.uuid],
                                    strict=True)), **_mig_labels(instance)}
                 for job_id in jobs.jobs:
-                    job_info.add_sample(job_info.name, {**base, "job_id": job_id}, 1.0)
+                    job_info.add_sample(job_info.name, {**base, "job_id": job_id,
+                                                        **pods.get(instance.uuid or "", {})}, 1.0)
                 for job_id, used in sorted(jobs.memory_bytes.items()):
                     memory.add_sample(memory.name, {**base, "job_id": job_id}, float(used))
         yield job_info

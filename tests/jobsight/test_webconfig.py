@@ -21,7 +21,7 @@ import pytest
 
 from jobsight.errors import ConfigError
 from jobsight.webconfig import WebConfig, load_web_config
-from tests.support import Proc, free_port, require_binary, wait_for_http, wait_until
+from tests.support import Proc, free_port, jobsight_command, require_binary, wait_for_http, wait_until
 
 PASSWORD = "scrape-secret-1"
 
@@ -297,3 +297,68 @@ def test_certificates_are_reloaded_when_renewed(pki: Path, tmp_path: Path) -> No
             ).status_code
             == 200
         )
+
+
+def test_a_real_prometheus_scrapes_the_agent_over_tls_with_basic_auth(pki: Path, tmp_path: Path) -> None:
+    """`jobsight agent --web.config.file`: Prometheus with the CA and the password scrapes it; one
+    with a wrong password gets 401; plain HTTP gets nothing."""
+    web = write_config(pki, (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  prometheus: '{htpasswd_hash(PASSWORD)}'\n"
+    ))  # fmt: skip
+    agent_port = free_port()
+    agent = Proc(
+        jobsight_command("agent", "--simulate", "2", "--hostname", "gpu-node1", "--no-collector.rdma",
+                         "--no-collector.node", "--no-collector.otlp",
+                         "--web.listen-address", f"127.0.0.1:{agent_port}", "--web.config.file", str(web)),
+        tmp_path / "agent.log",
+    )  # fmt: skip
+    target = f"127.0.0.1:{agent_port}"
+    tls = {"ca_file": str(pki / "ca.crt"), "server_name": "localhost"}
+    jobs: list[dict[str, Any]] = [
+        {
+            "job_name": name,
+            "scheme": "https",
+            "scrape_interval": "1s",
+            "static_configs": [{"targets": [target]}],
+            "tls_config": tls,
+            "basic_auth": {"username": "prometheus", "password": password},
+        }
+        for name, password in (("good", PASSWORD), ("badpass", "wrong"))
+    ]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({"scrape_configs": jobs}))
+    port = free_port()
+    args = [
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    prometheus = Proc([require_binary("prometheus"), *args], tmp_path / "prometheus.log")
+    try:
+        ca = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        wait_until(lambda: agent.alive() and httpx.get(f"https://{target}/healthz", verify=ca,
+                                                        auth=("prometheus", PASSWORD)).status_code == 200,
+                   timeout=60, message=f"the agent over TLS\n{agent.log_path.read_text()}")  # fmt: skip
+        assert httpx.get(f"https://{target}/metrics", verify=ca).status_code == 401
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{target}/metrics")
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/-/ready", timeout=120, proc=prometheus)
+
+        def query(q: str) -> list[dict[str, Any]]:
+            result: list[dict[str, Any]] = httpx.get(
+                f"{base}/api/v1/query", params={"query": q}, timeout=5
+            ).json()["data"]["result"]
+            return result
+
+        def scraped() -> list[dict[str, Any]] | None:
+            if not (query('up{job="good"} == 1') and query('up{job="badpass"} == 0')):
+                return None
+            return query('DCGM_FI_DEV_GPU_UTIL{job="good"}')
+
+        found = wait_until(scraped, timeout=60, message="the scrape over TLS")
+        assert {s["metric"]["Hostname"] for s in found} == {"gpu-node1"} and len(found) == 2
+    finally:
+        prometheus.stop()
+        agent.stop()

@@ -125,6 +125,8 @@ def test_agent_privileges_mounts_and_no_gpu_request() -> None:
     assert volumes["pod-resources"]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
     port = c["ports"][0]["containerPort"]
     assert port != 9400 and f"--web.listen-address=:{port}" in c["args"]  # beside dcgm-exporter
+    assert "--kubelet.pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock" in c["args"]
+    assert mounts["/run/jobsight/pods"].get("readOnly") is not True  # it writes <pod UID> → job files
     rules = one(objects, "ClusterRole", "jobsight-agent")["rules"]
     assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
 
@@ -135,6 +137,7 @@ def test_cpu_only_nodes_get_an_agent_without_gpu() -> None:
     spec = cpu["spec"]["template"]["spec"]
     assert "runtimeClassName" not in spec
     assert "--no-collector.gpu" in container(cpu, "agent")["args"]
+    assert not any(a.startswith("--kubelet.") for a in container(cpu, "agent")["args"])
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
@@ -276,3 +279,26 @@ def test_the_packaged_chart_carries_the_rules_and_dashboards(tmp_path: Path) -> 
     assert one(objects, "PrometheusRule", "jobsight")["spec"]["groups"] == expected
     boards = sorted((REPO_ROOT / "dashboards" / "json").glob("*.json"))
     assert len([o for o in objects if o["metadata"]["name"].startswith("jobsight-dashboard-")]) == len(boards)
+
+
+def test_rendered_collector_config_is_one_the_collector_accepts(tmp_path: Path) -> None:
+    """The collector's own loader reads the chart's config, and its path pattern gives a pod's log
+    lines the job the agent wrote for the pod (not the pod UID)."""
+    from collectors.logs.config import load_config
+    from jobsight.identity import JobAliasDir, PathJobMatcher
+
+    for name in ("defaults", "elasticsearch"):
+        data = one(render(name), "ConfigMap", "jobsight-collector")["data"]["collector.yaml"]
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(data)
+        config = load_config(path)
+        pods = next(s for s in config.sources if s.type == "cri")
+        assert pods.job_alias_dir == "/run/jobsight/pods"
+    aliases = tmp_path / "pods"
+    aliases.mkdir()
+    uid = "6f1c2e4a-1111-4222-8333-444455556666"
+    (aliases / uid).write_text("team-a:llama\n")
+    matcher = PathJobMatcher(pods.path_patterns(), JobAliasDir(aliases))
+    ref = matcher.job_of(f"/var/log/pods/team-a_llama-worker-0_{uid}/pytorch/0.log")
+    assert ref is not None and ref.job_id == "team-a:llama"
+    assert matcher.job_of(f"/var/log/pods/kube-system_kube-proxy-x_{uid[:-1]}7/kube-proxy/0.log") is None
