@@ -80,7 +80,9 @@ PF_KTHREAD = 0x00200000
 # slurmd's spool directory (``/var/spool/slurmd/job04711/``) and the kubelet's pod log directory.
 DEFAULT_LOG_PATH_PATTERNS: tuple[str, ...] = (
     r"/var/spool/slurm[^/]*/job[^/]+/slurm-(?P<job_id>\d+(?:_\d+)?)\.out",
-    r"/var/log/pods/[^/_]+_[^/_]+_(?P<job_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/",
+    # A pod's log directory names the pod, never its job: the pod UID is resolved through the
+    # job alias directory the agent writes on Kubernetes nodes (no directory: no job id).
+    r"/var/log/pods/[^/_]+_[^/_]+_(?P<pod_uid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/",
 )
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from jobsight.errors import InvalidInput
 from jobsight.identity import (
+    JobAliasDir,
     JobMapDir,
     JobRef,
     PathJobMatcher,
@@ -171,12 +172,17 @@ def test_process_resolver_on_a_real_child_process() -> None:
         child.wait()
 
 
-def test_path_matcher_defaults_and_errors() -> None:
+def test_path_matcher_defaults_and_errors(tmp_path: Path) -> None:
     matcher = PathJobMatcher()
     assert matcher.job_of("/var/spool/slurmd/job04711/slurm-4711.out") == JobRef("4711", "path")
     assert matcher.job_of("/var/spool/slurm/job04711/slurm-4711_3.out") == JobRef("4711_3", "path")
     pod = "/var/log/pods/ns_trainer-0_0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/pytorch/0.log"
-    assert matcher.job_of(pod) == JobRef("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "path")
+    assert matcher.job_of(pod) is None  # a pod UID is never a job id (issue 12)
+    aliases = tmp_path / "pods"
+    aliases.mkdir()
+    (aliases / "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0").write_text("ns:train\n")
+    assert PathJobMatcher(aliases=JobAliasDir(aliases)).job_of(pod) == JobRef(
+        "ns:train", "alias:pod:0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
     assert matcher.job_of("/var/log/syslog") is None
     with pytest.raises(InvalidInput, match="no named group"):
         PathJobMatcher([r"/data/(\d+)/"])
