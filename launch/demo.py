@@ -291,9 +291,12 @@ class DemoDriver:
         for _, proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()
+        # One deadline for all ranks, not 5 s each: sixteen ranks flushing their last training
+        # steps on a loaded machine took `jobsight up` past a minute to stop.
+        deadline = time.monotonic() + 5
         for _, proc in self._procs:
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
