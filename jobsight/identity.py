@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobsight.errors import InvalidInput
 
 DEFAULT_JOB_MAP_DIR = Path("/run/jobsight/jobs")
+# On Kubernetes nodes the agent writes <pod UID> → the pod's training job here (docs/kubernetes.md).
+DEFAULT_POD_ALIAS_DIR = Path("/run/jobsight/pods")
 DEFAULT_JOB_ENV_VARS: tuple[str, ...] = ("JOBSIGHT_JOB_ID", "SLURM_JOB_ID")
 
 # Letters, digits and ._:@- ; starts with a letter or digit; at most 128 characters. Slurm ids
@@ -238,6 +241,30 @@ def job_from_environ(environ_raw: bytes, env_vars: Sequence[str] = DEFAULT_JOB_E
     return None
 
 
+class PodJobs:
+    """A Kubernetes pod's training job by pod UID, from the alias files the agent writes: a pod
+    cgroup names the pod, never its job, and a pod with no file (kube-system, a notebook) belongs
+    to no job. Answers are kept ``ttl`` seconds (a scrape asks for every process of every pod)."""
+
+    def __init__(self, path: Path | str = DEFAULT_POD_ALIAS_DIR, ttl: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.aliases = JobAliasDir(path)
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    def job_of(self, pod_uid: str) -> str | None:
+        now = self.clock()
+        cached = self._cache.get(pod_uid)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        if len(self._cache) > 4096:
+            self._cache = {uid: hit for uid, hit in self._cache.items() if now - hit[0] < self.ttl}
+        job_id = self.aliases.resolve(pod_uid)
+        self._cache[pod_uid] = (now, job_id)
+        return job_id
+
+
 class ProcessJobResolver:
     """Maps PIDs to jobs through ``<proc_root>/<pid>/cgroup`` and, where allowed,
     ``<proc_root>/<pid>/environ``.
@@ -262,8 +289,12 @@ class ProcessJobResolver:
         *,
         trust_environment: bool = False,
         max_environ_bytes: int = _MAX_ENVIRON_BYTES,
+        pod_jobs: PodJobs | None = None,
     ) -> None:
         self.proc_root = Path(proc_root)
+        # A process in a pod cgroup belongs to the pod's job, found through the agent's files
+        # (none: no job); the pod UID is never a job id.
+        self.pod_jobs = pod_jobs if pod_jobs is not None else PodJobs()
         self.env_vars = tuple(env_vars)
         self.trust_environment = trust_environment
         self.max_environ_bytes = max_environ_bytes
@@ -280,10 +311,18 @@ class ProcessJobResolver:
             return None
         cached = self._cache.get(pid)
         if not fresh and cached is not None and cached[0] == started:
-            return cached[1]
+            return self._job(cached[1])
         ref = self._resolve(base)
         self._cache[pid] = (started, ref)
-        return ref
+        return self._job(ref)
+
+    def _job(self, ref: JobRef | None) -> JobRef | None:
+        # The pod UID is cached with the process, its job looked up on each call: the agent may
+        # write the pod's file after the process was first seen.
+        if ref is None or ref.source != "cgroup:kubernetes":
+            return ref
+        job_id = self.pod_jobs.job_of(ref.job_id)
+        return JobRef(job_id, "cgroup:kubernetes") if job_id is not None else None
 
     def jobs_of(self, pids: Iterable[int]) -> dict[int, JobRef]:
         """The jobs of many PIDs; PIDs without a job are left out."""

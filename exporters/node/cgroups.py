@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exporters.node._files import join, read_bytes
-from jobsight.identity import job_from_cgroup_path
+from jobsight.identity import PodJobs, job_from_cgroup_path
 
 # Directories on the way to a scheduler cgroup, in the form /proc/<pid>/cgroup writes paths; only
 # these are descended into, so the walk stays small on a host with thousands of service and
@@ -49,8 +49,11 @@ class JobCgroupFinder:
     directories show up within ``ttl``; a directory that disappears is noticed at once."""
 
     def __init__(self, cgroup_root: str, max_depth: int = 5, ttl: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, pod_jobs: PodJobs | None = None) -> None:
         self.cgroup_root = cgroup_root
+        # Kubernetes pod cgroups are named by pod UID: their job is the pod's training job (the
+        # agent's files), pods of no job are no job, and a job's pods on this node add up.
+        self.pod_jobs = pod_jobs if pod_jobs is not None else PodJobs(clock=clock)
         self.max_depth = max_depth
         self.ttl = ttl
         self.clock = clock
@@ -65,11 +68,15 @@ class JobCgroupFinder:
             self._present = cgroupfs_present(self.cgroup_root)
             self._at = now
         found: dict[str, CgroupUsage] = {}
-        for job_id, path in self._found.items():
+        for key, path in self._found.items():
             if not os.path.isdir(path):
                 self._at = None  # the job ended: walk again next scrape
                 continue
-            found[job_id] = read_cgroup(job_id, path)
+            job_id = self.pod_jobs.job_of(key) if _POD_UID.match(key) else key
+            if job_id is None:
+                continue
+            usage = read_cgroup(job_id, path)
+            found[job_id] = _add(found[job_id], usage) if job_id in found else usage
         return found
 
     def present(self) -> bool:
@@ -137,6 +144,20 @@ def find_job_cgroups(cgroup_root: str, max_depth: int = 5) -> dict[str, str]:
             elif len(here) < max_depth and _on_the_way(here):
                 stack.append((entry.path, here))
     return found
+
+
+_POD_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _add(a: CgroupUsage, b: CgroupUsage) -> CgroupUsage:
+    """Two pods of one job: values add up; one unknown makes the sum unknown."""
+    def both(x: float | None, y: float | None) -> float | None:
+        return None if x is None or y is None else x + y
+
+    pids = a.pids | b.pids
+    return CgroupUsage(a.job_id, a.path, both(a.cpu_seconds, b.cpu_seconds),
+                       both(a.memory_bytes, b.memory_bytes), both(a.read_bytes, b.read_bytes),
+                       both(a.write_bytes, b.write_bytes), a.processes + b.processes, pids)
 
 
 def _usage_usec(raw: bytes | None) -> int | None:

@@ -14,6 +14,7 @@ from jobsight.identity import (
     JobMapDir,
     JobRef,
     PathJobMatcher,
+    PodJobs,
     ProcessJobResolver,
     is_valid_job_id,
     job_from_cgroup,
@@ -103,17 +104,26 @@ def test_job_from_environ_order_and_validation() -> None:
     assert job_from_environ(b"\xff\xfe\0JOBSIGHT_JOB_ID=\0") is None
 
 
-def test_process_resolver_on_fixture_tree() -> None:
-    for resolver in (ProcessJobResolver(PROC), ProcessJobResolver(PROC, trust_environment=True)):
+def test_process_resolver_on_fixture_tree(tmp_path: Path) -> None:
+    pods = tmp_path / "pods"
+    pods.mkdir()
+    no_pod_files = PodJobs(tmp_path / "none")
+    for resolver in (ProcessJobResolver(PROC, pod_jobs=no_pod_files),
+                     ProcessJobResolver(PROC, trust_environment=True, pod_jobs=no_pod_files)):
         # PID 100's environment says train-42, but it is in Slurm job 4711's cgroup: the cgroup
         # wins, trusted environment or not.
         assert resolver.job_of(100) == JobRef("4711", "cgroup:slurm")
         assert resolver.job_of(200) == JobRef("1234", "cgroup:slurm")
-        assert resolver.job_of(300) == JobRef("6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8", "cgroup:kubernetes")
+        # A pod's process: the pod UID is never a job id; without the agent's file, no job.
+        assert resolver.job_of(300) is None
         assert resolver.job_of(400) is None  # invalid env value, no job cgroup
         assert resolver.job_of(500) == JobRef("77", "cgroup:slurm")  # no environ file
         assert resolver.job_of(999) is None  # no such process
         assert resolver.jobs_of([100, 400, 999]) == {100: JobRef("4711", "cgroup:slurm")}
+    # The agent wrote the pod's training job (issue 12): the process belongs to it.
+    (pods / "6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8").write_text("team-a:llama\n")
+    with_pods = ProcessJobResolver(PROC, pod_jobs=PodJobs(pods))
+    assert with_pods.job_of(300) == JobRef("team-a:llama", "cgroup:kubernetes")
 
 
 def test_process_resolver_takes_the_environment_only_when_trusted(tmp_path: Path) -> None:
