@@ -297,6 +297,21 @@ def _hang(nccl: list[Finding], all_ranks: set[int], world_size: int | None) -> _
     )
 
 
+# What a scheduler writes into a job's failure reason when the job died for its memory limit:
+# Kubernetes' container state reason (`OOMKilled`, schedulers/kubernetes) and Slurm's job state
+# `OUT_OF_MEMORY` (schedulers/slurm/state.py). The scheduler saw the kill; that is evidence.
+_REASON_OOM = (("oomkilled", "oom_killed"), ("out_of_memory", "slurm_oom"))
+
+
+def findings_from_reason(reason: str | None, failed_at: float | None) -> list[Finding]:
+    """A finding for a failure reason that names a cause (an out-of-memory kill)."""
+    text = (reason or "").lower()
+    for marker, kind in _REASON_OOM:
+        if marker in text:
+            return [Finding(time=failed_at, source="job", kind=kind, detail=reason or kind)]
+    return []
+
+
 def diagnose(
     findings: Iterable[Finding],
     *,
@@ -312,7 +327,7 @@ def diagnose(
     begin = started_at if started_at is not None else float("-inf")
     relevant = [
         f
-        for f in _fill_gpus(list(findings))
+        for f in _fill_gpus([*findings, *findings_from_reason(reason, failed_at)])
         if f.time is None or begin - FAILURE_GRACE_SECONDS <= f.time <= horizon
     ]
     relevant.sort(key=_order)

@@ -180,3 +180,15 @@ def test_pci_only_log_line_takes_the_gpu_from_another_source_only_if_unambiguous
         failed_at=T + 10,
     )
     assert two.causes[0].title.startswith("XID 79 on h (")
+
+
+def test_a_schedulers_out_of_memory_reason_is_the_cause() -> None:
+    # Kubernetes' OOMKilled (the watcher's reason) and Slurm's OUT_OF_MEMORY job state name the
+    # cause even when no log line did.
+    for reason, title in (("out of memory: container worker-3 was OOMKilled (exit 137)", "out of memory"),
+                          ("OUT_OF_MEMORY", "out of memory")):
+        d = diagnose([], started_at=T, failed_at=T + 60, exit_code=137, reason=reason)
+        assert title in d.causes[0].title.lower(), (reason, d.causes[0].title)
+        assert d.causes[0].kind in ("oom_killed", "slurm_oom")
+    plain = diagnose([], started_at=T, failed_at=T + 60, exit_code=1, reason="NonZeroExitCode")
+    assert plain.causes[0].kind == "child_failed"
