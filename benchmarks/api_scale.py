@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from tests.api.promdata import run_prometheus  # noqa: E402
 from tests.scale.cluster import JOB, Cluster  # noqa: E402
 from tests.support import Proc, free_port, require_binary, wait_for_http  # noqa: E402
 
@@ -65,25 +66,8 @@ class Timing:
 @contextmanager
 def prometheus(tsdb: Path, workdir: Path) -> Iterator[str]:
     """Prometheus with its default limits (--query.max-samples 50 M, 2 min timeout)."""
-    config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
-    port = free_port()
-    proc = Proc(
-        [
-            require_binary("prometheus"),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tsdb}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=3650d",
-            "--log.level=warn",
-        ],
-        workdir / "prometheus.log",
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/-/ready", timeout=600, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.stop()
+    with run_prometheus(tsdb, workdir, max_samples=None, ready_timeout=600) as running:
+        yield running.url
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +82,28 @@ class RunningPrometheus:
 
 
 @contextmanager
-def run_prometheus(tsdb: Path, workdir: Path) -> Iterator[RunningPrometheus]:
-    """Prometheus serving ``tsdb`` (no scrape targets) on a free port, stopped on exit."""
+def run_prometheus(
+    tsdb: Path,
+    workdir: Path,
+    *,
+    max_samples: int | None = 100_000_000,
+    ready_timeout: float = 120,
+    global_extra: str = "",
+    rule_files: Sequence[Path] = (),
+    extra_args: Sequence[str] = (),
+) -> Iterator[RunningPrometheus]:
+    """Prometheus serving ``tsdb`` (no scrape targets) on a free port, stopped on exit.
+    ``max_samples`` None keeps Prometheus' default limit (50 M); ``global_extra`` adds lines to
+    the config's ``global`` block (indented by two spaces, e.g. ``query_log_file``)."""
     config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+    rules = "".join(f"  - {path}\n" for path in rule_files)
+    config.write_text(
+        f"global:\n  scrape_interval: 15s\n{global_extra}"
+        + (f"rule_files:\n{rules}" if rules else "")
+        + "scrape_configs: []\n"
+    )
     port = free_port()
+    limits = [f"--query.max-samples={max_samples}"] if max_samples is not None else []
     proc = Proc(
         [
             require_binary("prometheus"),
@@ -94,14 +111,15 @@ def run_prometheus(tsdb: Path, workdir: Path) -> Iterator[RunningPrometheus]:
             f"--storage.tsdb.path={tsdb}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--storage.tsdb.retention.time=3650d",
-            "--query.max-samples=100000000",
+            *limits,
             "--log.level=warn",
+            *extra_args,
         ],
         workdir / "prometheus.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/-/ready", timeout=120, proc=proc)
+        wait_for_http(f"{url}/-/ready", timeout=ready_timeout, proc=proc)
         yield RunningPrometheus(url, proc)
     finally:
         proc.stop()

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import Proc, free_port, require_binary, wait_for_http
+from tests.api.promdata import run_prometheus
+from tests.support import Proc, require_binary
 
 JOB = "train-7"
 JOB_GPUS = [("h0000", g) for g in range(4, 8)] + [("h0001", g) for g in range(4)]
@@ -150,22 +151,7 @@ def prometheus_with_query_log(tsdb: Path, workdir: Path, rules: list[Path] | Non
     """Prometheus over ``tsdb`` that writes every query it evaluates to ``query_log``
     (``query_log_file``): what the API really asked is read back from there."""
     query_log = workdir / "queries.jsonl"
-    rule_lines = "".join(f"  - {path}\n" for path in rules or [])
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        f"global:\n  scrape_interval: 15s\n  query_log_file: {query_log}\n"
-        + (f"rule_files:\n{rule_lines}" if rule_lines else "")
-        + "scrape_configs: []\n"
-    )
-    port = free_port()
-    proc = Proc([
-        require_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=3650d", "--log.level=warn",
-        *extra_args,
-    ], workdir / "prometheus.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/-/ready", timeout=180, proc=proc)
-        yield LoggedPrometheus(url, query_log, proc)
-    finally:
-        proc.stop()
+    with run_prometheus(tsdb, workdir, max_samples=None, ready_timeout=180,
+                        global_extra=f"  query_log_file: {query_log}\n", rule_files=rules or (),
+                        extra_args=extra_args) as running:
+        yield LoggedPrometheus(running.url, query_log, running.proc)
