@@ -209,7 +209,29 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class RecordingHTTPServer:
+class ServerThread:
+    """An HTTP server on a free 127.0.0.1 port, serving in a background thread while used as a
+    context manager; shut down, closed and joined on exit. The in-test servers build their
+    handler class and hand it here."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], *, daemon_threads: bool = True) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = daemon_threads
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+class RecordingHTTPServer(ServerThread):
     """A real HTTP server on 127.0.0.1 (a free port) that serves in a thread while used as a
     context manager. Every request with one of ``methods`` is recorded (unless ``record`` is
     false) and answered with ``respond(request)``, by default an empty 200; other methods get 501.
@@ -237,19 +259,7 @@ class RecordingHTTPServer:
 
         for method in methods:
             setattr(Handler, f"do_{method}", Handler._handle)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        super().__init__(Handler, daemon_threads=False)
 
     def snapshot(self) -> list[RecordedRequest]:
         """The requests recorded so far, in arrival order."""

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 
 from tests.api.conftest import SCHEDULER, TEAM_A, auth
 from tests.api.live import LiveApi, live_settings, start_api
-from tests.support import Proc, RecordedRequest, RecordingHTTPServer, Reply
+from tests.support import Proc, RecordedRequest, RecordingHTTPServer, Reply, ServerThread
 
 pytestmark = pytest.mark.security
 
@@ -66,7 +66,7 @@ JOB = {"tenant": "team-a", "nodes": ["node1"], "gpus": [{"host": "node1", "gpu":
 METRICS = "/v1/jobs/job-1/metrics"
 
 
-class TricklingPrometheus:
+class TricklingPrometheus(ServerThread):
     """Answers every request with a valid, complete-looking JSON body, sent one byte every
     ``interval`` seconds (until stopped): the slowest a per-read timeout never catches."""
 
@@ -99,20 +99,11 @@ class TricklingPrometheus:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> TricklingPrometheus:
-        self._thread.start()
-        return self
+        super().__init__(Handler)
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        super().__exit__(*exc)
 
 
 @pytest.fixture
@@ -195,25 +186,12 @@ def test_huge_answer_without_length_is_cut_off(spawn: Callable[..., Proc], tmp_p
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        api = _api(
-            spawn,
-            tmp_path,
-            f"http://127.0.0.1:{server.server_address[1]}",
-            prometheus_max_response_bytes=256 * 1024,
-        )
+    with ServerThread(Handler) as server:
+        api = _api(spawn, tmp_path, server.url, prometheus_max_response_bytes=256 * 1024)
         response = httpx.get(
             f"{api.url}{METRICS}", params={"name": "gpu_util"}, headers=auth(TEAM_A), timeout=30
         )
         assert response.status_code == 503 and "larger than" in response.json()["detail"], response.text
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_trickled_answer_ends_at_the_deadline(spawn: Callable[..., Proc], tmp_path: Path) -> None:

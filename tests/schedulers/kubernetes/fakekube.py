@@ -26,8 +26,10 @@ import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.support import ServerThread
 
 PODS = "/api/v1/pods"
 
@@ -51,7 +53,7 @@ class Seen:
         return self.query.get("watch") in ("true", "1")
 
 
-class FakeKube:
+class FakeKube(ServerThread):
     def __init__(self, served: set[str]) -> None:
         self.served = set(served) | {PODS}
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {p: {} for p in self.served}
@@ -75,20 +77,11 @@ class FakeKube:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
+        super().__init__(Handler)
 
     def __exit__(self, *exc: object) -> None:
         self.drop_watches()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        super().__exit__(*exc)
 
     # -- the cluster's state --------------------------------------------------------------------
     def put(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
