@@ -53,8 +53,16 @@ def _script(stack: SlurmStack, name: str, body: str) -> Path:
     return path
 
 
-def test_two_node_job_registers_maps_gpus_logs_and_notifies_once(stack: SlurmStack) -> None:
-    release = stack.root / "release-1"
+@pytest.fixture
+def release(stack: SlurmStack, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The file a test's job waits for before it ends; created on the way out whatever happened,
+    so a failing test leaves no job holding the nodes the next tests need."""
+    path = stack.root / f"release-{request.node.name}"
+    yield path
+    path.touch()
+
+
+def test_two_node_job_registers_maps_gpus_logs_and_notifies_once(stack: SlurmStack, release: Path) -> None:
     script = _script(stack, "train", "echo 'rank0: step 1 loss 2.5'\n"
                                      f"while [ ! -e {release} ]; do sleep 0.1; done\n"
                                      "echo 'rank0: exiting with an error'\nexit 3")
@@ -73,9 +81,11 @@ def test_two_node_job_registers_maps_gpus_logs_and_notifies_once(stack: SlurmSta
     wait_until(lambda: (j := stack.job(job_id)) and len(j["gpus"]) == 4, timeout=30,  # type: ignore[arg-type]
                message="the job's GPUs in the registry")
     for node in stack.cluster.nodes:
-        held = wait_until(partial(_gpus_of, stack, node, job_id), timeout=30,
-                          message=f"job {job_id} in jobsight_gpu_job_info on {node}")
-        assert held == {"0", "1"}, (node, stack.gpu_jobs(node))
+        # The prolog writes one map file per GPU and the exporter re-reads the directory every
+        # second, so a read between two files sees part of the job: wait for all of it.
+        wait_until(lambda n=node: _gpus_of(stack, n, job_id) == {"0", "1"},  # type: ignore[misc]
+                   timeout=30, message=f"job {job_id} on GPUs 0 and 1 of {node}")
+        assert _gpus_of(stack, node, job_id) == {"0", "1"}, (node, stack.gpu_jobs(node))
 
     # Its log lines carry its id, through the collector and the API.
     logs = wait_until(
@@ -144,8 +154,7 @@ def test_api_down_the_job_runs_and_the_spool_delivers_once(stack: SlurmStack) ->
     assert stack.notified_jobs().count(job_id) == 1
 
 
-def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack) -> None:
-    release = stack.root / "release-array"
+def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack, release: Path) -> None:
     first = stack.cluster.sbatch(
         "--array=0-2", "--gres=gpu:1", "-A", TENANT, "-o", f"{stack.out_dir}/slurm-%A_%a.out", "--wrap",
         'echo "task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID"; '
