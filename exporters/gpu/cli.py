@@ -11,9 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from exporters.gpu.attribution import JobMapSource
+    from exporters.gpu.collector import PodLabelsSource
     from exporters.gpu.nvml import NvmlBackend
     from jobsight.identity import ProcessJobResolver
     from jobsight.serving import ExporterParts
@@ -113,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace, wait_for_driver: bool | None = None,
           job_map: JobMapSource | None = None,
-          pod_labels: Callable[[], Mapping[str, Mapping[str, str]]] | None = None) -> ExporterParts:
+          pod_labels: PodLabelsSource | None = None) -> ExporterParts:
     """The GPU exporter's collectors (named ``gpu``, prefix ``jobsight``), health check and
     close; starts the background threads. Raises ConfigError for bad flags or a bad scenario and
     BackendUnavailable when NVML cannot be used and no simulation was asked for, unless

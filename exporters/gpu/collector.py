@@ -22,6 +22,8 @@ HOST_LABELS = ("Hostname", "hostname")
 # (DCGM_FI_DRIVER_VERSION, type "label" in default-counters.csv).
 DRIVER_VERSION_LABEL = "DCGM_FI_DRIVER_VERSION"
 HPC_JOB_LABEL = "hpc_job"
+# Device (GPU or MIG) UUID → (the job id of the pod holding it, the pod's namespace/pod/container).
+PodLabelsSource = Callable[[], Mapping[str, tuple[str, Mapping[str, str]]]]
 _PROM_TYPES = {"gauge": "gauge", "dcgm_counter": "unknown", "counter": "counter"}
 
 
@@ -52,7 +54,7 @@ class GpuCollector:
         extra: Sequence[Collector] = (),
         host_label: str = DEFAULT_HOST_LABEL,
         hpc_job: bool = False,
-        pod_labels: Callable[[], Mapping[str, Mapping[str, str]]] | None = None,
+        pod_labels: PodLabelsSource | None = None,
     ) -> None:
         if host_label not in HOST_LABELS:
             raise ValueError(f"host label must be one of {', '.join(HOST_LABELS)}, not {host_label!r}")
@@ -67,7 +69,9 @@ class GpuCollector:
         self.host_label = host_label
         self.hpc_job = hpc_job
         # Kubernetes: dcgm-exporter's namespace/pod/container of the pod holding a GPU (or MIG
-        # device), by UUID, on jobsight_gpu_job_info only (not on every series).
+        # device), by UUID, on jobsight_gpu_job_info only (not on every series), and only on the
+        # series of the pod's own job: a GPU's jobs come from the sampler's last attribution, the
+        # labels from the latest kubelet read, and between two samples they can disagree.
         self.pod_labels = pod_labels
         self.gpu_labels = gpu_labels(host_label)
         self.dcgm_labels = [*self.gpu_labels, DRIVER_VERSION_LABEL]
@@ -202,13 +206,19 @@ class GpuCollector:
             labels=self.job_labels,
         )
         pods = self.pod_labels() if self.pod_labels is not None else {}
+
+        def pod_of(device: str, job_id: str) -> Mapping[str, str]:
+            owner = pods.get(device)
+            return owner[1] if owner is not None and owner[0] == job_id else {}
+
         for view in views:
             ident = view.identity
             for job_id in view.jobs.jobs:
                 gpu_keys = [self.hostname, str(ident.index), ident.uuid, job_id]
-                if ident.uuid in pods:
+                pod = pod_of(ident.uuid, job_id)
+                if pod:
                     job_info.add_sample(job_info.name, {**dict(zip(self.job_labels, gpu_keys, strict=True)),
-                                                        **pods[ident.uuid]}, 1.0)
+                                                        **pod}, 1.0)
                 else:
                     job_info.add_metric(gpu_keys, 1.0)
             for job_id, used in sorted(view.jobs.memory_bytes.items()):
@@ -224,7 +234,7 @@ class GpuCollector:
                                    strict=True)), **_mig_labels(instance)}
                 for job_id in jobs.jobs:
                     job_info.add_sample(job_info.name, {**base, "job_id": job_id,
-                                                        **pods.get(instance.uuid or "", {})}, 1.0)
+                                                        **pod_of(instance.uuid or "", job_id)}, 1.0)
                 for job_id, used in sorted(jobs.memory_bytes.items()):
                     memory.add_sample(memory.name, {**base, "job_id": job_id}, float(used))
         yield job_info

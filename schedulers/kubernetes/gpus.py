@@ -202,8 +202,8 @@ class PodJobMap:
     attribution takes a pod's GPUs as its job's, as it takes a Slurm prolog's map files. Files in
     ``files`` (if any) are read too; the kubelet's answer wins for the GPUs it names.
 
-    :meth:`pod_labels` gives dcgm-exporter's ``namespace``/``pod``/``container`` of each GPU a
-    job's pod holds, as of the last read, for ``jobsight_gpu_job_info``. A kubelet that does not
+    :meth:`pod_labels` gives the job and dcgm-exporter's ``namespace``/``pod``/``container`` of
+    each GPU a job's pod holds, as of the last read, for ``jobsight_gpu_job_info``. A kubelet that does not
     answer is one error in the snapshot (the exporter logs and counts it) and no pod GPUs until it
     answers again."""
 
@@ -215,7 +215,7 @@ class PodJobMap:
         self.pod_alias_dir = pod_alias_dir
         self.alias_keep_seconds = alias_keep_seconds
         self.wall_clock = wall_clock
-        self._labels: dict[str, dict[str, str]] = {}
+        self._labels: dict[str, tuple[str, dict[str, str]]] = {}
         self._written: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -223,7 +223,7 @@ class PodJobMap:
         base = self.files.read() if self.files is not None else JobMapSnapshot()
         jobs = dict(base.jobs_by_key)
         errors = list(base.errors)
-        labels: dict[str, dict[str, str]] = {}
+        labels: dict[str, tuple[str, dict[str, str]]] = {}
         try:
             owners = self.attribution.owners()
         except DependencyUnavailable as exc:
@@ -236,8 +236,8 @@ class PodJobMap:
                 jobs.pop(owner.device_id, None)
                 continue
             jobs[owner.device_id] = (owner.job_id,)
-            labels[owner.device_id] = {"namespace": owner.namespace, "pod": owner.pod,
-                                       "container": owner.container}
+            labels[owner.device_id] = (owner.job_id, {"namespace": owner.namespace, "pod": owner.pod,
+                                                      "container": owner.container})
         with self._lock:
             self._labels = labels
         if self.pod_alias_dir is not None:
@@ -272,6 +272,6 @@ class PodJobMap:
                     os.unlink(entry.path)
                     self._written.pop(entry.name, None)
 
-    def pod_labels(self) -> dict[str, dict[str, str]]:
+    def pod_labels(self) -> dict[str, tuple[str, dict[str, str]]]:
         with self._lock:
             return dict(self._labels)

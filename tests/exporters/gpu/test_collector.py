@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters.gpu.attribution import JobAttributor
-from exporters.gpu.collector import GpuCollector
+from exporters.gpu.collector import GpuCollector, PodLabelsSource
 from exporters.gpu.model import BackendInfo, DeviceReading, GpuBackend, GpuIdentity, XidEvent
 from exporters.gpu.nvml import NvmlBackend
 from exporters.gpu.sampler import Sampler
@@ -55,7 +55,8 @@ class Parts:
 
 
 def build(backend: GpuBackend, job_map: Path | None = None, proc: Path = GPU_FIXTURES / "proc",
-          stale_after_s: float = 10.0, interval_s: float = 1.0) -> Parts:
+          stale_after_s: float = 10.0, interval_s: float = 1.0,
+          pod_labels: PodLabelsSource | None = None) -> Parts:
     backend.open()
     ledger = XidLedger()
     # trust_environment: the fixture's PID 2101 names its job only in JOBSIGHT_JOB_ID.
@@ -64,7 +65,7 @@ def build(backend: GpuBackend, job_map: Path | None = None, proc: Path = GPU_FIX
                                clock=time.monotonic, map_ttl_s=0.0)
     sampler = Sampler(backend, attributor, ledger, interval_s=interval_s, stale_after_s=stale_after_s)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GpuCollector(sampler, ledger, backend.info(), "node1"))
+    registry.register(GpuCollector(sampler, ledger, backend.info(), "node1", pod_labels=pod_labels))
     return Parts(sampler, registry, ledger)
 
 
@@ -126,6 +127,23 @@ def test_job_map_dir_wins_over_processes() -> None:
     assert "4711" not in parts.text()
     # The file with an invalid job id is counted, not published.
     assert parts.value("jobsight_gpu_collect_errors_total", Hostname="node1", gpu="", reason="job_map") == 2
+
+
+def test_pod_labels_only_on_the_series_of_the_pods_job() -> None:
+    # The kubelet says GPU 0's pod is team-a:llama's and GPU 1's pod is team-b:other's; the
+    # sampler's last attribution (processes: train-42 and 4711 on GPU 0) is older than that read.
+    # A pod's labels belong to its job: they go on that job's series only, never on another's.
+    devices = two_gpus()
+    devices[0].processes = [(2101, 10 * GIB), (2102, 20 * GIB)]
+    pod = {"namespace": "team-a", "pod": "llama-worker-0", "container": "pytorch"}
+    labels = {UUID0: ("train-42", pod), UUID1: ("team-b:other", {**pod, "namespace": "team-b"})}
+    parts = build(NvmlBackend(nvml=FakeNvml(devices)), pod_labels=lambda: labels)
+    read_all(parts)
+    job = {"Hostname": "node1", "gpu": "0", "UUID": UUID0}
+    assert parts.value("jobsight_gpu_job_info", **job, job_id="train-42", **pod) == 1
+    assert parts.value("jobsight_gpu_job_info", **job, job_id="4711") == 1
+    assert 'job_id="4711",namespace' not in parts.text()
+    assert "team-b" not in parts.text()  # GPU 1 holds no job in the sampler's view: no series
 
 
 def test_lost_gpu_is_down_and_the_other_keeps_serving() -> None:

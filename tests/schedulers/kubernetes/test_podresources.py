@@ -206,11 +206,11 @@ def test_pod_job_map_reads_like_a_job_map_directory(
         }
         job = snapshot.job_for_gpu(5, UUIDS[1])
         assert job is not None and job.job_id == "team-a:llama"
-        assert job_map.pod_labels()[UUIDS[1]] == {
+        assert job_map.pod_labels()[UUIDS[1]] == ("team-a:llama", {
             "namespace": "team-a",
             "pod": "llama-worker-0",
             "container": "pytorch",
-        }
+        })
         assert UUIDS[2] not in job_map.pod_labels()  # a kube-system pod's GPU: no job, no labels
         kubelet.stop()
         down = job_map.read()
