@@ -100,6 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hpc-job-mapping-dir does (multiplies series by jobs; default: off, join jobsight_gpu_job_info)",
     )
     parser.add_argument(
+        "--collector.gpu.expected-count", dest="gpu_expected_count", type=int, metavar="N", default=None,
+        help="GPUs this node should have: published as jobsight_node_expected_gpus, which GPUMissing "
+        "compares with the GPUs enumerated (default: none; the alert then uses the node's 7-day maximum)",
+    )
+    parser.add_argument(
         "--wait-for-driver", dest="gpu_wait_for_driver", action="store_true", default=False,
         help="when NVML cannot be used yet (no driver loaded), serve jobsight_gpu_backend_up 0 and keep "
         "trying in the background instead of exiting 3 (always on in `jobsight agent`)",
@@ -124,6 +129,7 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None,
 
     from exporters.gpu.attribution import JobAttributor
     from exporters.gpu.collector import GpuCollector
+    from exporters.gpu.inventory import MAX_EXPECTED_GPUS, WithExpectedGpus
     from exporters.gpu.model import GpuBackend
     from exporters.gpu.nvml import NvmlBackend
     from exporters.gpu.sampler import Sampler
@@ -150,6 +156,9 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None,
         raise ConfigError(f"--collector.gpu.release-hold: {release_hold} is outside 0-3600 seconds")
     if wait_for_driver is None:
         wait_for_driver = bool(args.gpu_wait_for_driver)
+    expected_gpus = args.gpu_expected_count
+    if expected_gpus is not None and not 0 <= expected_gpus <= MAX_EXPECTED_GPUS:
+        raise ConfigError(f"--collector.gpu.expected-count: {expected_gpus} is outside 0-{MAX_EXPECTED_GPUS}")
 
     extra: list[Collector] = []
     backend: GpuBackend
@@ -183,6 +192,11 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None,
                                  hpc_job=bool(args.gpu_hpc_job_label), pod_labels=pod_labels)
         return Running(collector, sampler.health, sampler.close)
 
+    def with_inventory(collector: Collector) -> Collector:
+        if expected_gpus is None:
+            return collector
+        return WithExpectedGpus(collector, expected_gpus, hostname, host_label)
+
     def closing(close: Callable[[], None]) -> Callable[[], None]:
         def close_all() -> None:
             close()
@@ -198,10 +212,11 @@ def build(args: argparse.Namespace, wait_for_driver: bool | None = None,
                 restore_signal()
             raise
         waiting = DriverWait(backend, start, exc, hostname, host_label=host_label)
-        return ExporterParts(collectors={"gpu": waiting}, prefix="jobsight", health=waiting.health,
-                             close=closing(waiting.close))
+        return ExporterParts(collectors={"gpu": with_inventory(waiting)}, prefix="jobsight",
+                             health=waiting.health, close=closing(waiting.close))
     running = start(backend)
-    return ExporterParts(collectors={"gpu": running.collector}, prefix="jobsight", health=running.health,
+    return ExporterParts(collectors={"gpu": with_inventory(running.collector)}, prefix="jobsight",
+                         health=running.health,
                          close=closing(running.close))
 
 

@@ -56,6 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave out devices whose name matches this regular expression (unanchored); "
         "mutually exclusive with --collector.infiniband.device-include",
     )
+    parser.add_argument(
+        "--collector.infiniband.expected-rate",
+        dest="infiniband_expected_rate",
+        action="append",
+        default=None,
+        metavar="[REGEX=]GBPS",
+        help="the rate the ports of the devices matching REGEX (all devices without one) should train "
+        "at, in Gb/s as ibstat prints it (400 for 4X NDR): published as "
+        "jobsight_rdma_port_expected_rate_bytes_per_second for RDMALinkDegraded; repeatable, the first "
+        "match wins (default: none; the alert then compares ports of the same board)",
+    )
 
 
 def build(args: argparse.Namespace) -> ExporterParts:
@@ -66,12 +77,14 @@ def build(args: argparse.Namespace) -> ExporterParts:
     import os
 
     from exporters.rdma.collector import RdmaCollector
+    from exporters.rdma.expected import parse_expected_rates
     from exporters.rdma.filters import DeviceFilter
     from exporters.rdma.sysfs import InfinibandReader
     from jobsight.errors import BackendUnavailable
     from jobsight.serving import ExporterParts
 
     device_filter = DeviceFilter(args.infiniband_device_include, args.infiniband_device_exclude)
+    expected_rates = parse_expected_rates(args.infiniband_expected_rate)
     root = args.path_sysfs
     if not os.path.isdir(root):
         raise BackendUnavailable(f"--path.sysfs={root!r} is not a directory")
@@ -83,7 +96,8 @@ def build(args: argparse.Namespace) -> ExporterParts:
         return True, f"rdma: ok ({len(reader.device_names())} devices)"
 
     return ExporterParts(
-        collectors={"rdma": RdmaCollector(reader, device_filter)}, prefix="jobsight", health=health
+        collectors={"rdma": RdmaCollector(reader, device_filter, expected_rates)}, prefix="jobsight",
+        health=health,
     )
 
 

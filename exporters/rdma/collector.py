@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
 from exporters.rdma import names
+from exporters.rdma.expected import ExpectedRate, expected_rate
 from exporters.rdma.filters import DeviceFilter
 from exporters.rdma.sysfs import U64_MAX, DeviceReading, InfinibandReader, ReadProblem
 
@@ -62,9 +63,11 @@ class ReadErrorTally:
 class RdmaCollector:
     """``reader`` is the sysfs seam; ``device_filter`` picks devices by name."""
 
-    def __init__(self, reader: InfinibandReader, device_filter: DeviceFilter | None = None) -> None:
+    def __init__(self, reader: InfinibandReader, device_filter: DeviceFilter | None = None,
+                 expected_rates: Sequence[ExpectedRate] = ()) -> None:
         self.reader = reader
         self.device_filter = device_filter or DeviceFilter()
+        self.expected_rates = tuple(expected_rates)
         self.read_errors = ReadErrorTally()
 
     def read_devices(self) -> list[DeviceReading]:
@@ -92,6 +95,7 @@ class RdmaCollector:
         phys_state = GaugeMetricFamily(names.PHYS_STATE_METRIC, names.PHYS_STATE_HELP, labels=PORT_LABELS)
         rate = GaugeMetricFamily(names.RATE_METRIC, names.RATE_HELP, labels=PORT_LABELS)
         lifespan = GaugeMetricFamily(names.LIFESPAN_METRIC, names.LIFESPAN_HELP, labels=PORT_LABELS)
+        expected = GaugeMetricFamily(names.EXPECTED_RATE_METRIC, names.EXPECTED_RATE_HELP, labels=PORT_LABELS)
         port_info = GaugeMetricFamily(
             names.PORT_INFO_METRIC, names.PORT_INFO_HELP, labels=["device", "port", "link_layer", "netdev"]
         )
@@ -110,6 +114,7 @@ class RdmaCollector:
         ]
         for device in devices:
             info.add_metric([device.name, device.board_id, device.firmware_version, device.hca_type], 1.0)
+            should = expected_rate(self.expected_rates, device.name)
             for port in device.ports:
                 labels = {"device": device.name, "port": port.port}
                 if port.state_id is not None:
@@ -121,6 +126,8 @@ class RdmaCollector:
                 if port.rate_bytes_per_second is not None:
                     rate.samples.append(Sample(names.RATE_METRIC, labels, float(port.rate_bytes_per_second)))
                 port_info.add_metric([device.name, port.port, port.link_layer, port.netdev], 1.0)
+                if should is not None:
+                    expected.samples.append(Sample(names.EXPECTED_RATE_METRIC, labels, float(should)))
                 for directory, rows in tables:
                     values = port.counters.get(directory)
                     if not values:
@@ -148,6 +155,7 @@ class RdmaCollector:
             if directory == "hw_counters":
                 families.append(lifespan)
         families.append(port_info)
+        families.append(expected)
         # Empty families are left out, as node_exporter does; the error counter is always there.
         yield from (family for family in families if family.samples)
         yield read_errors

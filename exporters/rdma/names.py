@@ -380,6 +380,11 @@ PORT_INFO_HELP = (
     "RDMA port facts, value is always 1: link_layer (InfiniBand or Ethernet, i.e. RoCE) and the "
     "netdev of the port's first GID that has one (empty when none)."
 )
+EXPECTED_RATE_METRIC = "jobsight_rdma_port_expected_rate_bytes_per_second"
+EXPECTED_RATE_HELP = (
+    "jobsight: the rate this port should train at (--collector.infiniband.expected-rate), in bytes per "
+    "second as node_infiniband_rate_bytes_per_second; RDMALinkDegraded fires below it."
+)
 READ_ERRORS_METRIC = "jobsight_rdma_read_errors_total"
 READ_ERRORS_HELP = (
     "Reads of a /sys/class/infiniband file that gave no value (missing, unreadable, unparsable "
@@ -399,5 +404,5 @@ def all_metric_names() -> list[str]:
     names = [INFO_METRIC, STATE_METRIC, PHYS_STATE_METRIC, RATE_METRIC, LIFESPAN_METRIC]
     for _, specs in COUNTER_DIRS:
         names.extend(spec.metric for spec in specs)
-    names.extend([PORT_INFO_METRIC, READ_ERRORS_METRIC])
+    names.extend([PORT_INFO_METRIC, EXPECTED_RATE_METRIC, READ_ERRORS_METRIC])
     return names

@@ -57,6 +57,46 @@ def test_agent_serves_gpu_rdma_and_node_collectors_on_one_port(spawn: Callable[.
     promtool_check_metrics(text, allow=[*PROMTOOL_ALLOW, "node_memory_"])
 
 
+def test_agent_publishes_the_configured_inventory(spawn: Callable[..., Proc]) -> None:
+    """What the node should have, for GPUMissing and RDMALinkDegraded: 8 GPUs (4 enumerated) and
+    400 Gb/s on the mlx5 ports (the fixture's mlx5_0 trained at 200), 100 Gb/s on hfi1_0."""
+    port = free_port()
+    proc = spawn(
+        jobsight_command(
+            "agent", "--web.listen-address", f"127.0.0.1:{port}", "--simulate", "4", "--hostname", "nodeA",
+            "--path.sysfs", str(RDMA_SYSFS), "--no-collector.node", "--collector.gpu.expected-count", "8",
+            "--collector.infiniband.expected-rate", "^mlx5_=400",
+            "--collector.infiniband.expected-rate", "100",
+        ),
+        name="agent",
+    )
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    samples = _samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    assert samples[("jobsight_node_expected_gpus", (("Hostname", "nodeA"),))] == 8.0
+    expected = {dict(labels)["device"] + "/" + dict(labels)["port"]: value for (name, labels), value
+                in samples.items() if name == "jobsight_rdma_port_expected_rate_bytes_per_second"}
+    rates = {dict(labels)["device"] + "/" + dict(labels)["port"]: value for (name, labels), value
+             in samples.items() if name == "node_infiniband_rate_bytes_per_second"}
+    assert set(expected) == set(rates)  # every port, by the first rule matching its device
+    assert expected["mlx5_0/1"] == 400 * 125_000_000 > rates["mlx5_0/1"]
+    assert expected["hfi1_0/1"] == 100 * 125_000_000
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--collector.gpu.expected-count", "80000", "--collector.gpu.expected-count: 80000 is outside 0-1024"),
+    ("--collector.infiniband.expected-rate", "mlx5=fast", "'fast' is not a rate in Gb/s"),
+    ("--collector.infiniband.expected-rate", "mlx5[=400", "is not a valid regular expression"),
+])
+def test_agent_refuses_a_bad_inventory(
+    spawn: Callable[..., Proc], flag: str, value: str, message: str
+) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    proc = spawn(jobsight_command("agent", "--simulate", "1", "--no-collector.node",
+                                  "--web.listen-address", listen, flag, value), name="agent")
+    assert proc.popen.wait(timeout=60) != 0
+    assert message in proc.output()
+
+
 def test_agent_collectors_can_be_switched_off(spawn: Callable[..., Proc]) -> None:
     port = free_port()
     proc = spawn(
@@ -91,7 +131,7 @@ def test_agent_without_nvml_serves_node_and_rdma_and_waits_for_the_driver(spawn:
     proc = spawn(
         jobsight_command(
             "agent", "--web.listen-address", f"127.0.0.1:{port}", "--path.sysfs", str(RDMA_SYSFS),
-            "--hostname", "cpu1", "--no-collector.filesystem",
+            "--hostname", "cpu1", "--no-collector.filesystem", "--collector.gpu.expected-count", "8",
         ),
         name="agent",
     )
@@ -102,6 +142,8 @@ def test_agent_without_nvml_serves_node_and_rdma_and_waits_for_the_driver(spawn:
         assert "node_cpu_seconds_total" in names
         assert "node_infiniband_port_data_received_bytes_total" in names
         assert samples[("jobsight_gpu_backend_up", (("Hostname", "cpu1"),))] == 0.0
+        # The inventory is published while no GPU is: GPUMissing then fires with 0 of 8.
+        assert samples[("jobsight_node_expected_gpus", (("Hostname", "cpu1"),))] == 8.0
         assert samples[("jobsight_scrape_collector_success", (("collector", "gpu"),))] == 1.0
         assert not any(name.startswith("DCGM_") for name in names)
     assert "NVML" in proc.output() and "tried again in the background" in proc.output()

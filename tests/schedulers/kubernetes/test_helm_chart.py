@@ -203,6 +203,15 @@ def test_tls_web_config_and_scraping_over_tls() -> None:
         assert endpoint["scheme"] == "https" and endpoint["basicAuth"]["password"]["key"] == "password"
 
 
+def test_node_and_rdma_series_get_the_node_name_as_hostname() -> None:
+    # The rules join RDMA and node series on Hostname, which only the GPU series carry themselves.
+    monitor = one(render("defaults"), "PodMonitor", "jobsight-agent")
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["honorLabels"] is True  # the GPU series' own Hostname wins
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "Hostname"}]
+
+
 def test_watcher_runs_unprivileged_with_read_only_rbac() -> None:
     objects = render("defaults")
     watcher = one(objects, "Deployment", "jobsight-watcher")
