@@ -70,7 +70,7 @@ from api.telemetry import (
 from api.tensorboard import NotAllowed, TensorBoardManager, WalkLimits, check_logdir, read_scalars, roots_for
 from jobsight import __version__
 from jobsight.errors import DependencyUnavailable, InvalidInput
-from jobsight.identity import JOB_ID_PATTERN
+from jobsight.jobid import JOB_ID_PATTERN
 
 log = logging.getLogger("jobsight.api")
 

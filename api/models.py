@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from jobsight.identity import JOB_ID_PATTERN
+from jobsight.jobid import JOB_ID_PATTERN
 
 JobStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "cancelled")

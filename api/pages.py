@@ -47,7 +47,7 @@ from api.signing import BadSignature, Signer
 from api.store import Job
 from api.tensorboard import NotAllowed, check_logdir, roots_for
 from jobsight.errors import DependencyUnavailable, InvalidInput
-from jobsight.identity import is_valid_job_id
+from jobsight.jobid import is_valid_job_id
 
 log = logging.getLogger("jobsight.api")
 

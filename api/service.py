@@ -43,7 +43,7 @@ from api.summary import JobFacts, PromFacts, findings_from_alerts, findings_from
 from api.tensorboard import TensorBoardManager
 from api.training import training_facts
 from jobsight.errors import DependencyUnavailable, InvalidInput
-from jobsight.identity import is_valid_job_id
+from jobsight.jobid import is_valid_job_id
 from jobsight.logstore import LogRecord
 
 log = logging.getLogger("jobsight.api")

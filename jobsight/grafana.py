@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from jobsight.errors import ConfigError, DependencyUnavailable, InvalidInput
-from jobsight.identity import validate_job_id
+from jobsight.jobid import validate_job_id
 
 T = TypeVar("T")
 

@@ -29,17 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobsight.errors import InvalidInput
+from jobsight.jobid import is_valid_job_id
 
 DEFAULT_JOB_MAP_DIR = Path("/run/jobsight/jobs")
 # On Kubernetes nodes the agent writes <pod UID> → the pod's training job here (docs/kubernetes.md).
 DEFAULT_POD_ALIAS_DIR = Path("/run/jobsight/pods")
 DEFAULT_JOB_ENV_VARS: tuple[str, ...] = ("JOBSIGHT_JOB_ID", "SLURM_JOB_ID")
-
-# Letters, digits and ._:@- ; starts with a letter or digit; at most 128 characters. Slurm ids
-# (``4711``, ``4711_3`` for arrays, ``4711+1`` is not used in cgroups), Kubernetes UIDs and
-# names, and most schedulers' ids fit; quotes, braces, spaces, ``=~`` and backslashes do not.
-JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
-_JOB_ID_RE = re.compile(rf"^{JOB_ID_PATTERN}$")
 
 # Only regular files with these names are read from a job map directory, as dcgm-exporter does
 # (``^\d+(\.\d+)?$``), plus jobstats' UUID-named files.
@@ -87,21 +82,6 @@ DEFAULT_LOG_PATH_PATTERNS: tuple[str, ...] = (
     # job alias directory the agent writes on Kubernetes nodes (no directory: no job id).
     r"/var/log/pods/[^/_]+_[^/_]+_(?P<pod_uid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/",
 )
-
-
-def is_valid_job_id(value: str) -> bool:
-    """True when ``value`` is in the safe job-id character set and length."""
-    return bool(_JOB_ID_RE.match(value))
-
-
-def validate_job_id(value: str) -> str:
-    """Return ``value`` unchanged if it is a safe job id, else raise :class:`InvalidInput`."""
-    if not is_valid_job_id(value):
-        shown = value if len(value) <= 64 else value[:61] + "..."
-        raise InvalidInput(
-            f"invalid job id {shown!r}: use 1-128 letters, digits or ._:@- starting with a letter or digit"
-        )
-    return value
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from collectors.logs.parsing import DEFAULT_RANK_PREFIX
 from jobsight.config import load_model
 from jobsight.errors import InvalidInput
-from jobsight.identity import DEFAULT_LOG_PATH_PATTERNS, compile_path_pattern, is_valid_job_id
+from jobsight.identity import DEFAULT_LOG_PATH_PATTERNS, compile_path_pattern
+from jobsight.jobid import is_valid_job_id
 
 DEFAULT_LISTEN = "127.0.0.1:9404"
 

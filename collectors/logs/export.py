@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from collectors.logs.es import rfc3339
-from jobsight.identity import validate_job_id
+from jobsight.jobid import validate_job_id
 from jobsight.logstore import LogRecord, SQLiteLogStore
 
 

@@ -32,7 +32,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from jobsight import training
-from jobsight.identity import is_valid_job_id
+from jobsight.jobid import is_valid_job_id
 
 COUNTER = "counter"
 GAUGE = "gauge"

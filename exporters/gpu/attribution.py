@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporters.gpu.model import Clock, GpuIdentity, InstanceReading, ProcessUsage
-from jobsight.identity import JobMapDir, JobMapSnapshot, JobRef, ProcessJobResolver, is_valid_job_id
+from jobsight.identity import JobMapDir, JobMapSnapshot, JobRef, ProcessJobResolver
+from jobsight.jobid import is_valid_job_id
 
 log = logging.getLogger(__name__)
 

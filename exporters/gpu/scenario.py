@@ -29,7 +29,7 @@ from pydantic.functional_validators import BeforeValidator
 from exporters.gpu.fields import CLOCK_EVENT_BITS, FIELDS_BY_NAME
 from jobsight.config import load_yaml_file, parse_model
 from jobsight.errors import ConfigError
-from jobsight.identity import is_valid_job_id
+from jobsight.jobid import is_valid_job_id
 
 log = logging.getLogger(__name__)
 

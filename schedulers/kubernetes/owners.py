@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobsight.identity import is_valid_job_id
+from jobsight.jobid import is_valid_job_id
 
 KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"

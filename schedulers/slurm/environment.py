@@ -10,17 +10,18 @@ list but no GPU variables and no ``SLURM_CONF``. ``SLURM_JOB_EXIT_CODE`` and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from jobsight.errors import InvalidInput
-from jobsight.identity import validate_job_id
+from jobsight.jobid import validate_job_id
 from schedulers.slurm import hostlist
 
 CONTEXTS = ("prolog_slurmd", "epilog_slurmd", "prolog_slurmctld", "epilog_slurmctld")
 
 
-@dataclass(frozen=True)
-class SlurmJob:
+class SlurmJob(NamedTuple):
+    """A NamedTuple, not a dataclass, for the hook's start-up time (see config.SlurmHookConfig)."""
+
     context: str
     job_id: str
     user: str | None

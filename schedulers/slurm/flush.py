@@ -91,14 +91,15 @@ class Deliverer:
         return out
 
 
-def flush(config: SlurmHookConfig, wait_seconds: float = 0.0, delay_seconds: float = 0.0,
-          sleep: Callable[[float], None] = time.sleep) -> DeliveryReport:
+def flush(config: SlurmHookConfig, wait_seconds: float = 0.0,
+          sleep: Callable[[float], None] = time.sleep, lock_fd: int | None = None) -> DeliveryReport:
     """Deliver until the spool is empty, or ``wait_seconds`` have passed (one round when 0).
 
-    ``delay_seconds`` first: a delivery started by PrologSlurmctld would otherwise ask scontrol
-    while slurmctld is still launching the very job, and hold up its start."""
-    if delay_seconds > 0:
-        sleep(delay_seconds)
+    One waiting delivery process per spool (:meth:`Spool.claim_delivery`): when another one runs,
+    this one hands over at once (``handed_over``). ``lock_fd`` is the delivery lock a hook claimed and
+    handed to this process; used only if it is this spool's. A delivery started by
+    PrologSlurmctld waits first (``flush --delay``, in the command, before its imports): it would
+    otherwise ask scontrol while slurmctld is still launching the very job, and hold up its start."""
     spool = Spool(config.node_path(config.spool_dir, "slurmctld"))
     if not config.api_url:
         return DeliveryReport(pending=len(spool.pending()), error="no api_url configured")
@@ -106,11 +107,40 @@ def flush(config: SlurmHookConfig, wait_seconds: float = 0.0, delay_seconds: flo
     scontrol = Scontrol(config.scontrol, str(config.slurm_conf) if config.slurm_conf else None,
                         timeout=config.timeout_seconds)
     deliver = Deliverer(client, scontrol)
+    if wait_seconds <= 0 and lock_fd is None:
+        # One round (a person, or the timer): beside a waiting delivery process, under the same
+        # per-round lock, so nothing is sent twice.
+        return spool.deliver(deliver, deadline=time.monotonic() + config.timeout_seconds * 4)
     end = time.monotonic() + wait_seconds
+    held = lock_fd if lock_fd is not None and spool.is_delivery_lock(lock_fd) else None
+    while True:
+        with spool.sole_deliverer(held) as sole:
+            held = None
+            if not sole:
+                return DeliveryReport(pending=len(spool.pending()), handed_over=True,
+                                      error="another delivery process is running; it takes these")
+            report = _deliver_until(spool, deliver, end, config.timeout_seconds, sleep)
+        # Let go, then look again: a hook that spooled while this process held the lock started
+        # no delivery of its own.
+        if report.pending or not spool.pending() or time.monotonic() >= end:
+            return report
+
+
+def _deliver_until(spool: Spool, deliver: Deliverer, end: float, timeout: float,
+                   sleep: Callable[[float], None]) -> DeliveryReport:
     pause = 0.2
     while True:
-        report = spool.deliver(deliver, deadline=max(end, time.monotonic() + config.timeout_seconds * 4))
+        report = spool.deliver(deliver, deadline=max(end, time.monotonic() + timeout * 4))
         if report.pending == 0 or time.monotonic() >= end:
             return report
-        sleep(min(pause, max(0.0, end - time.monotonic())))
+        # Rounds back off to one every 5 s (a job still COMPLETING), but a record a hook spooled
+        # meanwhile is taken within 0.2 s.
+        seen = set(spool.pending())
+        waited = 0.0
+        while waited < pause and time.monotonic() < end:
+            step = min(0.2, pause - waited, max(0.0, end - time.monotonic()))
+            sleep(step)
+            waited += step
+            if not set(spool.pending()) <= seen:
+                break
         pause = min(pause * 2, 5.0)

@@ -14,16 +14,12 @@ node and hold the job.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import signal
-import subprocess
 import sys
 import syslog
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -34,14 +30,12 @@ from schedulers.slurm.config import SlurmHookConfig, config_path, load_config
 from schedulers.slurm.environment import SlurmJob, from_environ
 from schedulers.slurm.jobmap import JobMapWriter
 from schedulers.slurm.spool import Spool
-from schedulers.slurm.state import Scontrol
-
-log = logging.getLogger(__name__)
 
 ALIAS_DIR = "aliases"  # inside the job map directory; the map readers skip directories
 ALIAS_KEEP_SECONDS = 7 * 24 * 3600
 
-Spawn = Callable[[Sequence[str]], None]
+# Starts the delivery process: its command, and the delivery lock it inherits (Spool.claim_delivery).
+Spawn = Callable[[Sequence[str], int], None]
 
 
 class HookTimeout(Exception):
@@ -49,6 +43,8 @@ class HookTimeout(Exception):
 
 
 def _now_iso(clock: Callable[[], float]) -> str:
+    from datetime import UTC, datetime  # the controller hooks only: 1.3 ms of a node hook's start
+
     return datetime.fromtimestamp(clock(), UTC).isoformat()
 
 
@@ -60,21 +56,28 @@ def tenant_for(job: SlurmJob, config: SlurmHookConfig) -> str | None:
     return None
 
 
-def spawn_detached(argv: Sequence[str]) -> None:
-    """Start ``argv`` in its own session with no stdio, so it outlives the hook and no Slurm
-    process-group kill reaches it."""
+def spawn_detached(argv: Sequence[str], lock_fd: int) -> None:
+    """Start ``argv`` in its own session with no stdio but ``lock_fd``, so it outlives the hook,
+    no Slurm process-group kill reaches it, and the delivery lock is never let go in between."""
+    import subprocess  # only the controller hooks start a process: not imported on the nodes
+
     subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
+        start_new_session=True, close_fds=True, pass_fds=(lock_fd,),
     )
 
 
 FLUSH_DELAY_SECONDS = 1.0
 
 
-def flush_command(config_file: Path, wait_seconds: float) -> list[str]:
-    return [sys.executable, "-m", "schedulers.slurm", "flush", "--config", str(config_file),
-            "--wait", str(wait_seconds), "--delay", str(FLUSH_DELAY_SECONDS)]
+def flush_command(config_file: Path, wait_seconds: float, lock_fd: int) -> list[str]:
+    """``flush`` as the hook starts it: Python isolated and without site, as the wrapper starts the
+    hook (slurmctld's environment and working directory are no place to import from, and its
+    start-up is CPU the job launch it runs beside needs)."""
+    from schedulers.slurm.wrapper import fast_python
+
+    return [*fast_python("schedulers.slurm.__main__:main"), "flush", "--config", str(config_file),
+            "--wait", str(wait_seconds), "--delay", str(FLUSH_DELAY_SECONDS), "--lock-fd", str(lock_fd)]
 
 
 class Hook:
@@ -132,12 +135,14 @@ class Hook:
     def _with_array_ids(self, job: SlurmJob) -> SlurmJob:
         """slurmd's Prolog/Epilog get no SLURM_ARRAY_* (22.05); for a job whose output names
         use the array pair, ask scontrol (one RPC, only for such jobs)."""
+        from schedulers.slurm.state import Scontrol  # subprocess and all: only for such jobs
+
         fields = Scontrol(self.config.scontrol, job.slurm_conf or (
             str(self.config.slurm_conf) if self.config.slurm_conf else None),
             timeout=self.config.timeout_seconds).show_job(job.job_id)
         array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
         if array and task and array.isdigit() and task.isdigit():
-            return dataclasses.replace(job, array_job_id=array, array_task_id=task)
+            return job._replace(array_job_id=array, array_task_id=task)
         return job
 
     def _gpu_keys(self, job: SlurmJob, node: str) -> list[str]:
@@ -168,7 +173,12 @@ class Hook:
                        "exit_signal": job.exit_signal, "since": self.clock()}
             path = spool.put(job.job_id, "ended", body, resolve=resolve)
         if self.config.api_url:
-            self.spawn(flush_command(self.config_file, self.flush_wait_seconds))
+            lock = spool.claim_delivery()
+            if lock is not None:  # no delivery process runs: start one and hand it the lock
+                try:
+                    self.spawn(flush_command(self.config_file, self.flush_wait_seconds, lock), lock)
+                finally:
+                    os.close(lock)
         return f"spooled {path.name}"
 
 
@@ -226,3 +236,8 @@ def run_hook(environ: Mapping[str, str], stderr: TextIO = sys.stderr,
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     return 0
+
+
+def main() -> int:
+    """What the wrapper of ``jobsight slurm wrapper`` runs."""
+    return run_hook(os.environ)

@@ -16,11 +16,10 @@ from jobsight.identity import (
     PathJobMatcher,
     PodJobs,
     ProcessJobResolver,
-    is_valid_job_id,
     job_from_cgroup,
     job_from_environ,
-    validate_job_id,
 )
+from jobsight.jobid import is_valid_job_id, validate_job_id
 from tests.support import FIXTURES
 
 PROC = FIXTURES / "identity" / "proc"

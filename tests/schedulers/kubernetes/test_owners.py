@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from jobsight.identity import JOB_ID_PATTERN
+from jobsight.jobid import JOB_ID_PATTERN
 from schedulers.kubernetes.owners import PodJobResolver, PodMeta, kube_job_id
 from tests.schedulers.kubernetes.objects import batch_job_pod, kube_proxy, owner, pod, pytorch_worker
 

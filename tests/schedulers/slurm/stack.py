@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ from pathlib import Path
 import httpx
 import yaml
 
+from schedulers.slurm.wrapper import wrapper_script
 from tests.schedulers.slurm.cluster import SlurmCluster, slurm_cluster
-from tests.support import REPO_ROOT, Proc, free_port, jobsight_command, wait_for_http, wait_until
+from tests.support import Proc, free_port, jobsight_command, wait_for_http, wait_until
 
 SCHEDULER_TOKEN = "slurm-scheduler-token-0123456789"
 ADMIN_TOKEN = "slurm-admin-token-0123456789abc"
@@ -154,11 +154,7 @@ def slurm_stack(root: Path) -> Iterator[SlurmStack]:
         hook_config = root / "slurm.yaml"
         write_hook_config(hook_config, root, api_url)
         hook = root / "jobsight-slurm-hook"
-        hook.write_text(
-            "#!/bin/sh\n# The two-line wrapper of deploy/slurm/, pointed at this test's config.\n"
-            f"export JOBSIGHT_SLURM_CONFIG={hook_config} PYTHONPATH={REPO_ROOT}\n"
-            f"exec {sys.executable} -m schedulers.slurm hook\n"
-        )
+        hook.write_text(wrapper_script(config=hook_config))  # as `jobsight slurm wrapper` writes it
         hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         for node, url in exporters.items():
             metrics = wait_for_http(f"{url}/metrics").text

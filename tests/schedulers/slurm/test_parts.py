@@ -6,21 +6,26 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from jobsight.errors import ConfigError, InvalidInput
 from schedulers.slurm import gres, hostlist
 from schedulers.slurm.config import load_config
 from schedulers.slurm.environment import from_environ
-from schedulers.slurm.flush import gpus_from_detail
+from schedulers.slurm.flush import _deliver_until, flush, gpus_from_detail
 from schedulers.slurm.hook import Hook, run_hook
 from schedulers.slurm.jobmap import JobMapWriter
 from schedulers.slurm.spool import JobNotReady, PermanentRejection, Spool, TransientFailure
 from schedulers.slurm.state import final_from_fields, inferred, parse_show_job
+from schedulers.slurm.wrapper import wrapper_script
 
 
 def test_hostlist_expands_ranges_padding_and_lists() -> None:
@@ -90,6 +95,28 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.node_path(config.job_map_dir, "n1") == Path("/run/j/n1")
     assert config.tenant_map == {"proj1": "team-a"}
+
+
+def test_a_json_config_is_the_same_config_read_without_yaml(tmp_path: Path) -> None:
+    settings = {"api_url": "http://api:8000", "tenant_map": {"proj1": "team-a"}, "job_map_dir": "/run/j/%n",
+                "timeout_seconds": 2}
+    as_yaml, as_json = tmp_path / "slurm.yaml", tmp_path / "slurm.json"
+    as_yaml.write_text(yaml.safe_dump(settings))
+    as_json.write_text(json.dumps(settings, indent=2))
+    assert load_config(as_json) == load_config(as_yaml)
+    # Checked the same way, and a flow mapping that is YAML but not JSON still reads as YAML.
+    as_json.write_text(json.dumps({**settings, "timeout_seconds": 0}))
+    with pytest.raises(ConfigError, match="timeout_seconds"):
+        load_config(as_json)
+    as_json.write_text("{api_url: 'http://api:8000', tenant: team-a}\n")
+    assert load_config(as_json).tenant == "team-a"
+    # And the hook does not import PyYAML for it (8 ms of every job's start).
+    as_json.write_text(json.dumps(settings))
+    probe = ("import sys; from schedulers.slurm.config import load_config; "
+             f"load_config(__import__('pathlib').Path({str(as_json)!r})); print('yaml' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_job_map_keeps_each_jobs_gpus_and_shares(tmp_path: Path) -> None:
@@ -205,7 +232,7 @@ def test_the_hook_never_fails_a_job(tmp_path: Path) -> None:
     ]
     for env, expected in cases:
         err = io.StringIO()
-        assert run_hook(env, stderr=err, spawn=lambda argv: None) == 0
+        assert run_hook(env, stderr=err, spawn=lambda argv, lock: None) == 0
         lines = err.getvalue().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "the job goes on" in lines[0], lines
 
@@ -218,15 +245,26 @@ def test_controller_hook_spools_and_starts_one_detached_flush(tmp_path: Path) ->
     env = {"SLURM_SCRIPT_CONTEXT": "epilog_slurmctld", "SLURM_JOB_ID": "77", "SLURM_JOB_ACCOUNT": "proj",
            "SLURM_JOB_NAME": "train", "SLURM_JOB_USER": "bob", "SLURM_JOB_NODELIST": "n[1-2]",
            "SLURM_JOB_EXIT_CODE2": "0:0"}
-    Hook(load_config(config), config, env, clock=lambda: 1_800_000_000.0,
-         spawn=lambda argv: started.append(list(argv))).run()
+    spool = Spool(tmp_path / "spool")
+
+    def spawn(argv: Sequence[str], lock: int) -> None:
+        # The delivery lock is claimed before the process starts, and handed to it.
+        assert spool.is_delivery_lock(lock) and spool.claim_delivery() is None
+        started.append(list(argv))
+
+    Hook(load_config(config), config, env, clock=lambda: 1_800_000_000.0, spawn=spawn).run()
     [record_path] = (tmp_path / "spool").glob("*.json")
     record = json.loads(record_path.read_text())
     assert record["job_id"] == "77" and record["state"] == "ended"
     assert record["body"]["tenant"] == "team-a" and record["body"]["nodes"] == ["n1", "n2"]
     assert record["resolve"]["final"] is True and record["resolve"]["exit_code"] == 0
     assert len(started) == 1
-    assert started[0][-6:] == ["--config", str(config), "--wait", "300.0", "--delay", "1.0"]
+    assert started[0][:4] == [sys.executable, "-I", "-S", "-c"]
+    assert started[0][5:-1] == ["flush", "--config", str(config), "--wait", "300.0", "--delay", "1.0",
+                                "--lock-fd"]
+    claimed = spool.claim_delivery()  # the hook let go of its copy: the lock is free again here
+    assert claimed is not None
+    os.close(claimed)
 
 
 def test_node_hook_keeps_the_array_alias_after_the_job_and_prunes_old_ones(tmp_path: Path) -> None:
@@ -242,3 +280,79 @@ def test_node_hook_keeps_the_array_alias_after_the_job_and_prunes_old_ones(tmp_p
         Hook(load_config(config), config, {**env, "SLURM_SCRIPT_CONTEXT": context}, clock=time.time).run()
     assert (tmp_path / "n1" / "jobs" / "aliases" / "10_2").read_text() == "12\n"
     assert not old.exists()
+
+
+def test_the_wrapper_runs_the_hook_isolated_from_its_environment(tmp_path: Path) -> None:
+    """`jobsight slurm wrapper`'s script: Python without site and isolated (-I -S), the
+    installation's import paths written in; a PYTHONPATH or working directory holding a
+    `schedulers` package of someone else's is never imported."""
+    config = tmp_path / "slurm.yaml"
+    config.write_text(f"job_map_dir: {tmp_path}/jobs\n")
+    script = tmp_path / "jobsight-slurm-hook"
+    script.write_text(wrapper_script(config=config))
+    script.chmod(0o755)
+    planted = tmp_path / "planted"
+    (planted / "schedulers").mkdir(parents=True)
+    (planted / "schedulers" / "__init__.py").write_text("raise SystemExit('planted package imported')\n")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(planted),
+           "SLURM_SCRIPT_CONTEXT": "prolog_slurmd", "SLURM_JOB_ID": "4711", "SLURM_JOB_GPUS": "0,1",
+           "SLURMD_NODENAME": "node1"}
+    done = subprocess.run([str(script)], cwd=planted, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir() if not p.name.startswith(".")) == ["0", "1"]
+    assert (tmp_path / "jobs" / "0").read_text() == "4711\n"
+    assert " -I -S -c " in script.read_text()
+    # A broken config is still one line and exit 0 through the script.
+    config.write_text("timeout_seconds: forever\n")
+    done = subprocess.run([str(script)], cwd=planted, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.count("\n") == 1 and "timeout_seconds" in done.stderr
+
+
+def test_one_delivery_process_per_spool(tmp_path: Path) -> None:
+    """A waiting flush holds the spool's `.flusher` lock: the controller hooks of later jobs spool
+    and start no process of their own, and another flush hands over at once."""
+    config = tmp_path / "slurm.yaml"
+    config.write_text(f"spool_dir: {tmp_path}/spool\napi_url: http://127.0.0.1:9\n")
+    started: list[list[str]] = []
+    env = {"SLURM_SCRIPT_CONTEXT": "prolog_slurmctld", "SLURM_JOB_NODELIST": "n1"}
+    spool = Spool(tmp_path / "spool")
+    with spool.sole_deliverer() as sole:  # this test is the running delivery
+        assert sole
+        for job in ("1", "2"):
+            Hook(load_config(config), config, {**env, "SLURM_JOB_ID": job},
+                 spawn=lambda argv, lock: started.append(list(argv))).run()
+        assert started == [] and len(spool.pending()) == 2
+        report = flush(load_config(config), wait_seconds=30)
+        assert report.handed_over and report.delivered == 0 and report.pending == 2
+        # A --lock-fd that is not the spool's lock (stdin here) is not taken for it, nor closed.
+        report = flush(load_config(config), wait_seconds=30, lock_fd=0)
+        assert report.handed_over
+        os.fstat(0)
+    Hook(load_config(config), config, {**env, "SLURM_JOB_ID": "3"},
+         spawn=lambda argv, lock: started.append(list(argv))).run()
+    assert len(started) == 1  # nobody delivers now: this hook starts the delivery
+
+
+def test_a_waiting_delivery_takes_a_new_record_at_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", clock=_clock())
+    spool.put("1", "ended", {"status": "failed"})
+    sent: list[str] = []
+    completing = [True]
+
+    def deliver(record: dict[str, Any]) -> None:
+        if record["job_id"] == "1" and completing[0]:
+            raise JobNotReady("job 1 is still COMPLETING")
+        sent.append(record["job_id"])
+
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:
+            spool.put("2", "running", {"status": "running"})  # a later job's hook, meanwhile
+        if len(slept) == 3:
+            completing[0] = False
+
+    report = _deliver_until(spool, deliver, time.monotonic() + 60, 5.0, sleep)  # type: ignore[arg-type]
+    assert (report.delivered, report.pending) == (1, 0) and sent == ["2", "1"]
+    assert slept[0] == 0.2 and sum(slept) < 2  # woke for job 2's record, not after a full back-off
