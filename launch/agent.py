@@ -94,6 +94,7 @@ def _pod_job_map(args: argparse.Namespace) -> Any:
     import os
     from pathlib import Path
 
+    from jobsight.host import host_key
     from jobsight.identity import JobMapDir
     from schedulers.kubernetes.gpus import InClusterPodMetadata, PodGpuAttribution, PodJobMap
     from schedulers.kubernetes.owners import PodJobResolver
@@ -103,8 +104,11 @@ def _pod_job_map(args: argparse.Namespace) -> Any:
     pods = (InClusterPodMetadata(args.kube_api_url) if args.kube_api_url
             else InClusterPodMetadata.from_environment(os.environ))
     attribution = PodGpuAttribution(PodResourcesClient(args.pod_resources_socket), pods, PodJobResolver())
+    # The node's name as the API server has it: the agent's host key, which the chart sets from
+    # spec.nodeName ($NODE_NAME).
     return PodJobMap(attribution, JobMapDir(args.job_map_dir),
-                     pod_alias_dir=Path(args.pod_alias_dir) if args.pod_alias_dir else None)
+                     pod_alias_dir=Path(args.pod_alias_dir) if args.pod_alias_dir else None,
+                     node_name=host_key(args.hostname))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,9 @@ from schedulers.kubernetes.podresources import DEFAULT_GPU_RESOURCES, DeviceAssi
 _UID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MAX_POD_BYTES = 4 * 1024 * 1024  # one pod's metadata; a bound against a runaway answer
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+_LIST_PAGE = 500  # pods per list request; a node holds at most a few hundred (kubelet's maxPods)
+_MAX_LIST_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,18 @@ class DeviceLister(Protocol):
 
 class PodMetadataSource(Protocol):
     def get(self, namespace: str, name: str) -> PodMeta | None: ...
+
+    def list_on_node(self, node: str) -> list[PodMeta]:
+        """Every pod the API server has bound to ``node``: one paged list request with a field
+        selector (``spec.nodeName``), metadata only."""
+        ...
+
+
+def _pods_of_page(obj: Any) -> tuple[list[PodMeta], str | None]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
+        raise ValueError("not a list of pods")
+    more = (obj.get("metadata") or {}).get("continue") or None
+    return [PodMeta.from_object(item) for item in obj["items"] if isinstance(item, dict)], more
 
 
 class ApiServerPodMetadata:
@@ -83,6 +98,30 @@ class ApiServerPodMetadata:
             raise DependencyUnavailable("kubernetes API",
                                         f"pod {quoted}: {type(exc).__name__}: {exc}") from exc
         return PodMeta.from_object(obj)
+
+    def list_on_node(self, node: str) -> list[PodMeta]:
+        from kubernetes import client
+
+        core: Any = client.CoreV1Api(self.api_client)
+        found: list[PodMeta] = []
+        more: str | None = None
+        for _ in range(_MAX_LIST_PAGES):
+            try:
+                response = core.list_pod_for_all_namespaces(
+                    field_selector=f"spec.nodeName={node}", limit=_LIST_PAGE, _continue=more,
+                    _preload_content=False, _request_timeout=self.timeout,
+                    _headers={"Accept": PARTIAL_METADATA_LIST})
+                try:
+                    page, more = _pods_of_page(json.loads(response.data))
+                finally:
+                    response.release_conn()
+            except Exception as exc:  # the client's and urllib3's errors, translated once, here
+                raise DependencyUnavailable("kubernetes API",
+                                            f"pods on {node}: {type(exc).__name__}: {exc}") from exc
+            found.extend(page)
+            if not more:
+                break
+        return found
 
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -115,24 +154,46 @@ class InClusterPodMetadata:
         host = f"[{host}]" if ":" in host else host
         return cls(f"https://{host}:{port}")
 
-    def get(self, namespace: str, name: str) -> PodMeta | None:
-        path = (f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/pods/"
-                f"{urllib.parse.quote(name, safe='')}")
-        headers = {"Accept": PARTIAL_METADATA}
+    def _get_json(self, path: str, accept: str, what: str, limit: int) -> Any:
+        """GET ``path``; None for a 404; :class:`DependencyUnavailable` naming ``what`` otherwise."""
+        headers = {"Accept": accept}
         if self.token_file is not None:
             with contextlib.suppress(OSError):
                 headers["Authorization"] = "Bearer " + self.token_file.read_text(encoding="utf-8").strip()
         request = urllib.request.Request(self.api_url + path, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
-                obj = json.loads(response.read(_MAX_POD_BYTES))
+                return json.loads(response.read(limit))
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
-            raise DependencyUnavailable("kubernetes API", f"pod {namespace}/{name}: HTTP {exc.code}") from exc
+            raise DependencyUnavailable("kubernetes API", f"{what}: HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DependencyUnavailable("kubernetes API", f"pod {namespace}/{name}: {exc}") from exc
-        return PodMeta.from_object(obj)
+            raise DependencyUnavailable("kubernetes API", f"{what}: {exc}") from exc
+
+    def get(self, namespace: str, name: str) -> PodMeta | None:
+        path = (f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/pods/"
+                f"{urllib.parse.quote(name, safe='')}")
+        obj = self._get_json(path, PARTIAL_METADATA, f"pod {namespace}/{name}", _MAX_POD_BYTES)
+        return PodMeta.from_object(obj) if obj is not None else None
+
+    def list_on_node(self, node: str) -> list[PodMeta]:
+        found: list[PodMeta] = []
+        more: str | None = None
+        for _ in range(_MAX_LIST_PAGES):
+            query = {"fieldSelector": f"spec.nodeName={node}", "limit": str(_LIST_PAGE)}
+            if more:
+                query["continue"] = more
+            obj = self._get_json(f"/api/v1/pods?{urllib.parse.urlencode(query)}", PARTIAL_METADATA_LIST,
+                                 f"pods on {node}", _MAX_POD_BYTES * 16)
+            try:
+                page, more = _pods_of_page(obj)
+            except ValueError as exc:
+                raise DependencyUnavailable("kubernetes API", f"pods on {node}: {exc}") from exc
+            found.extend(page)
+            if not more:
+                break
+        return found
 
 
 class PodGpuAttribution:
@@ -209,12 +270,21 @@ class PodJobMap:
 
     def __init__(self, attribution: PodGpuAttribution, files: JobMapDir | None = None,
                  pod_alias_dir: Path | None = None, alias_keep_seconds: float = 7 * 86400.0,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, node_name: str | None = None,
+                 node_pods_interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.attribution = attribution
         self.files = files
         self.pod_alias_dir = pod_alias_dir
         self.alias_keep_seconds = alias_keep_seconds
         self.wall_clock = wall_clock
+        # Pods that hold no GPU (an MPIJob's launcher, a data loader, a parameter server) write
+        # logs too: with the node's name, the API server's list of pods bound to this node, read
+        # every ``node_pods_interval`` seconds, gives their aliases as well.
+        self.node_name = node_name
+        self.node_pods_interval = node_pods_interval
+        self.clock = clock
+        self._node_jobs: dict[str, str] = {}
+        self._node_jobs_at: float | None = None
         self._labels: dict[str, tuple[str, dict[str, str]]] = {}
         self._written: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -241,11 +311,36 @@ class PodJobMap:
         with self._lock:
             self._labels = labels
         if self.pod_alias_dir is not None:
+            aliases = dict(self._node_pod_jobs(errors))
+            aliases.update({o.pod_uid: o.job_id for o in owners if o.pod_uid and o.job_id})
             try:
-                self._write_aliases({o.pod_uid: o.job_id for o in owners if o.pod_uid and o.job_id})
+                self._write_aliases(aliases)
             except OSError as exc:
                 errors.append(f"{self.pod_alias_dir}: {exc.strerror or exc}")
         return JobMapSnapshot(jobs_by_key=jobs, errors=tuple(errors))
+
+    def _node_pod_jobs(self, errors: list[str]) -> dict[str, str]:
+        """Pod UID → job id of every pod of a job bound to this node, as of the last list; an API
+        server that does not answer keeps the last answer and is asked again after the
+        attribution's ``retry`` seconds."""
+        if self.node_name is None:
+            return {}
+        now = self.clock()
+        if self._node_jobs_at is not None and now - self._node_jobs_at < self.node_pods_interval:
+            return self._node_jobs
+        try:
+            pods = self.attribution.pods.list_on_node(self.node_name)
+        except DependencyUnavailable as exc:
+            errors.append(str(exc))
+            self._node_jobs_at = now - self.node_pods_interval + self.attribution.retry
+            return self._node_jobs
+        found: dict[str, str] = {}
+        for meta in pods:
+            job = self.attribution.resolver.job_of(meta)
+            if job is not None and meta.uid:
+                found[meta.uid] = job.job_id
+        self._node_jobs, self._node_jobs_at = found, now
+        return found
 
     def _write_aliases(self, by_uid: dict[str, str]) -> None:
         """``<pod_alias_dir>/<pod UID>`` holding the pod's job id, for the log collector: the

@@ -184,13 +184,27 @@ class FakeKube(ServerThread):
         with self.cond:
             items = [self.objects[path][k] for k in sorted(self.objects[path])]
             rv = self.rv
+        selector = query.get("fieldSelector")
+        if selector:
+            # The one field selector jobsight sends: pods bound to a node.
+            field, _, value = selector.partition("=")
+            if field != "spec.nodeName":
+                self._json(handler, 400, _status(400, f'field label not supported: "{field}"'))
+                return
+            items = [i for i in items if (i.get("spec") or {}).get("nodeName") == value]
+        kind = "List"
+        if "PartialObjectMetadataList" in (handler.headers.get("Accept") or ""):
+            kind = "PartialObjectMetadataList"
+            items = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                      "metadata": i["metadata"]} for i in items]
         start = int(query.get("continue") or 0)
         limit = int(query.get("limit") or 0) or len(items) or 1
         page = items[start : start + limit]
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if start + limit < len(items):
             meta["continue"] = str(start + limit)
-        self._json(handler, 200, {"kind": "List", "apiVersion": "v1", "metadata": meta, "items": page})
+        api_version = "meta.k8s.io/v1" if kind != "List" else "v1"
+        self._json(handler, 200, {"kind": kind, "apiVersion": api_version, "metadata": meta, "items": page})
 
     def _watch(self, handler: BaseHTTPRequestHandler, path: str, query: Mapping[str, str]) -> None:
         since = int(query.get("resourceVersion") or 0)

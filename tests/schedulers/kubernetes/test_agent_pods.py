@@ -43,6 +43,7 @@ def test_gpu_job_info_names_the_training_job_and_its_pods(socket_path: Path, tmp
         for index in (0, 1):
             kube.put(PODS, pytorch_worker("llama", index, node="gpu-node1"))
         kube.put(PODS, kube_proxy())
+        kube.put(PODS, pytorch_worker("llama", 9, node="gpu-node1", gpus=0))  # a pod with no GPU
         port = free_port()
         agent = Proc(
             jobsight_command("agent", "--simulate", "4", "--hostname", "gpu-node1", "--no-collector.rdma",
@@ -88,6 +89,10 @@ def test_gpu_job_info_names_the_training_job_and_its_pods(socket_path: Path, tmp
                 [r"/var/log/pods/[^/_]+_[^/_]+_(?P<pod_uid>[0-9a-f-]{36})/"], JobAliasDir(tmp_path / "pods")
             )
             ref = matcher.job_of(f"/var/log/pods/team-a_llama-worker-1_{uid}/pytorch/0.log")
+            assert ref is not None and ref.job_id == "team-a:llama"
+            # A pod of the job that holds no GPU: from the pods bound to the node (--hostname).
+            no_gpu = kube.objects[PODS][("team-a", "llama-worker-9")]["metadata"]["uid"]
+            ref = matcher.job_of(f"/var/log/pods/team-a_llama-worker-9_{no_gpu}/pytorch/0.log")
             assert ref is not None and ref.job_id == "team-a:llama"
             kubelet.set([])  # the job ended: its GPUs are released
 

@@ -128,7 +128,8 @@ def test_agent_privileges_mounts_and_no_gpu_request() -> None:
     assert "--kubelet.pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock" in c["args"]
     assert mounts["/run/jobsight/pods"].get("readOnly") is not True  # it writes <pod UID> → job files
     rules = one(objects, "ClusterRole", "jobsight-agent")["rules"]
-    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    # get and list (pods bound to the node), metadata only: no watch, no writes
+    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
 
 
 def test_cpu_only_nodes_get_an_agent_without_gpu() -> None:

@@ -270,3 +270,48 @@ def test_in_cluster_metadata_with_the_standard_library(
         assert [r.authorization for r in seen[:2]] == ["Bearer first-token", "Bearer rotated-token"]
     with pytest.raises(DependencyUnavailable):
         InClusterPodMetadata(kube.url, token_file=token, timeout=1).get("team-a", "x")  # server gone
+
+
+@pytest.mark.parametrize("source", ["in-cluster", "client"])
+def test_pods_without_gpus_get_their_alias_from_the_pods_bound_to_the_node(
+    kubelet: FakeKubelet, socket_path: Path, tmp_path: Path, source: str
+) -> None:
+    """An MPIJob's launcher, a data loader: pods of a job that hold no GPU write logs too. The
+    agent lists the pods bound to its node (a field selector, metadata only) once a minute and
+    writes their aliases as well; pods of other nodes and of no job get none."""
+    from schedulers.kubernetes.gpus import InClusterPodMetadata, PodJobMap
+
+    with FakeKube(set()) as kube:
+        kube.put(PODS, pytorch_worker("llama", 0, node="gpu-node1"))
+        kube.put(PODS, pytorch_worker("llama", 1, node="gpu-node1", gpus=0))  # holds no GPU
+        kube.put(PODS, pytorch_worker("other", 0, node="gpu-node2", gpus=0))  # another node
+        kube.put(PODS, kube_proxy())  # this node, no job
+        kubelet.set([("team-a", "llama-worker-0", "pytorch", GPU, UUIDS[:1])])
+        pods = (InClusterPodMetadata(kube.url, token_file=None) if source == "in-cluster"
+                else ApiServerPodMetadata(_api_client(kube.url)))
+        attribution = PodGpuAttribution(PodResourcesClient(socket_path), pods, PodJobResolver(), retry=10)
+        now = [1000.0]
+        aliases = tmp_path / "pods"
+        job_map = PodJobMap(attribution, pod_alias_dir=aliases, node_name="gpu-node1", clock=lambda: now[0])
+        job_map.read()
+
+        def uid(namespace: str, name: str) -> str:
+            return str(kube.objects[PODS][(namespace, name)]["metadata"]["uid"])
+
+        written = {p.name: p.read_text() for p in aliases.iterdir()}
+        assert written == {uid("team-a", "llama-worker-0"): "team-a:llama\n",
+                           uid("team-a", "llama-worker-1"): "team-a:llama\n"}
+        listed = [r for r in kube.requests() if r.path == PODS]
+        assert len(listed) == 1 and listed[0].query["fieldSelector"] == "spec.nodeName=gpu-node1"
+        job_map.read()  # within the minute: no second list
+        assert len([r for r in kube.requests() if r.path == PODS]) == 1
+        # The API server down: the aliases stay, the error is said, and it is asked again later.
+        now[0] += 61
+        kube.fail_next(503)
+        down = job_map.read()
+        assert any("pods on gpu-node1" in error for error in down.errors)
+        assert {p.name for p in aliases.iterdir()} == set(written)
+        now[0] += 11
+        kube.put(PODS, pytorch_worker("llama", 2, node="gpu-node1", gpus=0))
+        assert not job_map.read().errors
+        assert (aliases / uid("team-a", "llama-worker-2")).read_text() == "team-a:llama\n"
