@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collectors.otlp.peer import SenderJobs
     from jobsight.serving import ExporterParts
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"jobs with training series at once (default: {DEFAULT_MAX_JOBS})",
     )
     parser.add_argument(
+        "--otlp.require-sender-job",
+        dest="otlp_require_sender_job",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="refuse steps whose sending process is in no scheduler job cgroup (or pod of a job) this "
+        "agent can see, e.g. from another network namespace; steps that claim another job than their "
+        "sender's are always refused (default: disabled)",
+    )
+    parser.add_argument(
         "--otlp.expire-after",
         dest="otlp_expire_after",
         type=float,
@@ -75,7 +85,8 @@ def build(args: argparse.Namespace, hostname: str | None = None) -> ExporterPart
     )
     listen = parse_listen_address(args.otlp_listen_address)
     try:
-        receiver = OtlpReceiver(store, listen).start()
+        receiver = OtlpReceiver(store, listen, senders=_senders(args),
+                                require_sender_job=bool(args.otlp_require_sender_job)).start()
     except ConfigError as exc:
         # The port is taken (another agent, another OTLP receiver on the node): the agent's other
         # collectors are served all the same, as when the GPU driver is missing; the log and
@@ -93,3 +104,15 @@ def build(args: argparse.Namespace, hostname: str | None = None) -> ExporterPart
     return ExporterParts(
         collectors={"otlp": collector}, prefix="jobsight", health=health, close=receiver.stop
     )
+
+
+def _senders(args: argparse.Namespace) -> SenderJobs:
+    """The sender of a connection by its process's scheduler cgroup, never its environment; on
+    Kubernetes through the pod alias files the agent writes."""
+    from collectors.otlp.peer import PeerProcesses, SenderJobs
+    from jobsight.identity import DEFAULT_POD_ALIAS_DIR, PodJobs, ProcessJobResolver
+
+    procfs = getattr(args, "path_procfs", None) or "/proc"
+    aliases = getattr(args, "pod_alias_dir", None) or DEFAULT_POD_ALIAS_DIR
+    return SenderJobs(PeerProcesses(procfs), ProcessJobResolver(procfs, trust_environment=False,
+                                                                pod_jobs=PodJobs(aliases)))

@@ -29,7 +29,8 @@ from collectors.otlp.decode import (
     encode_response,
     media_type,
 )
-from collectors.otlp.store import TrainingStore
+from collectors.otlp.peer import SenderJobs
+from collectors.otlp.store import SenderCheck, TrainingStore
 from jobsight.errors import ConfigError, InvalidInput
 from jobsight.serving import ListenAddress
 
@@ -63,8 +64,15 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT_S
 
+    _sender: SenderCheck | None = None
+    _sender_known = False
+
     def do_POST(self) -> None:
         receiver = cast(_Server, self.server).receiver
+        if not self._sender_known:
+            # Once per connection (a rank's exporter keeps one): the process behind it does not change.
+            self._sender = receiver.sender_of(self.client_address, self.server.server_address)
+            self._sender_known = True
         status, content_type, body = receiver.handle(
             self.path,
             self.headers.get("Content-Type"),
@@ -72,6 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.headers.get("Content-Length"),
             self.headers.get("Transfer-Encoding"),
             self.rfile,
+            self._sender,
         )
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -105,10 +114,16 @@ class OtlpReceiver:
     """Decodes requests into ``store``; serves them from a background thread once started."""
 
     def __init__(
-        self, store: TrainingStore, listen: ListenAddress, max_body_bytes: int = MAX_BODY_BYTES
+        self, store: TrainingStore, listen: ListenAddress, max_body_bytes: int = MAX_BODY_BYTES,
+        senders: SenderJobs | None = None, require_sender_job: bool = False,
     ) -> None:
+        """``senders`` finds the job of the process behind a connection; with it, points that
+        claim another job than the sender's are refused, and with ``require_sender_job`` also
+        points whose sender's job cannot be found."""
         self.store = store
         self.max_body_bytes = max_body_bytes
+        self.senders = senders
+        self.require_sender_job = require_sender_job
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
         try:
@@ -138,6 +153,16 @@ class OtlpReceiver:
             self._thread.join(timeout=5)
         self._server.server_close()
 
+    def sender_of(self, client: Any, server: Any) -> SenderCheck | None:
+        if self.senders is None:
+            return SenderCheck(None, required=True) if self.require_sender_job else None
+        try:
+            job_id = self.senders.job_of((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
+        except (OSError, ValueError, IndexError, TypeError) as exc:
+            log.warning("otlp: the sender of a connection from %s could not be looked up: %s", client, exc)
+            job_id = None
+        return SenderCheck(job_id, required=self.require_sender_job)
+
     def handle(
         self,
         path: str,
@@ -146,9 +171,10 @@ class OtlpReceiver:
         content_length: str | None,
         transfer_encoding: str | None,
         rfile: Any,
+        sender: SenderCheck | None = None,
     ) -> tuple[int, str, bytes]:
         status, out_type, body = self._handle(
-            path, content_type, content_encoding, content_length, transfer_encoding, rfile
+            path, content_type, content_encoding, content_length, transfer_encoding, rfile, sender
         )
         with self._lock:
             self._requests[str(status)] += 1
@@ -162,6 +188,7 @@ class OtlpReceiver:
         content_length: str | None,
         transfer_encoding: str | None,
         rfile: Any,
+        sender: SenderCheck | None,
     ) -> tuple[int, str, bytes]:
         text = "text/plain; charset=utf-8"
         if path.partition("?")[0] != METRICS_PATH:
@@ -179,6 +206,6 @@ class OtlpReceiver:
         except InvalidInput as exc:
             body, out_type = _status(str(exc), content_type)
             return 400, out_type, body
-        result = self.store.ingest(request)
+        result = self.store.ingest(request, sender)
         body, out_type = encode_response(result.rejected, result.message(), content_type)
         return 200, out_type, body

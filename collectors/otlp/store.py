@@ -119,6 +119,15 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class SenderCheck:
+    """The job of the process that sent a request, as its scheduler cgroup says (None: not found:
+    another network namespace, or no scheduler cgroup), and whether one is required."""
+
+    job_id: str | None
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class Snapshot:
     ranks: tuple[RankState, ...]
     dropped_by_job: dict[str, int]
@@ -176,17 +185,20 @@ class TrainingStore:
         self._jobs: dict[str, JobState] = {}
         self._rejected: Counter[str] = Counter()
 
-    def ingest(self, request: ExportMetricsServiceRequest) -> IngestResult:
+    def ingest(self, request: ExportMetricsServiceRequest, sender: SenderCheck | None = None) -> IngestResult:
+        """``sender``: what the connection says of the sender's job (collectors/otlp/peer.py);
+        None when it was not checked."""
         result = IngestResult()
         with self._lock:
             now = self._clock()
             self._expire(now)
             for resource_metrics in request.resource_metrics:
-                self._ingest_resource(resource_metrics, now, result)
+                self._ingest_resource(resource_metrics, now, result, sender)
             self._rejected.update(result.reasons)
         return result
 
-    def _ingest_resource(self, resource_metrics: Any, now: float, result: IngestResult) -> None:
+    def _ingest_resource(self, resource_metrics: Any, now: float, result: IngestResult,
+                         sender: SenderCheck | None) -> None:
         metrics = [m for scope in resource_metrics.scope_metrics for m in scope.metrics]
         total = sum(_points(m) for m in metrics)
         attrs = _attributes(resource_metrics.resource.attributes)
@@ -195,6 +207,14 @@ class TrainingStore:
         if not isinstance(job_id, str) or not is_valid_job_id(job_id):
             result.reject("job_id", total)
             return
+        if sender is not None:
+            if sender.job_id is not None and sender.job_id != job_id:
+                # The scheduler put the sending process in another job: the claim is not its own.
+                result.reject("not_the_senders_job", total)
+                return
+            if sender.job_id is None and sender.required:
+                result.reject("sender_job_unknown", total)
+                return
         if rank is None:
             result.reject("rank", total)
             return
