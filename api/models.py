@@ -427,7 +427,7 @@ class NotificationOut(BaseModel):
     id: int
     job_id: str
     failure_seq: int
-    status: Literal["pending", "sent", "failed", "skipped"]
+    status: Literal["pending", "sending", "sent", "failed", "skipped"]
     attempts: int
     created_at: datetime
     sent_at: datetime | None

@@ -56,6 +56,9 @@ FAILURE_ALERTS = frozenset({"JobFailed"})
 # Alerts about a job that has not failed but needs its owner now (a hang burns every GPU of the
 # job until a watchdog or a person stops it): each firing one is notified once to the tenant.
 NOTIFY_ALERTS = frozenset({"JobHung"})
+# How long a replica may take to send one notification before another may take it over: far above
+# apprise's own timeouts (10 s per target), so a slow send is not sent twice.
+NOTIFY_LEASE_SECONDS = 300.0
 
 
 class NotFound(Exception):
@@ -534,9 +537,15 @@ class JobService:
     # -- notifications --------------------------------------------------------------------------
 
     def deliver_due(self) -> int:
-        """Try every due notification once; returns how many were attempted."""
+        """Try every due notification this replica claims once; returns how many were attempted."""
         due = self.store.due_notifications(self.clock())
+        attempted = 0
         for notification in due:
+            # Several API replicas share the store: each notification is sent by the one that
+            # claims it (a replica that dies mid-send leaves it to another after the lease).
+            if not self.store.claim_notification(notification.id, self.clock(), NOTIFY_LEASE_SECONDS):
+                continue
+            attempted += 1
             job = self.store.get_job(notification.job_id)
             if job is None:
                 self.store.finish_notification(notification.id, ok=False, body=None, targets=0,
@@ -573,7 +582,7 @@ class JobService:
             if notification.alert_id is None:
                 failed_at = self._failed_at(job) or self.clock()
                 self.annotator.annotate(job.job_id, title, int(failed_at * 1000), ["failed"])
-        return len(due)
+        return attempted
 
 
 def world_size(job: Job) -> int | None:

@@ -422,17 +422,33 @@ class JobStore:
             self._add_notification(cur, job_id, -alert_id, self._clock(), notify_targets)
 
     def due_notifications(self, now: float, limit: int = 20) -> list[Notification]:
+        """Pending notifications whose time has come, and ones claimed by a sender that has not
+        finished them within its lease (an API replica that died mid-send)."""
         with self.db.transaction() as cur:
             cur.execute(
-                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE status = 'pending' "
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE status IN ('pending', 'sending') "
                 "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
                 (now, limit),
             )
             return [_notification_from_row(row) for row in cur.fetchall()]
 
+    def claim_notification(self, notification_id: int, now: float, lease: float) -> bool:
+        """Take a due notification to send it: True for exactly one of the API replicas that ask
+        at once (one UPDATE that only a still-due row matches: PostgreSQL re-checks the condition
+        after a concurrent writer commits, SQLite has one writer). Until ``now + lease`` no one
+        else may take it; :meth:`finish_notification` records the outcome."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE notifications SET status = 'sending', next_attempt_at = ? "
+                "WHERE id = ? AND status IN ('pending', 'sending') AND next_attempt_at <= ? RETURNING id",
+                (now + lease, notification_id, now),
+            )
+            return cur.fetchone() is not None
+
     def next_notification_due(self) -> float | None:
         with self.db.transaction() as cur:
-            cur.execute("SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending'")
+            cur.execute(
+                "SELECT MIN(next_attempt_at) FROM notifications WHERE status IN ('pending', 'sending')")
             row = cur.fetchone()
         return float(row[0]) if row and row[0] is not None else None
 

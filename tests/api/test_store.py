@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,6 +112,39 @@ def test_notification_attempts_are_recorded(store: JobStore, clock: Clock) -> No
     (done,) = store.list_notifications("4711")
     assert (done.status, done.attempts, done.sent_at, done.body) == ("sent", 2, clock.now, "text")
     assert store.next_notification_due() is None
+
+
+def test_each_notification_is_sent_by_one_replica(store: JobStore, store_url: str, clock: Clock) -> None:
+    """API replicas on one store, each with its own connections, all finding the same due
+    notification at once: exactly one claims it; a claim whose replica died is taken over after
+    its lease, not before."""
+    store.upsert_job(job(status="failed"), notify_targets=1)
+    (note,) = store.due_notifications(clock.now)
+    replicas = [JobStore(open_database(store_url), clock=clock) for _ in range(6)]
+    barrier = threading.Barrier(len(replicas))
+
+    def claim(replica: JobStore) -> bool:
+        barrier.wait(timeout=30)
+        return replica.claim_notification(note.id, clock.now, lease=300.0)
+
+    try:
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            won = list(pool.map(claim, replicas))
+        assert won.count(True) == 1
+        (claimed,) = store.list_notifications("4711")
+        assert claimed.status == "sending"
+        assert store.due_notifications(clock.now) == []  # nobody else sends it meanwhile
+        clock.now += 299
+        assert not replicas[0].claim_notification(note.id, clock.now, lease=300.0)
+        clock.now += 2  # the lease is over and nothing was recorded: the claimer died mid-send
+        (again,) = store.due_notifications(clock.now)
+        assert again.id == note.id and replicas[1].claim_notification(note.id, clock.now, lease=300.0)
+        replicas[1].finish_notification(note.id, ok=True, body="b", targets=1, error=None, retry_at=None)
+        assert [n.status for n in store.list_notifications("4711")] == ["sent"]
+        assert not replicas[2].claim_notification(note.id, clock.now + 1000, lease=300.0)
+    finally:
+        for replica in replicas:
+            replica.close()
 
 
 def test_list_filters_and_keyset_pages(store: JobStore, clock: Clock) -> None:
