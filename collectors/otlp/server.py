@@ -71,7 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
         receiver = cast(_Server, self.server).receiver
         if not self._sender_known:
             # Once per connection (a rank's exporter keeps one): the process behind it does not change.
-            self._sender = receiver.sender_of(self.client_address, self.server.server_address)
+            # The connection's own local address, not the listening one (which may be 0.0.0.0).
+            self._sender = receiver.sender_of(self.client_address, self.connection.getsockname())
             self._sender_known = True
         status, content_type, body = receiver.handle(
             self.path,
