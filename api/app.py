@@ -67,7 +67,15 @@ from api.telemetry import (
     TracingTransport,
     make_tracer_provider,
 )
-from api.tensorboard import NotAllowed, TensorBoardManager, WalkLimits, check_logdir, read_scalars, roots_for
+from api.tensorboard import (
+    NotAllowed,
+    TensorBoardManager,
+    WalkLimits,
+    check_logdir,
+    read_scalars,
+    roots_for,
+    run_as,
+)
 from jobsight import __version__
 from jobsight.errors import DependencyUnavailable, InvalidInput
 from jobsight.jobid import JOB_ID_PATTERN
@@ -216,7 +224,7 @@ def create_app(
                              seconds=tb_settings.max_walk_seconds)
     tensorboard = tensorboard or TensorBoardManager(
         tb_settings.command, host=tb_settings.host, max_instances=tb_settings.max_instances,
-        idle_seconds=tb_settings.idle_seconds, limits=walk_limits,
+        idle_seconds=tb_settings.idle_seconds, limits=walk_limits, user=run_as(tb_settings.user),
     )
     if not tb_settings.allowed_roots:
         log.warning("no tensorboard.allowed_roots are configured: TensorBoard and /scalars are off for "

@@ -64,6 +64,11 @@ class TensorBoardConfig(BaseModel):
     public_host: str | None = Field(
         default=None, description="ignored: TensorBoard is reached through the API's proxy")
     max_instances: int = Field(default=4, ge=1, le=64)
+    user: str | int | None = Field(
+        default=None,
+        description="run TensorBoards as this user (name or uid), which must be able to read the allowed "
+                    "roots; for an API that runs as root: TensorBoard parses files users wrote (default: "
+                    "the API's own user)")
     idle_seconds: float = Field(default=1800.0, gt=0)
     start_timeout_seconds: float = Field(default=60.0, gt=0)
     allowed_roots: dict[str, list[Path]] = Field(

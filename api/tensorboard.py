@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from jobsight.errors import DependencyUnavailable, InvalidInput
+from jobsight.errors import ConfigError, DependencyUnavailable, InvalidInput
 
 MAX_SCALAR_POINTS = 10_000
 
@@ -212,6 +212,33 @@ class _Instance:
     last_used: float
 
 
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+
+
+def run_as(user: str | int | None, euid: int | None = None) -> RunAs | None:
+    """The account ``tensorboard.user`` names (a name or a uid), or None to run TensorBoards as
+    the API itself. TensorBoard parses event files that users wrote; run by a root API, it
+    should not have root's reach. Raises :class:`ConfigError` for an unknown user, or one the
+    API cannot switch to (only root can)."""
+    if user is None:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"tensorboard.user: no such user {user!r}") from None
+    current = os.geteuid() if euid is None else euid
+    if current != 0 and entry.pw_uid != current:
+        raise ConfigError(f"tensorboard.user: the API runs as uid {current}, and only root may start "
+                          f"TensorBoard as {entry.pw_name}")
+    return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
 class TensorBoardManager:
     """Starts TensorBoards on ``host`` (loopback) under a secret path prefix each; the API's proxy
     reaches them at :meth:`ensure`'s URL, nobody else knows it. ``stop`` is set by :meth:`close`
@@ -219,7 +246,10 @@ class TensorBoardManager:
 
     def __init__(self, command: Sequence[str], *, host: str = "127.0.0.1", max_instances: int = 4,
                  idle_seconds: float = 1800.0, clock: Callable[[], float] = time.monotonic,
-                 log_dir: Path | None = None, limits: WalkLimits | None = None) -> None:
+                 log_dir: Path | None = None, limits: WalkLimits | None = None,
+                 user: RunAs | None = None) -> None:
+        """``user``: the account TensorBoards run as (:func:`run_as`), when the API may switch."""
+        self._user = user
         self._command = list(command)
         self._host = host
         self._max = max_instances
@@ -259,9 +289,13 @@ class TensorBoardManager:
         port = _free_port(self._host)
         if self._private is None:
             self._private = Path(tempfile.mkdtemp(prefix="jobsight-tensorboard-"))  # mode 0700
+            if self._user is not None:  # the TensorBoards read their flag files from here
+                os.chown(self._private, self._user.uid, self._user.gid)
         prefix = "/" + secrets.token_urlsafe(24)
         flagfile = self._private / f"flags-{port}"
         fd = os.open(flagfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        if self._user is not None:
+            os.fchown(fd, self._user.uid, self._user.gid)
         with os.fdopen(fd, "w") as handle:
             handle.write(f"--path_prefix={prefix}\n")
         argv = [*self._command, "--flagfile", str(flagfile), "--logdir", str(logdir), "--port", str(port),
@@ -271,8 +305,12 @@ class TensorBoardManager:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_file = open(self._log_dir / f"tensorboard-{port}.log", "wb")  # noqa: SIM115 - closed below
         try:
+            switch: dict[str, object] = {}
+            if self._user is not None:
+                switch = {"user": self._user.uid, "group": self._user.gid, "extra_groups": []}
             process = subprocess.Popen(argv, stdout=log_file or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                       **switch)  # type: ignore[call-overload]
         except OSError as exc:
             flagfile.unlink(missing_ok=True)
             raise DependencyUnavailable("tensorboard",

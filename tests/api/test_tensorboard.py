@@ -3,6 +3,8 @@ TensorBoard started and reused for a job; the process bound and idle stop of the
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -15,8 +17,8 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary import Writer
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from api.tensorboard import TensorBoardManager, WalkLimits, check_logdir, read_scalars
-from jobsight.errors import DependencyUnavailable, InvalidInput
+from api.tensorboard import TensorBoardManager, WalkLimits, check_logdir, read_scalars, run_as
+from jobsight.errors import ConfigError, DependencyUnavailable, InvalidInput
 from tests.api.conftest import SCHEDULER, TEAM_A, TEAM_B, auth
 from tests.support import FIXTURES, wait_until
 
@@ -198,3 +200,38 @@ def test_scalar_walk_refuses_a_logdir_whose_parent_became_a_symlink(tmp_path: Pa
     (tmp_path / "root" / "sub").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(InvalidInput, match="changed while it was read"):
         read_scalars(logdir)
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])  # the effective uid
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can start a process as another user")
+def test_tensorboard_runs_as_the_configured_user(tmp_path: Path) -> None:
+    """An API that runs as root starts TensorBoard (which parses files users wrote) as
+    ``tensorboard.user``, here nobody, which still reads its secret flag file."""
+    # Debian's own Python: this venv's interpreter lives under /root, which nobody cannot enter.
+    python = shutil.which("python3", path="/usr/bin") or pytest.fail("Debian's python3 is missing")
+    manager = TensorBoardManager([python, *FAKE_TB[1:]], user=run_as("nobody"))
+    try:
+        url, _ = manager.ensure(tmp_path)
+        assert wait_until(lambda: _answers(url) and answer(url) == str(tmp_path), timeout=30,
+                          message="TensorBoard as nobody")
+        (instance,) = manager._instances.values()
+        assert _uid_of(instance.process.pid) == 65534
+        assert os.stat(instance.flagfile).st_uid == 65534 and os.stat(instance.flagfile).st_mode & 0o077 == 0
+    finally:
+        manager.close()
+
+
+def test_tensorboard_user_errors_say_what_is_wrong() -> None:
+    assert run_as(None) is None
+    with pytest.raises(ConfigError, match="no such user 'no-such-user-x'"):
+        run_as("no-such-user-x")
+    with pytest.raises(ConfigError, match="only root may start TensorBoard as nobody"):
+        run_as("nobody", euid=1000)
+    itself = run_as(65534, euid=65534)  # a non-root API may name its own user
+    assert itself is not None and (itself.name, itself.uid) == ("nobody", 65534)
