@@ -14,10 +14,13 @@ it is unknown, not refused here (the receiver's policy decides).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from pathlib import Path
 
 from jobsight.identity import ProcessJobResolver
+
+log = logging.getLogger(__name__)
 
 _ESTABLISHED = "01"
 _MAX_TABLE_BYTES = 64 * 1024 * 1024  # a host with a million sockets stays below this
@@ -47,8 +50,13 @@ def _plain(host: str) -> str:
 
 
 class PeerProcesses:
+    """Reading another user's ``/proc/<pid>/fd`` links takes ptrace access: root with
+    ``CAP_SYS_PTRACE`` (not ``CAP_DAC_READ_SEARCH``). Without it the sockets of other users'
+    processes are not found; :attr:`denied` counts the processes that could not be read."""
+
     def __init__(self, proc_root: Path | str = "/proc") -> None:
         self.proc_root = Path(proc_root)
+        self.denied = 0
 
     def pid_of(self, client: tuple[str, int], server: tuple[str, int]) -> int | None:
         """The process holding the client end of the TCP connection ``client`` → ``server`` on
@@ -97,7 +105,10 @@ class PeerProcesses:
                     for fd in links:
                         if os.readlink(fd.path) == link:
                             return int(entry.name)
-            except OSError:  # exited meanwhile, or not ours to read
+            except PermissionError:
+                self.denied += 1
+                continue
+            except OSError:  # exited meanwhile
                 continue
         return None
 
@@ -112,10 +123,15 @@ class SenderJobs:
             raise ValueError("a sender's job must not come from its environment")
         self.peers = peers
         self.resolver = resolver
+        self._said_denied = False
 
     def job_of(self, client: tuple[str, int], server: tuple[str, int]) -> str | None:
         pid = self.peers.pid_of(client, server)
         if pid is None:
+            if self.peers.denied and not self._said_denied:
+                self._said_denied = True
+                log.warning("otlp: other users' processes cannot be read (/proc/<pid>/fd needs "
+                            "CAP_SYS_PTRACE): their steps are taken without checking their job")
             return None
         ref = self.resolver.job_of(pid, fresh=True)
         return ref.job_id if ref is not None else None

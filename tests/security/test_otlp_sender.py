@@ -19,7 +19,7 @@ from collectors.otlp.store import TrainingStore
 from jobsight.identity import ProcessJobResolver
 from jobsight.serving import ListenAddress
 from tests.collectors.otlp.test_receiver import gauge_request
-from tests.support import AS_NOBODY
+from tests.support import AS_NOBODY, REPO_ROOT
 
 pytestmark = pytest.mark.security
 
@@ -107,3 +107,40 @@ def test_a_sender_in_no_job_is_taken_unless_a_job_is_required(
     strict = _receiver(proc_root, started, require=True)
     assert "sender_job_unknown" in _send(strict, proc_root, None, ["4711"])[0]
     assert _send(strict, proc_root, "4711", ["4711"]) == [""]
+
+
+# A receiver that may not read other users' /proc/<pid>/fd (root without CAP_SYS_PTRACE, as the
+# chart's agent runs by default): it cannot find the sender, says so, and checks nothing.
+NO_PTRACE_RECEIVER = """
+import socket, sys
+from collectors.otlp.peer import PeerProcesses
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+print(server.getsockname()[1], flush=True)
+conn, client = server.accept()
+peers = PeerProcesses("/proc")
+print(peers.pid_of(client, conn.getsockname()), peers.denied, flush=True)
+"""
+CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sys.stdin.readline()
+"""
+NO_CAPS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+
+def test_without_ptrace_the_sender_is_unknown_and_counted() -> None:
+    receiver = subprocess.Popen([*NO_CAPS, sys.executable, "-c", NO_PTRACE_RECEIVER], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={"PYTHONPATH": str(REPO_ROOT)})
+    client = None
+    try:
+        assert receiver.stdout is not None
+        port = receiver.stdout.readline().strip()
+        assert port.isdigit(), receiver.stderr.read() if receiver.stderr else ""
+        client = subprocess.Popen([*AS_NOBODY, sys.executable, "-c", CLIENT, port], stdin=subprocess.PIPE,
+                                  text=True)
+        pid, denied = receiver.stdout.readline().split()
+        assert pid == "None" and int(denied) >= 1
+    finally:
+        if client is not None:
+            client.communicate("done\n", timeout=30)
+        receiver.wait(timeout=30)
