@@ -17,7 +17,6 @@ uses Lightning imports this module, and jobsight does not depend on either.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from jobsight import training
@@ -61,9 +60,8 @@ class JobsightCallback(Callback):
         self.tracker = tracker
         self._own = tracker is None
         self._start_kwargs = start_kwargs
-        self._compute: training.Phase | None = None
-        self._optimizer: training.Phase | None = None
-        self._eval: training.Phase | None = None
+        self._step_phase = training.HookPhase()  # compute, then optimizer
+        self._eval = training.HookPhase()
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.tracker is None and stage == "fit":
@@ -71,41 +69,25 @@ class JobsightCallback(Callback):
             self.tracker = training.start(**kwargs)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self._compute = self._enter("compute")
+        self._step_phase.open(self.tracker, "compute")
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        self._compute = self._leave(self._compute)
-        self._optimizer = self._enter("optimizer")
+        self._step_phase.open(self.tracker, "optimizer")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._compute = self._leave(self._compute)
-        self._optimizer = self._leave(self._optimizer)
+        self._step_phase.close()
         if self.tracker is not None:
             self.tracker.step(samples=_batch_size(batch), loss=_loss(outputs))
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if not getattr(trainer, "sanity_checking", False):
-            self._eval = self._enter("eval")
+            self._eval.open(self.tracker, "eval")
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._eval = self._leave(self._eval)
+        self._eval.close()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.tracker is not None and self._own:
             self.tracker.close()
             self.tracker = None
-
-    def _enter(self, name: str) -> training.Phase | None:
-        if self.tracker is None:
-            return None
-        try:
-            return self.tracker.phase(name).__enter__()
-        except Exception:  # noqa: BLE001 - telemetry must never stop training
-            return None
-
-    @staticmethod
-    def _leave(phase: training.Phase | None) -> None:
-        if phase is not None:
-            with contextlib.suppress(Exception):  # telemetry must never stop training
-                phase.__exit__(None, None, None)

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "HookPhase",
     "Identity",
     "Phase",
     "Tracker",
@@ -206,6 +207,32 @@ class Phase:
         traceback: TracebackType | None,
     ) -> None:
         self._tracker._leave_phase(self, time.perf_counter() - self._started)
+
+
+class HookPhase:
+    """A phase opened in one framework hook and closed in another (Lightning, Hugging Face call
+    hooks, not ``with`` blocks): :meth:`open` closes the one still open first. Never raises."""
+
+    __slots__ = ("_phase",)
+
+    def __init__(self) -> None:
+        self._phase: Phase | None = None
+
+    def open(self, tracker: Tracker | None, name: str) -> None:
+        self.close()
+        if tracker is not None:
+            try:
+                self._phase = tracker.phase(name).__enter__()
+            except Exception:  # noqa: BLE001 - telemetry must never stop training
+                self._phase = None
+
+    def close(self) -> None:
+        phase, self._phase = self._phase, None
+        if phase is not None:
+            try:
+                phase.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - telemetry must never stop training
+                return
 
 
 class Tracker:
