@@ -194,6 +194,42 @@ def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack, release: Path) 
         stack.wait_job(job, "succeeded")
 
 
+def test_heterogeneous_job_components_each_join_their_gpus_and_registry(stack: SlurmStack,
+                                                                       release: Path) -> None:
+    """A het job: each component is a job of its own id (Slurm's), registered with the het
+    job's id and its offset as labels, and holds its own GPU."""
+    script = stack.root / "het-job.sh"
+    script.write_text("#!/bin/sh\n#SBATCH --gres=gpu:1\n#SBATCH -A " + TENANT + "\n#SBATCH -o /dev/null\n"
+                      "#SBATCH hetjob\n#SBATCH --gres=gpu:1\n#SBATCH -A " + TENANT + "\n"
+                      f"while [ ! -e {release} ]; do sleep 0.1; done\n")
+    script.chmod(0o755)
+    leader = stack.cluster.sbatch(str(script)).split("+")[0]
+
+    def components() -> dict[str, str]:
+        jobs = httpx.get(f"{stack.api_url}/v1/jobs", headers=auth(ADMIN_TOKEN), params={"limit": 200},
+                         timeout=10).json()["jobs"]
+        return {j["labels"]["het_job_offset"]: j["job_id"] for j in jobs
+                if j["labels"].get("het_job_id") == leader and j["status"] == "running"}
+
+    found = wait_until(lambda: (c := components()) and len(c) == 2 and c, timeout=60,
+                       message="both components of the het job registered and running", interval=0.2)
+    assert sorted(found) == ["0", "1"] and found["0"] == leader and len(set(found.values())) == 2
+
+    def held() -> dict[str, int]:
+        counts = {job: 0 for job in found.values()}
+        for node in stack.cluster.nodes:
+            for ids in stack.gpu_jobs(node).values():
+                for job in ids:
+                    if job in counts:
+                        counts[job] += 1
+        return counts
+
+    wait_until(lambda: set(held().values()) == {1}, timeout=30, message="each component on one GPU")
+    release.touch()
+    for job in found.values():
+        stack.wait_job(job, "succeeded")
+
+
 def test_broken_config_the_job_still_runs_and_one_error_line(stack: SlurmStack, tmp_path: Path) -> None:
     good = stack.hook_config.read_text()
     stack.hook_config.write_text("api_url: [this is not a url\n")
