@@ -377,6 +377,8 @@ def create_app(
         status: Annotated[str | None, Query(pattern="^(pending|running|succeeded|failed|cancelled)$")] = None,
         user: Annotated[str | None, Query(max_length=128)] = None,
         tenant: Annotated[str | None, Query(max_length=128, description="admins only")] = None,
+        scheduler: Annotated[str | None, Query(max_length=64, description="the scheduler that registered "
+                                                                       "the job (slurm, kubernetes)")] = None,
         since: UtcDatetime | None = None,
         until: UtcDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -387,14 +389,15 @@ def create_app(
         scope = tenant if who.all_tenants else who.tenant
         after = _decode_job_cursor(cursor) if cursor else None
         jobs = service.store.list_jobs(tenant=scope, status=status, user=user, since=ts(since),
-                                       until=ts(until), limit=limit + 1, after=after)
+                                       until=ts(until), limit=limit + 1, after=after, scheduler=scheduler)
         next_cursor = None
         if len(jobs) > limit:
             jobs = jobs[:limit]
             next_cursor = _encode_job_cursor(jobs[-1].created_at, jobs[-1].job_id)
         discovered: list[JobOut] = []
         warnings: list[str] = []
-        if who.admin and cursor is None and status in (None, "running") and user is None and tenant is None:
+        if (who.admin and cursor is None and status in (None, "running") and user is None and tenant is None
+                and scheduler is None):
             try:
                 found = service.discovered()
                 known = service.store.known_job_ids(found)

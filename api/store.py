@@ -276,13 +276,14 @@ class JobStore:
     def list_jobs(
         self, *, tenant: str | None = None, status: str | None = None, user: str | None = None,
         since: float | None = None, until: float | None = None, limit: int = 100,
-        after: tuple[float, str] | None = None,
+        after: tuple[float, str] | None = None, scheduler: str | None = None,
     ) -> list[Job]:
         """Newest first (by creation), keyset-paginated by ``after=(created_at, job_id)``.
         ``since``/``until`` keep jobs whose run overlaps that window."""
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("tenant", tenant), ("status", status), ("user_name", user)):
+        for column, value in (("tenant", tenant), ("status", status), ("user_name", user),
+                              ("scheduler", scheduler)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)

@@ -1,11 +1,13 @@
-"""The job API as the watcher uses it: ``PUT /v1/jobs/{id}`` and ``GET /v1/jobs/{id}`` with a
-``scheduler`` token. httpx errors are translated here: :class:`DependencyUnavailable` for what is
-worth retrying (the API down, 5xx, 429, a token refused: a person fixes it and the state must still
-be delivered), :class:`InvalidInput` for a body the API refuses for good."""
+"""The job API as the watcher uses it: ``PUT /v1/jobs/{id}``, ``GET /v1/jobs/{id}`` and the paged
+``GET /v1/jobs?scheduler=…``, with a ``scheduler`` token. httpx errors are translated here:
+:class:`DependencyUnavailable` for what is worth retrying (the API down, 5xx, 429, a token refused:
+a person fixes it and the state must still be delivered), :class:`InvalidInput` for a body the API
+refuses for good."""
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -37,6 +39,30 @@ class JobsApi:
         self._check(response, job_id)
         found: dict[str, Any] = response.json()
         return found
+
+    def list_jobs(self, scheduler: str, page_size: int = 1000,
+                  max_pages: int = 10_000) -> Iterator[dict[str, Any]]:
+        """Every job the API has from ``scheduler``, newest first, one request per ``page_size``.
+        Raises :class:`DependencyUnavailable` (retry later) or :class:`InvalidInput` (an API that
+        cannot filter by scheduler) as :meth:`get` does."""
+        cursor: str | None = None
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"scheduler": scheduler, "limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            try:
+                response = self._client.get("/v1/jobs", params=params)
+            except httpx.HTTPError as exc:
+                raise DependencyUnavailable("jobsight API", f"GET /v1/jobs: {exc}") from exc
+            self._check(response, "")
+            try:
+                page = response.json()
+                jobs, cursor = page["jobs"], page.get("next_cursor")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInput(f"GET /v1/jobs: not a job list: {exc}") from exc
+            yield from (job for job in jobs if isinstance(job, dict))
+            if not cursor:
+                return
 
     def _send(self, method: str, job_id: str, body: dict[str, Any] | None) -> httpx.Response:
         try:

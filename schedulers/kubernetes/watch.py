@@ -248,6 +248,31 @@ class Delivery:
         self._retry_at = 0.0
         self._delay = backoff
         self.sent = 0
+        # What the API had of this scheduler's jobs when the watcher started (prime), used by the
+        # first pass instead of a GET per job; None: ask per job.
+        self._known: dict[str, dict[str, Any]] | None = None
+        self.primed = False
+
+    def prime(self, scheduler: str = "kubernetes") -> bool:
+        """Read what the API has of ``scheduler``'s jobs in pages (one request per 1,000 jobs),
+        so that the first pass over a cluster's jobs asks nothing per job. False, and the first
+        pass asks per job as before, when the API cannot list them (down, or too old to filter)."""
+        self.primed = True
+        known: dict[str, dict[str, Any]] = {}
+        try:
+            for job in self.api.list_jobs(scheduler):
+                job_id = job.get("job_id")
+                if isinstance(job_id, str):
+                    known[job_id] = job
+        except (DependencyUnavailable, InvalidInput) as exc:
+            log.warning("could not list the API's %s jobs, asking per job instead: %s", scheduler, exc)
+            return False
+        self._known = known
+        return True
+
+    def end_priming(self) -> None:
+        """After the first pass: jobs seen from now on are new, or learnt per job."""
+        self._known = None
 
     def offer(self, job_id: str, body: dict[str, Any]) -> None:
         last = self.delivered.get(job_id)
@@ -270,11 +295,14 @@ class Delivery:
         """Before a job's first delivery by this process: what does the API already have?"""
         if job_id in self.delivered:
             return
-        try:
-            known = self.api.get(job_id)
-        except (DependencyUnavailable, InvalidInput) as exc:
-            log.warning("could not read %s from the API: %s", job_id, exc)
-            return
+        if self._known is not None:
+            known = self._known.pop(job_id, None)
+        else:
+            try:
+                known = self.api.get(job_id)
+            except (DependencyUnavailable, InvalidInput) as exc:
+                log.warning("could not read %s from the API: %s", job_id, exc)
+                return
         if known is None:
             return
         labels = known.get("labels") or {}
@@ -401,8 +429,11 @@ class Watcher:
             except queue.Empty:
                 event = None
         if self.ready:
+            if not self.delivery.primed:
+                self.delivery.prime()
             for job_id in self.tracker.take_dirty():
                 self._offer(job_id)
+            self.delivery.end_priming()
             if self.gpu_lookup is not None and self.clock() >= self._next_gpu_refresh:
                 # The agents publish a job's GPUs a scrape after its pods start: look again for
                 # the running ones until Prometheus has them all.

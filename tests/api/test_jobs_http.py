@@ -103,6 +103,12 @@ def test_list_filters_and_pages(client: TestClient) -> None:
     assert {j["job_id"] for j in late} == {"job-0", "job-1"}
     bad = client.get("/v1/jobs", params={"cursor": "not-a-cursor"}, headers=auth(TEAM_A))
     assert bad.status_code == 422 and "cursor" in bad.text
+    # By the scheduler that registered them: what the Kubernetes watcher reads when it starts.
+    assert client.put("/v1/jobs/team-a:llama", json={"tenant": "team-a", "scheduler": "kubernetes"},
+                      headers=auth(SCHEDULER)).status_code == 201
+    kube = client.get("/v1/jobs", params={"scheduler": "kubernetes"}, headers=auth(SCHEDULER)).json()["jobs"]
+    assert [j["job_id"] for j in kube] == ["team-a:llama"]
+    assert client.get("/v1/jobs", params={"scheduler": "slurm"}, headers=auth(SCHEDULER)).json()["jobs"] == []
 
 
 def test_discovered_jobs_are_listed_for_admins(client: TestClient, scenario: Scenario) -> None:

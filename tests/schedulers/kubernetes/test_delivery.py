@@ -4,6 +4,7 @@ PUT/GET): each state once, final states settled and final, retries, refusals, wh
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 from schedulers.kubernetes.jobsapi import JobsApi
@@ -113,3 +114,59 @@ def test_a_restarted_watcher_learns_what_the_api_has() -> None:
         )
         delivery.flush()
         assert puts(server) == []
+
+
+class Registry:
+    """The API's job list in pages of two (``GET /v1/jobs?scheduler=kubernetes``), and each job by
+    id; counts what it is asked."""
+
+    def __init__(self, jobs: list[dict[str, Any]], list_status: int = 200) -> None:
+        self.jobs = jobs
+        self.list_status = list_status
+        self.by_id = {job["job_id"]: job for job in jobs}
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        if request.method == "GET" and request.path.startswith("/v1/jobs?"):
+            if self.list_status != 200:
+                return Reply(self.list_status, b'{"detail": "unknown query parameter"}', "application/json")
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(request.path).query))
+            assert query["scheduler"] == "kubernetes"
+            start = int(query.get("cursor") or 0)
+            page = {"jobs": self.jobs[start:start + 2],
+                    "next_cursor": str(start + 2) if start + 2 < len(self.jobs) else None}
+            return Reply(200, json.dumps(page).encode(), "application/json")
+        if request.method == "GET":
+            job_id = urllib.parse.unquote(request.path.rsplit("/", 1)[1])
+            job = self.by_id.get(job_id)
+            return Reply(200 if job else 404, json.dumps(job or {"detail": "x"}).encode(), "application/json")
+        return Reply(200, b"{}", "application/json")
+
+
+def test_a_restarted_watcher_reads_the_registry_in_pages_not_per_job() -> None:
+    stored = [{**body("failed", exit_code=137), "job_id": f"team-a:j{i}"} for i in range(5)]
+    registry = Registry(stored)
+    with RecordingHTTPServer(registry, methods=("GET", "PUT")) as server:
+        delivery = Delivery(JobsApi(server.url, None), settle=0)
+        assert delivery.prime()
+        for i in range(6):  # five the API knows, and a new one
+            delivery.learn(f"team-a:j{i}", "u1")
+            delivery.offer(f"team-a:j{i}", body("failed", exit_code=137))
+        delivery.end_priming()
+        delivery.flush()
+        asked = [r.path for r in server.snapshot() if r.method == "GET"]
+        assert len(asked) == 3 and all(p.startswith("/v1/jobs?") for p in asked)  # 5 jobs, pages of 2
+        assert [r.path for r in server.snapshot() if r.method == "PUT"] == ["/v1/jobs/team-a%3Aj5"]
+        delivery.learn("team-a:j7", "u1")  # after the first pass: asked per job again
+        assert server.snapshot()[-1].path == "/v1/jobs/team-a%3Aj7"
+
+
+def test_an_api_that_cannot_list_by_scheduler_is_asked_per_job() -> None:
+    registry = Registry([{**body("failed"), "job_id": JOB}], list_status=422)
+    with RecordingHTTPServer(registry, methods=("GET", "PUT")) as server:
+        delivery = Delivery(JobsApi(server.url, None), settle=0)
+        assert not delivery.prime()
+        delivery.learn(JOB, "u1")
+        delivery.offer(JOB, body("failed"))
+        delivery.flush()
+        assert [r.path for r in server.snapshot()][-1] == "/v1/jobs/team-a%3Allama"  # a GET, no PUT
+        assert not [r for r in server.snapshot() if r.method == "PUT"]
