@@ -81,6 +81,13 @@ class SlurmCluster:
         out = self.run(_binary("sinfo"), "-h", "-N", "-o", "%N %T").stdout
         return dict(line.split() for line in out.splitlines() if line.strip())
 
+    def unhealthy_nodes(self) -> dict[str, str]:
+        """Nodes Slurm took out of service (drained, down, failed) or that stopped answering (a
+        ``*`` suffix): what a failing Prolog or Epilog does to a node. Scheduling states (mixed,
+        allocated, completing, planned for a pending job) are not faults."""
+        return {node: state for node, state in self.node_states().items()
+                if state.endswith("*") or any(word in state for word in ("drain", "down", "fail"))}
+
 
 def _write_config(root: Path, munge_dir: Path, nodes: Sequence[str], gpus: int,
                   hook: Path | None) -> dict[str, int]:

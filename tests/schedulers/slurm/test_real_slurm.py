@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -106,7 +106,7 @@ def test_two_node_job_registers_maps_gpus_logs_and_notifies_once(stack: SlurmSta
     # Another delivery round (the timer's flush) sends nothing again.
     _flush(stack)
     assert stack.notified_jobs().count(job_id) == 1
-    assert set(stack.cluster.node_states().values()) <= {"idle", "mixed", "allocated"}
+    assert stack.cluster.unhealthy_nodes() == {}
 
 
 def _flush(stack: SlurmStack) -> subprocess.CompletedProcess[str]:
@@ -133,7 +133,7 @@ def test_api_down_the_job_runs_and_the_spool_delivers_once(stack: SlurmStack) ->
     job_id = stack.cluster.sbatch("-N2", "--gres=gpu:1", "-A", TENANT, "-o", "/dev/null", "--wrap", "exit 5")
     stack.cluster.wait_state(job_id, ["FAILED"])
     # The job ran and ended normally, and no node was drained for a hook.
-    assert set(stack.cluster.node_states().values()) <= {"idle", "mixed", "allocated"}
+    assert stack.cluster.unhealthy_nodes() == {}
     spooled = wait_until(lambda: sorted(p.name for p in (stack.root / "hook-spool").glob("*.json")),
                          timeout=30, message="the job's records in the spool")
     assert any(job_id in name and name.endswith("-running.json") for name in spooled)
@@ -152,6 +152,17 @@ def test_api_down_the_job_runs_and_the_spool_delivers_once(stack: SlurmStack) ->
                message="the notification of the spooled failure")
     _flush(stack)
     assert stack.notified_jobs().count(job_id) == 1
+
+
+def _gpus_held(stack: SlurmStack, jobs: Iterable[str]) -> dict[str, int]:
+    """How many GPUs each of ``jobs`` holds in the exporters' maps, over all nodes."""
+    counts = dict.fromkeys(jobs, 0)
+    for node in stack.cluster.nodes:
+        for ids in stack.gpu_jobs(node).values():
+            for job in ids:
+                if job in counts:
+                    counts[job] += 1
+    return counts
 
 
 def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack, release: Path) -> None:
@@ -175,15 +186,8 @@ def test_array_job_ids_join_gpus_and_registry(stack: SlurmStack, release: Path) 
     assert sorted(tasks) == ["0", "1", "2"]
     assert len(set(tasks.values())) == 3
     # Each task's own id is on exactly one GPU.
-    def held() -> dict[str, int]:
-        counts = {job: 0 for job in tasks.values()}
-        for node in stack.cluster.nodes:
-            for ids in stack.gpu_jobs(node).values():
-                for job in ids:
-                    if job in counts:
-                        counts[job] += 1
-        return counts
-    wait_until(lambda: set(held().values()) == {1}, timeout=30, message="each array task on one GPU")
+    wait_until(lambda: set(_gpus_held(stack, tasks.values()).values()) == {1}, timeout=30,
+               message="each array task on one GPU")
     # Its log file is named by the array pair (slurm-%A_%a.out); its lines carry the task's own id.
     for task, job in tasks.items():
         logs = wait_until(partial(_log_records, stack, job), timeout=30,
@@ -215,16 +219,8 @@ def test_heterogeneous_job_components_each_join_their_gpus_and_registry(stack: S
                        message="both components of the het job registered and running", interval=0.2)
     assert sorted(found) == ["0", "1"] and found["0"] == leader and len(set(found.values())) == 2
 
-    def held() -> dict[str, int]:
-        counts = {job: 0 for job in found.values()}
-        for node in stack.cluster.nodes:
-            for ids in stack.gpu_jobs(node).values():
-                for job in ids:
-                    if job in counts:
-                        counts[job] += 1
-        return counts
-
-    wait_until(lambda: set(held().values()) == {1}, timeout=30, message="each component on one GPU")
+    wait_until(lambda: set(_gpus_held(stack, found.values()).values()) == {1}, timeout=30,
+               message="each component on one GPU")
     release.touch()
     for job in found.values():
         stack.wait_job(job, "succeeded")
@@ -236,7 +232,7 @@ def test_broken_config_the_job_still_runs_and_one_error_line(stack: SlurmStack, 
     try:
         job_id = stack.cluster.sbatch("--gres=gpu:1", "-A", TENANT, "-o", "/dev/null", "--wrap", "true")
         stack.cluster.wait_state(job_id, ["COMPLETED"])
-        assert set(stack.cluster.node_states().values()) <= {"idle", "mixed", "allocated"}
+        assert stack.cluster.unhealthy_nodes() == {}
         # The same hook run by hand says what is wrong in one line, and exits 0.
         env = {"SLURM_SCRIPT_CONTEXT": "prolog_slurmctld", "SLURM_JOB_ID": "999",
                "JOBSIGHT_SLURM_CONFIG": str(stack.hook_config), "PATH": "/usr/bin:/bin"}
