@@ -72,6 +72,8 @@ class PeerProcesses:
         return self._holder(uid, f"socket:[{inode}]")
 
     def _socket(self, local: tuple[str, int], remote: tuple[str, int]) -> tuple[int, str] | None:
+        # Only rows whose remote port is ours are decoded: a busy node has 100,000s of sockets.
+        port = f":{remote[1]:04X}"
         for table in ("tcp", "tcp6"):
             try:
                 with open(self.proc_root / "net" / table, encoding="ascii", errors="replace") as fh:
@@ -80,7 +82,7 @@ class PeerProcesses:
                 continue
             for line in lines:
                 fields = line.split()
-                if len(fields) < 10 or fields[3] != _ESTABLISHED:
+                if len(fields) < 10 or fields[3] != _ESTABLISHED or not fields[2].endswith(port):
                     continue
                 if _hex_address(fields[1]) == local and _hex_address(fields[2]) == remote:
                     try:
