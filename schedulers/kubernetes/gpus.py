@@ -64,11 +64,20 @@ class PodMetadataSource(Protocol):
         ...
 
 
-def _pods_of_page(obj: Any) -> tuple[list[PodMeta], str | None]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
-        raise ValueError("not a list of pods")
-    more = (obj.get("metadata") or {}).get("continue") or None
-    return [PodMeta.from_object(item) for item in obj["items"] if isinstance(item, dict)], more
+def _pods_on_node(node: str, fetch: Callable[[str | None], Any]) -> list[PodMeta]:
+    """The pods of a paged list; ``fetch(continue_token)`` returns one page as the API server's
+    JSON (raising :class:`DependencyUnavailable` when it does not answer)."""
+    found: list[PodMeta] = []
+    more: str | None = None
+    for _ in range(_MAX_LIST_PAGES):
+        obj = fetch(more)
+        if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
+            raise DependencyUnavailable("kubernetes API", f"pods on {node}: not a list of pods")
+        found.extend(PodMeta.from_object(item) for item in obj["items"] if isinstance(item, dict))
+        more = (obj.get("metadata") or {}).get("continue") or None
+        if not more:
+            break
+    return found
 
 
 class ApiServerPodMetadata:
@@ -103,25 +112,22 @@ class ApiServerPodMetadata:
         from kubernetes import client
 
         core: Any = client.CoreV1Api(self.api_client)
-        found: list[PodMeta] = []
-        more: str | None = None
-        for _ in range(_MAX_LIST_PAGES):
+
+        def fetch(more: str | None) -> Any:
             try:
                 response = core.list_pod_for_all_namespaces(
                     field_selector=f"spec.nodeName={node}", limit=_LIST_PAGE, _continue=more,
                     _preload_content=False, _request_timeout=self.timeout,
                     _headers={"Accept": PARTIAL_METADATA_LIST})
                 try:
-                    page, more = _pods_of_page(json.loads(response.data))
+                    return json.loads(response.data)
                 finally:
                     response.release_conn()
             except Exception as exc:  # the client's and urllib3's errors, translated once, here
                 raise DependencyUnavailable("kubernetes API",
                                             f"pods on {node}: {type(exc).__name__}: {exc}") from exc
-            found.extend(page)
-            if not more:
-                break
-        return found
+
+        return _pods_on_node(node, fetch)
 
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -178,22 +184,14 @@ class InClusterPodMetadata:
         return PodMeta.from_object(obj) if obj is not None else None
 
     def list_on_node(self, node: str) -> list[PodMeta]:
-        found: list[PodMeta] = []
-        more: str | None = None
-        for _ in range(_MAX_LIST_PAGES):
+        def fetch(more: str | None) -> Any:
             query = {"fieldSelector": f"spec.nodeName={node}", "limit": str(_LIST_PAGE)}
             if more:
                 query["continue"] = more
-            obj = self._get_json(f"/api/v1/pods?{urllib.parse.urlencode(query)}", PARTIAL_METADATA_LIST,
-                                 f"pods on {node}", _MAX_POD_BYTES * 16)
-            try:
-                page, more = _pods_of_page(obj)
-            except ValueError as exc:
-                raise DependencyUnavailable("kubernetes API", f"pods on {node}: {exc}") from exc
-            found.extend(page)
-            if not more:
-                break
-        return found
+            return self._get_json(f"/api/v1/pods?{urllib.parse.urlencode(query)}", PARTIAL_METADATA_LIST,
+                                  f"pods on {node}", _MAX_POD_BYTES * 16)
+
+        return _pods_on_node(node, fetch)
 
 
 class PodGpuAttribution:
