@@ -188,13 +188,26 @@ def run_rank(args: argparse.Namespace) -> int:
         writer = Writer(args.tensorboard)
     prefix = f"[rank{args.rank}]:"
     step = 0
+    # A rank never outlives `jobsight up`, however that ends (SIGKILL included, where its stop
+    # code does not run): once the driver is gone the rank is reparented, and it leaves.
+    driver = args.driver_pid or os.getppid()
+
+    def orphaned() -> bool:
+        return os.getppid() != driver
+
     with open(log_path, "a", buffering=1) as out:
         out.write(f"{prefix} initialising process group: world_size={args.world_size} backend=nccl\n")
         while not flag.exists():
+            if orphaned():
+                tracker.close(timeout_s=0.5)
+                return 0
             if hang is not None and hang.exists():
                 with tracker.phase("compute" if args.faulty else "sync"):
-                    while not flag.exists():
+                    while not flag.exists() and not orphaned():
                         time.sleep(0.2)
+                if orphaned():
+                    tracker.close(timeout_s=0.5)
+                    return 0
                 break
             loss = 4.0 * math.exp(-step / 200.0) + 0.05 * math.sin(step)
             out.write(
@@ -249,6 +262,7 @@ def rank_command(
         "--step-seconds",
         str(step_seconds),
     ]
+    argv += ["--driver-pid", str(os.getpid())]  # the process that starts the rank: this one
     if rank.rank == 0:
         argv += ["--tensorboard", str(paths.tensorboard(rank.job_id))]
     if faulty:
@@ -278,6 +292,7 @@ class DemoDriver:
     clock: Callable[[], float] = time.time
     on_event: Callable[[str], None] = print
     _stop: threading.Event = field(default_factory=threading.Event)
+    _launching: threading.Lock = field(default_factory=threading.Lock)
     _procs: list[tuple[Rank, subprocess.Popen[bytes]]] = field(default_factory=list)
     fault_injected_at: float | None = None
 
@@ -287,7 +302,8 @@ class DemoDriver:
         return thread
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._launching:  # no rank starts after this: the loop below sees them all
+            self._stop.set()
         for _, proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -342,14 +358,17 @@ class DemoDriver:
                         hang=self.scenario == "hang" and job is fail,
                     )
                     self.paths.rank_log(rank).parent.mkdir(parents=True, exist_ok=True)
-                    proc = subprocess.Popen(
-                        argv,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                    self._procs.append((rank, proc))
+                    with self._launching:
+                        if self._stop.is_set():
+                            return
+                        proc = subprocess.Popen(
+                            argv,
+                            env=env,
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                        self._procs.append((rank, proc))
             fault = (
                 f"rank {self._faulty_rank(fail)} hangs" if self.scenario == "hang"
                 else f"XID {FAULT_XID} on {FAULT_NODE} GPU {FAULT_GPU}"
@@ -447,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     rank.add_argument("--faulty", action="store_true")
     rank.add_argument("--step-seconds", type=float, default=1.0)
     rank.add_argument("--hang-flag", default=None)
+    rank.add_argument("--driver-pid", type=int, default=None,
+                      help="the process that started the rank; the rank leaves when it is gone")
     args = parser.parse_args(argv)
     return run_rank(args)
 
